@@ -1,0 +1,1 @@
+//! The memcache store of simplepush (being written).

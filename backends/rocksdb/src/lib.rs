@@ -1,0 +1,1 @@
+//! The rocksdb store of simplepush (being written).

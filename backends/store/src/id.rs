@@ -1,0 +1,48 @@
+//! Identifier newtypes, so a uaid is never passed where a channel id belongs.
+
+use std::fmt;
+
+/// A device id. Minted by the server (32 lower-case hex) or kept as the device sent it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Uaid(String);
+
+/// A channel id, minted by the device; stored and echoed exactly as sent.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChannelId(String);
+
+macro_rules! string_id {
+    ($name:ident) => {
+        impl $name {
+            /// Wraps an id; the caller has validated its shape.
+            pub fn new(id: impl Into<String>) -> Self {
+                Self(id.into())
+            }
+
+            /// The id as text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl From<&str> for $name {
+            fn from(s: &str) -> Self {
+                Self(s.to_owned())
+            }
+        }
+
+        impl From<String> for $name {
+            fn from(s: String) -> Self {
+                Self(s)
+            }
+        }
+    };
+}
+
+string_id!(Uaid);
+string_id!(ChannelId);

@@ -1,0 +1,104 @@
+//! The storage contract of simplepush: the [`Store`] trait every backend implements,
+//! the ids and records it speaks in, its error type, the in-memory [`MemoryStore`],
+//! and (feature `testkit`) the conformance suite every backend must pass.
+
+mod error;
+mod id;
+mod memory;
+mod model;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+pub use error::StoreError;
+pub use id::{ChannelId, Uaid};
+pub use memory::MemoryStore;
+pub use model::{Pending, PutOutcome, RegisterOutcome, Update};
+
+use async_trait::async_trait;
+
+/// Where a device's channels and pending updates live.
+///
+/// Every method is safe to call concurrently from many tasks; a method that changes
+/// state does so atomically with respect to the other methods on the same uaid.
+/// "Missing" is never an error: unknown uaids and channels answer with the empty or
+/// negative value the method documents. Errors mean the store could not answer
+/// (see [`StoreError`]) and leave what was stored before unchanged.
+///
+/// Times (`now`, `expires_at`) are UNIX seconds chosen by the caller, so expiry is
+/// deterministic and testable.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// A short name for logs and metrics ("memory", "sqlite", ...).
+    fn name(&self) -> &'static str;
+
+    /// Whether the store holds any registered channel for `uaid`.
+    ///
+    /// A device that says hello with channel ids the store does not know has lost its
+    /// data (eviction, a wiped disk) and must register again.
+    async fn knows_uaid(&self, uaid: &Uaid) -> Result<bool, StoreError>;
+
+    /// Registers `channel` for `uaid`. Idempotent: registering a live channel again
+    /// answers [`RegisterOutcome::Registered`] and keeps its pending update.
+    /// A new channel beyond `max_channels` live ones answers
+    /// [`RegisterOutcome::TooManyChannels`] and changes nothing.
+    async fn register(
+        &self,
+        uaid: &Uaid,
+        channel: &ChannelId,
+        max_channels: usize,
+    ) -> Result<RegisterOutcome, StoreError>;
+
+    /// Drops `channel` and its pending update; later puts to it answer
+    /// [`PutOutcome::Gone`]. Idempotent: unknown channels are fine.
+    async fn unregister(&self, uaid: &Uaid, channel: &ChannelId) -> Result<(), StoreError>;
+
+    /// Records `update` as pending for a registered channel, keeping only the greatest
+    /// version seen (with its data): a lower or equal version never replaces a greater
+    /// pending one, but still answers [`PutOutcome::Stored`]. A pending update that has
+    /// expired at `now` is replaced by any new one. Answers [`PutOutcome::Gone`] when the channel
+    /// is not registered for `uaid`. Durable backends persist before returning.
+    async fn put_update(
+        &self,
+        uaid: &Uaid,
+        channel: &ChannelId,
+        update: Update,
+        now: u64,
+    ) -> Result<PutOutcome, StoreError>;
+
+    /// Everything pending for `uaid` at time `now`: updates whose `expires_at` is after
+    /// `now`, and the channels whose pending update has expired (reported until
+    /// [`Store::ack_expired`]). Read-only.
+    async fn pending(&self, uaid: &Uaid, now: u64) -> Result<Pending, StoreError>;
+
+    /// Drops the pending update of `channel` if its version is `<= version`; a newer
+    /// pending version stays. Unknown channels and nothing pending are fine.
+    async fn ack(&self, uaid: &Uaid, channel: &ChannelId, version: u64)
+    -> Result<(), StoreError>;
+
+    /// Drops the pending update of `channel` if it has expired at `now` (the device
+    /// acknowledged the expiry). A pending update that has not expired stays.
+    async fn ack_expired(&self, uaid: &Uaid, channel: &ChannelId, now: u64)
+    -> Result<(), StoreError>;
+
+    /// Forgets `uaid` entirely: channels, pending updates and node record.
+    async fn drop_uaid(&self, uaid: &Uaid) -> Result<(), StoreError>;
+
+    /// Records that `uaid` is connected to the node reachable at `node` (cluster
+    /// routing), replacing any earlier record.
+    async fn set_node(&self, uaid: &Uaid, node: &str) -> Result<(), StoreError>;
+
+    /// The node `uaid` was last recorded on, if any.
+    async fn node(&self, uaid: &Uaid) -> Result<Option<String>, StoreError>;
+
+    /// Clears the node record of `uaid` only if it still names `node` (so a node never
+    /// erases the record of the node the device moved to). Answers whether it cleared.
+    async fn clear_node(&self, uaid: &Uaid, node: &str) -> Result<bool, StoreError>;
+
+    /// A round trip to the storage (write and read back), for `/realstatus/`.
+    async fn check(&self) -> Result<(), StoreError>;
+
+    /// Flushes what is buffered and releases the storage; called once at shutdown.
+    async fn close(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}

@@ -1,0 +1,220 @@
+//! The in-memory store: the default, for demos and single-node tests. Nothing survives
+//! a restart.
+
+use std::collections::HashMap;
+use std::collections::hash_map::{DefaultHasher, Entry};
+use std::hash::{Hash, Hasher};
+use std::sync::{Mutex, MutexGuard};
+
+use async_trait::async_trait;
+
+use crate::{ChannelId, Pending, PutOutcome, RegisterOutcome, Store, StoreError, Uaid, Update};
+
+/// Shards keep unrelated devices from contending on one lock.
+const SHARDS: usize = 64;
+
+/// Everything kept for one device.
+#[derive(Debug, Default)]
+struct Device {
+    /// Live channels, each with its pending update if any.
+    channels: HashMap<ChannelId, Option<Update>>,
+    /// The cluster node the device was last seen on.
+    node: Option<String>,
+}
+
+impl Device {
+    fn is_empty(&self) -> bool {
+        self.channels.is_empty() && self.node.is_none()
+    }
+}
+
+/// A [`Store`] held in process memory, sharded by uaid.
+#[derive(Debug)]
+pub struct MemoryStore {
+    shards: Vec<Mutex<HashMap<Uaid, Device>>>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+        }
+    }
+
+    fn shard(&self, uaid: &Uaid) -> MutexGuard<'_, HashMap<Uaid, Device>> {
+        let mut hasher = DefaultHasher::new();
+        uaid.hash(&mut hasher);
+        let index = (hasher.finish() as usize) % SHARDS;
+        // A panic while holding the lock cannot leave a device half-written (every
+        // change below is a single map operation), so a poisoned lock is still sound.
+        self.shards[index]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Runs `f` on the device's record if it exists, removing the record if it ends up
+    /// empty.
+    fn with_device<T>(&self, uaid: &Uaid, missing: T, f: impl FnOnce(&mut Device) -> T) -> T {
+        let mut shard = self.shard(uaid);
+        match shard.entry(uaid.clone()) {
+            Entry::Occupied(mut entry) => {
+                let answer = f(entry.get_mut());
+                if entry.get().is_empty() {
+                    entry.remove();
+                }
+                answer
+            }
+            Entry::Vacant(_) => missing,
+        }
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn knows_uaid(&self, uaid: &Uaid) -> Result<bool, StoreError> {
+        Ok(self
+            .shard(uaid)
+            .get(uaid)
+            .is_some_and(|device| !device.channels.is_empty()))
+    }
+
+    async fn register(
+        &self,
+        uaid: &Uaid,
+        channel: &ChannelId,
+        max_channels: usize,
+    ) -> Result<RegisterOutcome, StoreError> {
+        let mut shard = self.shard(uaid);
+        let device = shard.entry(uaid.clone()).or_default();
+        if device.channels.contains_key(channel) {
+            return Ok(RegisterOutcome::Registered);
+        }
+        if device.channels.len() >= max_channels {
+            return Ok(RegisterOutcome::TooManyChannels);
+        }
+        device.channels.insert(channel.clone(), None);
+        Ok(RegisterOutcome::Registered)
+    }
+
+    async fn unregister(&self, uaid: &Uaid, channel: &ChannelId) -> Result<(), StoreError> {
+        self.with_device(uaid, (), |device| {
+            device.channels.remove(channel);
+        });
+        Ok(())
+    }
+
+    async fn put_update(
+        &self,
+        uaid: &Uaid,
+        channel: &ChannelId,
+        update: Update,
+        now: u64,
+    ) -> Result<PutOutcome, StoreError> {
+        Ok(self.with_device(uaid, PutOutcome::Gone, |device| {
+            match device.channels.get_mut(channel) {
+                None => PutOutcome::Gone,
+                Some(slot) => {
+                    let replace = match slot {
+                        None => true,
+                        Some(pending) => {
+                            update.version > pending.version || pending.expires_at <= now
+                        }
+                    };
+                    if replace {
+                        *slot = Some(update);
+                    }
+                    PutOutcome::Stored
+                }
+            }
+        }))
+    }
+
+    async fn pending(&self, uaid: &Uaid, now: u64) -> Result<Pending, StoreError> {
+        let shard = self.shard(uaid);
+        let mut pending = Pending::default();
+        if let Some(device) = shard.get(uaid) {
+            for (channel, slot) in &device.channels {
+                if let Some(update) = slot {
+                    if update.expires_at > now {
+                        pending.updates.push((channel.clone(), update.clone()));
+                    } else {
+                        pending.expired.push(channel.clone());
+                    }
+                }
+            }
+        }
+        Ok(pending)
+    }
+
+    async fn ack(
+        &self,
+        uaid: &Uaid,
+        channel: &ChannelId,
+        version: u64,
+    ) -> Result<(), StoreError> {
+        self.with_device(uaid, (), |device| {
+            if let Some(slot) = device.channels.get_mut(channel) {
+                if slot.as_ref().is_some_and(|pending| pending.version <= version) {
+                    *slot = None;
+                }
+            }
+        });
+        Ok(())
+    }
+
+    async fn ack_expired(
+        &self,
+        uaid: &Uaid,
+        channel: &ChannelId,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        self.with_device(uaid, (), |device| {
+            if let Some(slot) = device.channels.get_mut(channel) {
+                if slot.as_ref().is_some_and(|pending| pending.expires_at <= now) {
+                    *slot = None;
+                }
+            }
+        });
+        Ok(())
+    }
+
+    async fn drop_uaid(&self, uaid: &Uaid) -> Result<(), StoreError> {
+        self.shard(uaid).remove(uaid);
+        Ok(())
+    }
+
+    async fn set_node(&self, uaid: &Uaid, node: &str) -> Result<(), StoreError> {
+        self.shard(uaid).entry(uaid.clone()).or_default().node = Some(node.to_owned());
+        Ok(())
+    }
+
+    async fn node(&self, uaid: &Uaid) -> Result<Option<String>, StoreError> {
+        Ok(self.shard(uaid).get(uaid).and_then(|d| d.node.clone()))
+    }
+
+    async fn clear_node(&self, uaid: &Uaid, node: &str) -> Result<bool, StoreError> {
+        Ok(self.with_device(uaid, false, |device| {
+            if device.node.as_deref() == Some(node) {
+                device.node = None;
+                true
+            } else {
+                false
+            }
+        }))
+    }
+
+    async fn check(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}

@@ -1,0 +1,30 @@
+//! simplepush: a SimplePush server. Devices keep a websocket to us; app servers `PUT`
+//! versions to endpoints; we store each update first, deliver it live when the device
+//! is connected, and flush what is pending at its next hello.
+//!
+//! A map of the modules:
+//! - [`config`]: the TOML configuration and its defaults.
+//! - [`server`]: binds the listeners and runs until shutdown.
+//! - [`listener`]: the accept loop under both listeners.
+//! - [`routes`]: the warp routes of each listener.
+//! - [`upgrade`]: the websocket handshake. [`session`]: one device's socket.
+//! - [`protocol`]: parsing device messages, building replies.
+//! - [`endpoint`]: `PUT /update/{token}`. [`health`]: `/status/`, `/realstatus/`.
+//! - [`registry`]: devices connected here. [`token`]: endpoint tokens.
+//! - [`store`]: opens the configured backend. [`error`]: failures to statuses.
+//! - [`app`]: the state shared by everything above.
+
+pub mod app;
+pub mod config;
+pub mod endpoint;
+pub mod error;
+pub mod health;
+pub mod listener;
+pub mod protocol;
+pub mod registry;
+pub mod routes;
+pub mod server;
+pub mod session;
+pub mod store;
+pub mod token;
+pub mod upgrade;

@@ -1,1 +1,164 @@
-fn main(){}
+//! The `simplepush` binary: parses flags, loads the config, starts logging, opens the
+//! store and runs the server until SIGINT or SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use simplepush::config::{Backend, Config, LogFormat};
+use simplepush::server::Server;
+use tokio_util::sync::CancellationToken;
+
+/// A SimplePush server: devices keep a websocket open, app servers PUT versions to their
+/// endpoints, and every update is stored before it is delivered.
+#[derive(Debug, Parser)]
+#[command(name = "simplepush", version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server (the default when no command is given).
+    Serve(ServeArgs),
+    /// Print a fresh random token key for `[server] token_keys`.
+    Genkey,
+}
+
+/// Flags of `serve`; each overrides the config file.
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Config file (TOML, see config.sample.toml). Default: ./config.toml when present.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Devices' websocket listener address ([server] ws_addr).
+    #[arg(long, value_name = "ADDR")]
+    ws_addr: Option<SocketAddr>,
+    /// App servers' listener address ([server] endpoint_addr).
+    #[arg(long, value_name = "ADDR")]
+    endpoint_addr: Option<SocketAddr>,
+    /// Base URL of every pushEndpoint ([server] endpoint_url).
+    #[arg(long, value_name = "URL")]
+    endpoint_url: Option<String>,
+    /// Store backend ([store] backend).
+    #[arg(long = "store", value_name = "BACKEND", value_enum)]
+    store: Option<Backend>,
+    /// Data directory of sqlite and rocksdb ([store] path).
+    #[arg(long, value_name = "DIR")]
+    store_path: Option<PathBuf>,
+    /// Log filter, e.g. "info" or "simplepush=debug" ([log] level).
+    #[arg(long, value_name = "FILTER")]
+    log_level: Option<String>,
+    /// Log format ([log] format).
+    #[arg(long, value_name = "FORMAT", value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+impl ServeArgs {
+    /// The config file, with these flags applied over it.
+    fn config(self) -> anyhow::Result<Config> {
+        let default_file = Path::new("config.toml");
+        let mut config = match &self.config {
+            Some(path) => Config::load(path)?,
+            None if default_file.exists() => Config::load(default_file)?,
+            None => Config::default(),
+        };
+        if let Some(addr) = self.ws_addr {
+            config.server.ws_addr = addr;
+        }
+        if let Some(addr) = self.endpoint_addr {
+            config.server.endpoint_addr = addr;
+        }
+        if let Some(url) = self.endpoint_url {
+            config.server.endpoint_url = Some(url);
+        }
+        if let Some(backend) = self.store {
+            config.store.backend = backend;
+        }
+        if let Some(path) = self.store_path {
+            config.store.path = path;
+        }
+        if let Some(level) = self.log_level {
+            config.log.level = level;
+        }
+        if let Some(format) = self.log_format {
+            config.log.format = format;
+        }
+        Ok(config)
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let serve = match cli.command {
+        Some(Command::Genkey) => {
+            println!("{}", simplepush::token::generate_key());
+            return Ok(());
+        }
+        Some(Command::Serve(args)) => args,
+        None => cli.serve,
+    };
+    let config = serve.config()?;
+    init_logging(&config)?;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?
+        .block_on(serve_until_signalled(config))
+}
+
+fn init_logging(config: &Config) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
+        .with_context(|| format!("invalid log level `{}`", config.log.level))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match config.log.format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}
+
+async fn serve_until_signalled(config: Config) -> anyhow::Result<()> {
+    let store = simplepush::store::open(&config)?;
+    let keys = simplepush::store::token_keys(&config)?;
+    let shutdown = CancellationToken::new();
+    let server = Server::bind(&config, store.clone(), &keys, shutdown.clone())?;
+    let (ws, endpoint) = (server.ws_addr()?, server.endpoint_addr()?);
+    tracing::info!(%ws, %endpoint, endpoint_url = server.endpoint_url(), store = store.name(), "listening");
+    // The one line on stdout: scripts and tests wait for it to know the ports.
+    println!("simplepush listening ws={ws} endpoint={endpoint}");
+    tokio::spawn(watch_signals(shutdown));
+    server.run().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The first SIGINT/SIGTERM shuts down gracefully; a second one exits at once.
+async fn watch_signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("shutting down (signal again to exit at once)");
+    shutdown.cancel();
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    std::process::exit(130);
+}

@@ -72,13 +72,16 @@ pub trait Store: Send + Sync + 'static {
 
     /// Drops the pending update of `channel` if its version is `<= version`; a newer
     /// pending version stays. Unknown channels and nothing pending are fine.
-    async fn ack(&self, uaid: &Uaid, channel: &ChannelId, version: u64)
-    -> Result<(), StoreError>;
+    async fn ack(&self, uaid: &Uaid, channel: &ChannelId, version: u64) -> Result<(), StoreError>;
 
     /// Drops the pending update of `channel` if it has expired at `now` (the device
     /// acknowledged the expiry). A pending update that has not expired stays.
-    async fn ack_expired(&self, uaid: &Uaid, channel: &ChannelId, now: u64)
-    -> Result<(), StoreError>;
+    async fn ack_expired(
+        &self,
+        uaid: &Uaid,
+        channel: &ChannelId,
+        now: u64,
+    ) -> Result<(), StoreError>;
 
     /// Forgets `uaid` entirely: channels, pending updates and node record.
     async fn drop_uaid(&self, uaid: &Uaid) -> Result<(), StoreError>;

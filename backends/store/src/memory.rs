@@ -157,17 +157,14 @@ impl Store for MemoryStore {
         Ok(pending)
     }
 
-    async fn ack(
-        &self,
-        uaid: &Uaid,
-        channel: &ChannelId,
-        version: u64,
-    ) -> Result<(), StoreError> {
+    async fn ack(&self, uaid: &Uaid, channel: &ChannelId, version: u64) -> Result<(), StoreError> {
         self.with_device(uaid, (), |device| {
-            if let Some(slot) = device.channels.get_mut(channel) {
-                if slot.as_ref().is_some_and(|pending| pending.version <= version) {
-                    *slot = None;
-                }
+            if let Some(slot) = device.channels.get_mut(channel)
+                && slot
+                    .as_ref()
+                    .is_some_and(|pending| pending.version <= version)
+            {
+                *slot = None;
             }
         });
         Ok(())
@@ -180,10 +177,12 @@ impl Store for MemoryStore {
         now: u64,
     ) -> Result<(), StoreError> {
         self.with_device(uaid, (), |device| {
-            if let Some(slot) = device.channels.get_mut(channel) {
-                if slot.as_ref().is_some_and(|pending| pending.expires_at <= now) {
-                    *slot = None;
-                }
+            if let Some(slot) = device.channels.get_mut(channel)
+                && slot
+                    .as_ref()
+                    .is_some_and(|pending| pending.expires_at <= now)
+            {
+                *slot = None;
             }
         });
         Ok(())

@@ -82,7 +82,10 @@ pub async fn register_enforces_channel_limit(store: TestStore) {
     let u = uaid();
     let channels: Vec<ChannelId> = (0..3).map(|_| channel()).collect();
     for c in &channels {
-        assert_eq!(store.register(&u, c, 3).await.unwrap(), RegisterOutcome::Registered);
+        assert_eq!(
+            store.register(&u, c, 3).await.unwrap(),
+            RegisterOutcome::Registered
+        );
     }
     let extra = channel();
     assert_eq!(
@@ -95,7 +98,10 @@ pub async fn register_enforces_channel_limit(store: TestStore) {
         RegisterOutcome::Registered
     );
     store.unregister(&u, &channels[1]).await.unwrap();
-    assert_eq!(store.register(&u, &extra, 3).await.unwrap(), RegisterOutcome::Registered);
+    assert_eq!(
+        store.register(&u, &extra, 3).await.unwrap(),
+        RegisterOutcome::Registered
+    );
 }
 
 /// Unregistering drops the pending update, and later puts answer Gone; unregistering
@@ -113,7 +119,10 @@ pub async fn unregister_drops_pending_and_puts_are_gone(store: TestStore) {
 /// A put to a channel that was never registered, or on another uaid, is Gone.
 pub async fn put_to_unknown_channel_is_gone(store: TestStore) {
     let (u, c) = registered(&store).await;
-    assert_eq!(put(&store, &u, &channel(), update(1)).await, PutOutcome::Gone);
+    assert_eq!(
+        put(&store, &u, &channel(), update(1)).await,
+        PutOutcome::Gone
+    );
     assert_eq!(put(&store, &uaid(), &c, update(1)).await, PutOutcome::Gone);
     assert!(pending(&store, &u).await.is_empty());
 }
@@ -125,8 +134,14 @@ pub async fn put_keeps_greatest_version_with_its_data(store: TestStore) {
         data: Some(data.to_owned()),
         ..update(version)
     };
-    assert_eq!(put(&store, &u, &c, with_data(5, "five")).await, PutOutcome::Stored);
-    assert_eq!(put(&store, &u, &c, with_data(3, "three")).await, PutOutcome::Stored);
+    assert_eq!(
+        put(&store, &u, &c, with_data(5, "five")).await,
+        PutOutcome::Stored
+    );
+    assert_eq!(
+        put(&store, &u, &c, with_data(3, "three")).await,
+        PutOutcome::Stored
+    );
     let all = pending(&store, &u).await;
     assert_eq!(all.updates, vec![(c.clone(), with_data(5, "five"))]);
     put(&store, &u, &c, with_data(9, "nine")).await;
@@ -199,7 +214,10 @@ pub async fn expired_update_is_reported_until_acknowledged(store: TestStore) {
     assert_eq!(after.expired, vec![c.clone()]);
     // Acknowledging the expiry before it happened keeps the update.
     store.ack_expired(&u, &c, NOW + 5).await.unwrap();
-    assert_eq!(store.pending(&u, NOW + 10).await.unwrap().expired, vec![c.clone()]);
+    assert_eq!(
+        store.pending(&u, NOW + 10).await.unwrap().expired,
+        vec![c.clone()]
+    );
     store.ack_expired(&u, &c, NOW + 10).await.unwrap();
     assert!(store.pending(&u, NOW + 10).await.unwrap().is_empty());
     // The channel itself stays registered.
@@ -231,7 +249,10 @@ pub async fn drop_uaid_forgets_everything(store: TestStore) {
     assert!(pending(&store, &u).await.is_empty());
     assert_eq!(store.node(&u).await.unwrap(), None);
     assert_eq!(put(&store, &u, &c, update(2)).await, PutOutcome::Gone);
-    assert_eq!(put(&store, &other, &other_channel, update(2)).await, PutOutcome::Stored);
+    assert_eq!(
+        put(&store, &other, &other_channel, update(2)).await,
+        PutOutcome::Stored
+    );
     store.drop_uaid(&uaid()).await.unwrap();
 }
 
@@ -261,7 +282,10 @@ pub async fn concurrent_registers_lose_nothing(store: TestStore) {
         assert_eq!(task.await.unwrap().unwrap(), RegisterOutcome::Registered);
     }
     for (i, c) in channels.iter().enumerate() {
-        assert_eq!(put(&store, &u, c, update(i as u64)).await, PutOutcome::Stored);
+        assert_eq!(
+            put(&store, &u, c, update(i as u64)).await,
+            PutOutcome::Stored
+        );
     }
     assert_eq!(pending(&store, &u).await.updates.len(), channels.len());
 }

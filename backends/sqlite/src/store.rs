@@ -1,0 +1,496 @@
+//! [`SqliteStore`]: the [`Store`] contract over one SQLite database file.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+use simplepush_store::{
+    ChannelId, Pending, PutOutcome, RegisterOutcome, Store, StoreError, Uaid, Update,
+};
+
+use crate::connection::{open_reader, open_writer};
+use crate::error::Error;
+
+/// The name of the database file inside the store's directory.
+const FILE_NAME: &str = "simplepush.sqlite3";
+
+/// Read connections kept open between reads; more are opened under load and closed
+/// when they are not needed.
+const IDLE_READERS: usize = 4;
+
+/// How the SQLite store is opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqliteOptions {
+    /// Sync the write-ahead log to disk on every commit (`synchronous=FULL`), so an
+    /// acknowledged put survives a power loss. `false` (`synchronous=NORMAL`) survives a
+    /// crash of the process only, and writes faster.
+    pub fsync: bool,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        Self { fsync: true }
+    }
+}
+
+/// A [`Store`] in one SQLite database file, in WAL mode.
+///
+/// Writes go through a single connection, one at a time, each one statement or one
+/// transaction; reads use their own read-only connections and never wait for a write.
+/// Every query runs on tokio's blocking pool.
+#[derive(Debug)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+/// The connections, shared with the blocking tasks that use them.
+#[derive(Debug)]
+struct Inner {
+    path: PathBuf,
+    /// The one writer; `None` once closed.
+    writer: Mutex<Option<Connection>>,
+    /// Idle read-only connections.
+    readers: Mutex<Vec<Connection>>,
+    closed: AtomicBool,
+}
+
+/// Locks `mutex`, recovering it if a panic poisoned it: connections hold no state of ours
+/// that a panic could leave half-written (an open transaction is dealt with by
+/// [`Inner::write`]).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Inner {
+    /// Runs `f` on the writer connection.
+    fn write<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, Error>) -> Result<T, Error> {
+        let mut writer = lock(&self.writer);
+        let conn = writer.as_mut().ok_or(Error::Closed)?;
+        if !conn.is_autocommit() {
+            // Only a panic inside a transaction can leave one open; start clean.
+            conn.execute_batch("ROLLBACK")?;
+        }
+        f(conn)
+    }
+
+    /// Runs `f` on an idle reader, or on a new one if none is idle.
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T, Error>) -> Result<T, Error> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        let idle = lock(&self.readers).pop();
+        let conn = match idle {
+            Some(conn) => conn,
+            None => open_reader(&self.path)?,
+        };
+        let answer = f(&conn);
+        // Checked under the pool's lock, which close() holds while it empties the pool,
+        // so no connection is parked after close.
+        let mut readers = lock(&self.readers);
+        if !self.closed.load(Ordering::Acquire) && readers.len() < IDLE_READERS {
+            readers.push(conn);
+        }
+        answer
+    }
+
+    /// Checkpoints the log into the database file and closes every connection.
+    fn close(&self) -> Result<(), Error> {
+        {
+            let mut readers = lock(&self.readers);
+            self.closed.store(true, Ordering::Release);
+            readers.clear();
+        }
+        let Some(conn) = lock(&self.writer).take() else {
+            return Ok(());
+        };
+        // TRUNCATE also empties the -wal file. Reads still in flight may keep it from
+        // completing ("busy" in the first column), which is not an error: the log is
+        // durable either way and the next open replays it.
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        conn.close().map_err(|(_, error)| Error::Sqlite(error))
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating the directory and schema if missing) the database
+    /// `dir/simplepush.sqlite3`.
+    ///
+    /// This does blocking file I/O: call it before serving, or on the blocking pool.
+    pub fn open(dir: &Path, options: SqliteOptions) -> Result<SqliteStore, StoreError> {
+        Ok(Self::open_inner(dir, &options)?)
+    }
+
+    fn open_inner(dir: &Path, options: &SqliteOptions) -> Result<SqliteStore, Error> {
+        std::fs::create_dir_all(dir).map_err(|source| Error::CreateDir {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let path = dir.join(FILE_NAME);
+        let writer = open_writer(&path, options.fsync)?;
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                path,
+                writer: Mutex::new(Some(writer)),
+                readers: Mutex::new(Vec::new()),
+                closed: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// Runs `f` on the writer, on the blocking pool.
+    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, Error> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        let answer = tokio::task::spawn_blocking(move || inner.write(f))
+            .await
+            .map_err(Error::from)?;
+        Ok(answer?)
+    }
+
+    /// Runs `f` on a reader, on the blocking pool.
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, Error> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        let answer = tokio::task::spawn_blocking(move || inner.read(f))
+            .await
+            .map_err(Error::from)?;
+        Ok(answer?)
+    }
+}
+
+/// A version as stored: SQLite integers are signed, so versions end at `i64::MAX`.
+fn stored_version(version: u64) -> Result<i64, Error> {
+    i64::try_from(version).map_err(|_| Error::VersionOutOfRange(version))
+}
+
+/// A time, or a bound compared with stored values, as stored. Saturating is exact for
+/// comparisons: every stored value is at most `i64::MAX`, and `i64::MAX` seconds is
+/// later than any expiry that matters.
+fn saturating(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// Reads a stored version or time back; a negative one can only be damage.
+fn unsigned(row: &Row<'_>, column: usize) -> rusqlite::Result<u64> {
+    let value: i64 = row.get(column)?;
+    u64::try_from(value).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(column, value))
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn name(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn knows_uaid(&self, uaid: &Uaid) -> Result<bool, StoreError> {
+        let uaid = uaid.as_str().to_owned();
+        self.read(move |conn| {
+            let mut stmt =
+                conn.prepare_cached("SELECT EXISTS (SELECT 1 FROM channel WHERE uaid = ?1)")?;
+            Ok(stmt.query_row([uaid], |row| row.get(0))?)
+        })
+        .await
+    }
+
+    async fn register(
+        &self,
+        uaid: &Uaid,
+        channel: &ChannelId,
+        max_channels: usize,
+    ) -> Result<RegisterOutcome, StoreError> {
+        let (uaid, channel) = (uaid.as_str().to_owned(), channel.as_str().to_owned());
+        let max_channels = i64::try_from(max_channels).unwrap_or(i64::MAX);
+        self.write(move |conn| {
+            // Count and insert in one transaction on the one writer, so concurrent
+            // registers cannot both take the last free slot.
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let known: bool = tx
+                .prepare_cached(
+                    "SELECT EXISTS (SELECT 1 FROM channel WHERE uaid = ?1 AND channel = ?2)",
+                )?
+                .query_row([&uaid, &channel], |row| row.get(0))?;
+            if known {
+                return Ok(RegisterOutcome::Registered);
+            }
+            let live: i64 = tx
+                .prepare_cached("SELECT count(*) FROM channel WHERE uaid = ?1")?
+                .query_row([&uaid], |row| row.get(0))?;
+            if live >= max_channels {
+                return Ok(RegisterOutcome::TooManyChannels);
+            }
+            tx.prepare_cached("INSERT INTO channel (uaid, channel) VALUES (?1, ?2)")?
+                .execute([&uaid, &channel])?;
+            tx.commit()?;
+            Ok(RegisterOutcome::Registered)
+        })
+        .await
+    }
+
+    async fn unregister(&self, uaid: &Uaid, channel: &ChannelId) -> Result<(), StoreError> {
+        let (uaid, channel) = (uaid.as_str().to_owned(), channel.as_str().to_owned());
+        self.write(move |conn| {
+            conn.prepare_cached("DELETE FROM channel WHERE uaid = ?1 AND channel = ?2")?
+                .execute([uaid, channel])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn put_update(
+        &self,
+        uaid: &Uaid,
+        channel: &ChannelId,
+        update: Update,
+        now: u64,
+    ) -> Result<PutOutcome, StoreError> {
+        let (uaid, channel) = (uaid.as_str().to_owned(), channel.as_str().to_owned());
+        let version = stored_version(update.version).map_err(StoreError::from)?;
+        let expires_at = saturating(update.expires_at);
+        let now = saturating(now);
+        self.write(move |conn| {
+            // One statement: the row exists iff the channel is registered, so the count
+            // of changed rows answers Stored or Gone, and the CASEs (which all see the
+            // row as it was) keep the pending update unless the new version is greater
+            // or the pending one has expired.
+            let changed = conn
+                .prepare_cached(
+                    "UPDATE channel SET
+                         version = CASE
+                             WHEN version IS NULL OR ?3 > version OR expires_at <= ?6
+                             THEN ?3 ELSE version END,
+                         data = CASE
+                             WHEN version IS NULL OR ?3 > version OR expires_at <= ?6
+                             THEN ?4 ELSE data END,
+                         expires_at = CASE
+                             WHEN version IS NULL OR ?3 > version OR expires_at <= ?6
+                             THEN ?5 ELSE expires_at END
+                     WHERE uaid = ?1 AND channel = ?2",
+                )?
+                .execute(params![
+                    uaid,
+                    channel,
+                    version,
+                    update.data,
+                    expires_at,
+                    now
+                ])?;
+            Ok(if changed == 0 {
+                PutOutcome::Gone
+            } else {
+                PutOutcome::Stored
+            })
+        })
+        .await
+    }
+
+    async fn pending(&self, uaid: &Uaid, now: u64) -> Result<Pending, StoreError> {
+        let uaid = uaid.as_str().to_owned();
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT channel, version, data, expires_at FROM channel
+                 WHERE uaid = ?1 AND version IS NOT NULL",
+            )?;
+            let rows = stmt.query_map([uaid], |row| {
+                Ok((
+                    ChannelId::new(row.get::<_, String>(0)?),
+                    Update {
+                        version: unsigned(row, 1)?,
+                        data: row.get(2)?,
+                        expires_at: unsigned(row, 3)?,
+                    },
+                ))
+            })?;
+            let mut pending = Pending::default();
+            for row in rows {
+                let (channel, update) = row?;
+                if update.expires_at > now {
+                    pending.updates.push((channel, update));
+                } else {
+                    pending.expired.push(channel);
+                }
+            }
+            Ok(pending)
+        })
+        .await
+    }
+
+    async fn ack(&self, uaid: &Uaid, channel: &ChannelId, version: u64) -> Result<(), StoreError> {
+        let (uaid, channel) = (uaid.as_str().to_owned(), channel.as_str().to_owned());
+        let version = saturating(version);
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "UPDATE channel SET version = NULL, data = NULL, expires_at = NULL
+                 WHERE uaid = ?1 AND channel = ?2 AND version <= ?3",
+            )?
+            .execute(params![uaid, channel, version])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn ack_expired(
+        &self,
+        uaid: &Uaid,
+        channel: &ChannelId,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        let (uaid, channel) = (uaid.as_str().to_owned(), channel.as_str().to_owned());
+        let now = saturating(now);
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "UPDATE channel SET version = NULL, data = NULL, expires_at = NULL
+                 WHERE uaid = ?1 AND channel = ?2 AND expires_at <= ?3",
+            )?
+            .execute(params![uaid, channel, now])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn drop_uaid(&self, uaid: &Uaid) -> Result<(), StoreError> {
+        let uaid = uaid.as_str().to_owned();
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.prepare_cached("DELETE FROM channel WHERE uaid = ?1")?
+                .execute([&uaid])?;
+            tx.prepare_cached("DELETE FROM node WHERE uaid = ?1")?
+                .execute([&uaid])?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn set_node(&self, uaid: &Uaid, node: &str) -> Result<(), StoreError> {
+        let (uaid, node) = (uaid.as_str().to_owned(), node.to_owned());
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO node (uaid, node) VALUES (?1, ?2)
+                 ON CONFLICT (uaid) DO UPDATE SET node = excluded.node",
+            )?
+            .execute([uaid, node])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn node(&self, uaid: &Uaid) -> Result<Option<String>, StoreError> {
+        let uaid = uaid.as_str().to_owned();
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached("SELECT node FROM node WHERE uaid = ?1")?
+                .query_row([uaid], |row| row.get(0))
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn clear_node(&self, uaid: &Uaid, node: &str) -> Result<bool, StoreError> {
+        let (uaid, node) = (uaid.as_str().to_owned(), node.to_owned());
+        self.write(move |conn| {
+            let cleared = conn
+                .prepare_cached("DELETE FROM node WHERE uaid = ?1 AND node = ?2")?
+                .execute([uaid, node])?;
+            Ok(cleared > 0)
+        })
+        .await
+    }
+
+    async fn check(&self) -> Result<(), StoreError> {
+        let written = self
+            .write(|conn| {
+                Ok(conn
+                    .prepare_cached(
+                        "INSERT INTO health (id, beat) VALUES (1, 1)
+                         ON CONFLICT (id) DO UPDATE SET beat = beat + 1
+                         RETURNING beat",
+                    )?
+                    .query_row([], |row| row.get::<_, i64>(0))?)
+            })
+            .await?;
+        // Read back through a reader, so both kinds of connection are exercised. A
+        // concurrent check may have written a later beat, never an earlier one.
+        self.read(move |conn| {
+            let read: Option<i64> = conn
+                .prepare_cached("SELECT beat FROM health WHERE id = 1")?
+                .query_row([], |row| row.get(0))
+                .optional()?;
+            match read {
+                Some(beat) if beat >= written => Ok(()),
+                _ => Err(Error::CheckMismatch { written, read }),
+            }
+        })
+        .await
+    }
+
+    async fn close(&self) -> Result<(), StoreError> {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || inner.close())
+            .await
+            .map_err(Error::from)?
+            .map_err(StoreError::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn synchronous(store: &SqliteStore) -> i64 {
+        store
+            .inner
+            .write(|conn| Ok(conn.pragma_query_value(None, "synchronous", |row| row.get(0))?))
+            .unwrap()
+    }
+
+    #[test]
+    fn fsync_option_sets_synchronous() {
+        let dir = tempfile::tempdir().unwrap();
+        let full = SqliteStore::open(dir.path(), SqliteOptions::default()).unwrap();
+        // 2 = FULL, 1 = NORMAL.
+        assert_eq!(synchronous(&full), 2);
+        drop(full);
+        let normal = SqliteStore::open(dir.path(), SqliteOptions { fsync: false }).unwrap();
+        assert_eq!(synchronous(&normal), 1);
+    }
+
+    #[test]
+    fn database_is_in_wal_mode_with_current_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), SqliteOptions::default()).unwrap();
+        let (mode, version) = store
+            .inner
+            .read(|conn| {
+                let mode: String = conn.pragma_query_value(None, "journal_mode", |r| r.get(0))?;
+                let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+                Ok((mode, version))
+            })
+            .unwrap();
+        assert_eq!(mode, "wal");
+        assert_eq!(version, crate::schema::CURRENT);
+    }
+
+    #[test]
+    fn readers_cannot_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), SqliteOptions::default()).unwrap();
+        let attempt = store.inner.read(|conn| {
+            conn.execute("INSERT INTO node (uaid, node) VALUES ('u', 'n')", [])?;
+            Ok(())
+        });
+        assert!(matches!(
+            StoreError::from(attempt.unwrap_err()),
+            StoreError::Unavailable(_)
+        ));
+    }
+}

@@ -1,0 +1,59 @@
+//! What every request and session of a running server shares.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use simplepush_store::{ChannelId, Store, Uaid};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::ProtocolConfig;
+use crate::registry::Registry;
+use crate::token::TokenCodec;
+
+/// The state of one server: its store, its connected devices, its keys and settings.
+pub struct App {
+    /// Where channels and pending updates live.
+    pub store: Arc<dyn Store>,
+    /// Devices connected to this node.
+    pub registry: Registry,
+    /// Mints and opens endpoint tokens.
+    pub tokens: TokenCodec,
+    /// Protocol timers and limits.
+    pub protocol: ProtocolConfig,
+    /// Base of every pushEndpoint, without a trailing slash.
+    pub endpoint_url: String,
+    /// Whether the endpoint listener answers with CORS headers.
+    pub cors: bool,
+    /// Endpoint requests allowed in flight at once; beyond that, 503.
+    pub inflight: Semaphore,
+    /// Cancelled when the server shuts down.
+    pub shutdown: CancellationToken,
+    /// Websocket sessions, so shutdown can wait for them to close.
+    pub sessions: TaskTracker,
+}
+
+impl App {
+    /// The pushEndpoint URL of a channel.
+    pub fn push_endpoint(&self, uaid: &Uaid, channel: &ChannelId) -> String {
+        format!(
+            "{}/update/{}",
+            self.endpoint_url,
+            self.tokens.encode(uaid, channel)
+        )
+    }
+
+    /// When an update received now expires.
+    pub fn expires_at(&self, now: u64) -> u64 {
+        now.saturating_add(self.protocol.message_ttl.as_secs())
+    }
+}
+
+/// The current UNIX time in seconds.
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

@@ -1,0 +1,323 @@
+//! The server's configuration: the TOML file of PROTOCOL.md §8, with defaults for every
+//! key, overridden by command-line flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Everything the server can be told. Every section and key is optional in the file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Listeners, endpoint URLs and token keys.
+    pub server: ServerConfig,
+    /// Protocol timers and limits.
+    pub protocol: ProtocolConfig,
+    /// Where channels and pending updates are kept.
+    pub store: StoreConfig,
+    /// Node-to-node delivery in a cluster.
+    pub router: RouterConfig,
+    /// Log output.
+    pub log: LogConfig,
+}
+
+/// `[server]`: what the server listens on and how it names endpoints.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Devices' websocket listener.
+    pub ws_addr: SocketAddr,
+    /// App servers' listener (`PUT /update/{token}`, health).
+    pub endpoint_addr: SocketAddr,
+    /// Base of every pushEndpoint. Unset: `http://localhost:<endpoint port>`.
+    pub endpoint_url: Option<String>,
+    /// Base64url token keys (32 bytes each); the first mints, all open.
+    pub token_keys: Vec<String>,
+    /// Answer CORS preflights and add CORS headers on the endpoint listener.
+    pub cors: bool,
+    /// Listen backlog of both listeners (tokio's default of 128 drops SYNs in storms).
+    pub backlog: u32,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            ws_addr: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            endpoint_addr: SocketAddr::from(([0, 0, 0, 0], 8081)),
+            endpoint_url: None,
+            token_keys: Vec::new(),
+            cors: false,
+            backlog: 4096,
+        }
+    }
+}
+
+/// `[protocol]`: timers and limits of PROTOCOL.md.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProtocolConfig {
+    /// A socket that has not said hello by then is closed.
+    #[serde(with = "humane")]
+    pub hello_timeout: Duration,
+    /// Pings closer together than this are refused (0 = no limit).
+    #[serde(with = "humane")]
+    pub min_ping_interval: Duration,
+    /// An update delivered live but not acknowledged is sent again after this.
+    #[serde(with = "humane")]
+    pub retry_interval: Duration,
+    /// Pending updates expire after this and are reported in `expired`.
+    #[serde(with = "humane")]
+    pub message_ttl: Duration,
+    /// Live channels per uaid.
+    pub max_channels: usize,
+    /// Largest `data` an app server may send, in bytes.
+    pub max_data_bytes: usize,
+    /// Largest websocket message a device may send, in bytes.
+    pub max_message_bytes: usize,
+}
+
+impl Default for ProtocolConfig {
+    fn default() -> Self {
+        Self {
+            hello_timeout: Duration::from_secs(30),
+            min_ping_interval: Duration::from_secs(20),
+            retry_interval: Duration::from_secs(60),
+            message_ttl: Duration::from_secs(3 * 24 * 3600),
+            max_channels: 200,
+            max_data_bytes: 4096,
+            max_message_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// Which store backend to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// In process memory: nothing survives a restart.
+    Memory,
+    /// An SQLite file under `path`.
+    Sqlite,
+    /// A RocksDB database under `path`.
+    Rocksdb,
+    /// A memcached pool shared by the nodes of a cluster.
+    Memcache,
+}
+
+impl Backend {
+    /// The name used in config files and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Memory => "memory",
+            Backend::Sqlite => "sqlite",
+            Backend::Rocksdb => "rocksdb",
+            Backend::Memcache => "memcache",
+        }
+    }
+}
+
+/// `[store]`: the backend and its own settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// memory | sqlite | rocksdb | memcache.
+    pub backend: Backend,
+    /// Data directory of the embedded backends (sqlite, rocksdb).
+    pub path: PathBuf,
+    /// memcached servers (memcache).
+    pub servers: Vec<String>,
+    /// fsync every write (sqlite, rocksdb): an answered update survives power loss.
+    pub fsync: bool,
+    /// Connections per memcached server.
+    pub pool_size: u32,
+    /// Time limit of one memcached operation.
+    #[serde(with = "humane")]
+    pub timeout: Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            backend: Backend::Memory,
+            path: PathBuf::from("simplepush-data"),
+            servers: vec!["127.0.0.1:11211".to_owned()],
+            fsync: true,
+            pool_size: 16,
+            timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+/// `[router]`: node-to-node delivery (memcache cluster only).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouterConfig {
+    /// Listener for peers; keep it off the public network.
+    pub addr: SocketAddr,
+    /// How peers reach this node.
+    pub url: String,
+    /// Shared secret peers must present.
+    pub secret: String,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 3000)),
+            url: "http://127.0.0.1:3000".to_owned(),
+            secret: String::new(),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[log]`: what is logged and how.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter: "info", "simplepush=debug,warp=info", ...
+    pub level: String,
+    /// text | json.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".to_owned(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, has an unknown key or a bad value.
+    #[error("invalid config {path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, naming the key.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Parses a TOML document; unknown keys are errors naming the key.
+    pub fn from_toml(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Invalid {
+            path: origin.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Reads the config file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text, path)
+    }
+}
+
+/// Durations as humane strings ("30s", "5m", "3d"); "0" means zero.
+mod humane {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, de::Error};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        parse(&text).map_err(D::Error::custom)
+    }
+
+    pub fn parse(text: &str) -> Result<Duration, String> {
+        let text = text.trim();
+        if text == "0" {
+            return Ok(Duration::ZERO);
+        }
+        humantime::parse_duration(text)
+            .map_err(|e| format!("`{text}` is not a duration like \"30s\", \"5m\" or \"3d\": {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sample_config_parses_to_the_defaults() {
+        let sample = include_str!("../config.sample.toml");
+        let config = Config::from_toml(sample, Path::new("config.sample.toml")).unwrap();
+        let defaults = Config::default();
+        assert_eq!(config.server.ws_addr, defaults.server.ws_addr);
+        assert_eq!(config.server.endpoint_addr, defaults.server.endpoint_addr);
+        assert_eq!(config.server.backlog, defaults.server.backlog);
+        assert_eq!(config.protocol.hello_timeout, Duration::from_secs(30));
+        assert_eq!(config.protocol.min_ping_interval, Duration::from_secs(20));
+        assert_eq!(config.protocol.retry_interval, Duration::from_secs(60));
+        assert_eq!(config.protocol.message_ttl, Duration::from_secs(259_200));
+        assert_eq!(config.protocol.max_channels, 200);
+        assert_eq!(config.protocol.max_data_bytes, 4096);
+        assert_eq!(config.protocol.max_message_bytes, 65536);
+        assert_eq!(config.store.backend, Backend::Memory);
+        assert_eq!(config.store.path, PathBuf::from("simplepush-data"));
+        assert_eq!(config.store.servers, vec!["127.0.0.1:11211".to_owned()]);
+        assert_eq!(config.router.addr, defaults.router.addr);
+        assert_eq!(config.router.url, defaults.router.url);
+        assert_eq!(config.log.level, "info");
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_naming_it() {
+        let err = Config::from_toml("[protocol]\nhello_timout = \"5s\"\n", Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("hello_timout"), "{err}");
+    }
+
+    #[test]
+    fn durations_are_humane() {
+        let config = Config::from_toml(
+            "[protocol]\nhello_timeout = \"1500ms\"\nmin_ping_interval = \"0\"\nmessage_ttl = \"2d\"\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert_eq!(config.protocol.hello_timeout, Duration::from_millis(1500));
+        assert_eq!(config.protocol.min_ping_interval, Duration::ZERO);
+        assert_eq!(config.protocol.message_ttl, Duration::from_secs(2 * 86400));
+        let err = Config::from_toml("[protocol]\nretry_interval = \"soon\"\n", Path::new("x"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("retry_interval") || err.contains("soon"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_backend_is_an_error() {
+        assert!(Config::from_toml("[store]\nbackend = \"postgres\"\n", Path::new("x")).is_err());
+    }
+}

@@ -1,0 +1,300 @@
+//! The app servers' side (PROTOCOL.md §5): `PUT /update/{token}` stores an update and
+//! delivers it live when the device is connected here.
+
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes};
+use futures_util::{Stream, StreamExt};
+use simplepush_store::{PutOutcome, Update};
+use warp::http::{Method, StatusCode};
+use warp::reply::Response;
+
+use crate::app::{App, now_secs};
+use crate::error::{HttpError, json_response};
+
+/// The parameters of an update, as the app server sent them.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Params {
+    /// `version`, unparsed.
+    pub version: Option<String>,
+    /// `data`.
+    pub data: Option<String>,
+}
+
+impl Params {
+    /// Fills what is missing from `other` (the query string backs up the body).
+    fn or(self, other: Params) -> Params {
+        Params {
+            version: self.version.or(other.version),
+            data: self.data.or(other.data),
+        }
+    }
+
+    fn set(&mut self, key: &str, value: String) {
+        match key {
+            "version" => self.version = Some(value),
+            "data" => self.data = Some(value),
+            _ => {}
+        }
+    }
+}
+
+/// How a request body is to be read, by its Content-Type.
+#[derive(Debug, PartialEq, Eq)]
+enum BodyKind {
+    Form,
+    Multipart(String),
+    Ignored,
+}
+
+fn body_kind(content_type: Option<&str>) -> Result<BodyKind, HttpError> {
+    let Some(content_type) = content_type else {
+        return Ok(BodyKind::Form);
+    };
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    match essence.as_str() {
+        "application/x-www-form-urlencoded" => Ok(BodyKind::Form),
+        "multipart/form-data" => multer::parse_boundary(content_type)
+            .map(BodyKind::Multipart)
+            .map_err(|_| {
+                HttpError::new(StatusCode::BAD_REQUEST, "multipart body without a boundary")
+            }),
+        _ => Ok(BodyKind::Ignored),
+    }
+}
+
+/// Parses `application/x-www-form-urlencoded` text (also the query string).
+pub fn parse_form(bytes: &[u8]) -> Params {
+    let mut params = Params::default();
+    for (key, value) in form_urlencoded::parse(bytes) {
+        params.set(&key, value.into_owned());
+    }
+    params
+}
+
+async fn parse_multipart(body: Bytes, boundary: String) -> Result<Params, HttpError> {
+    let bad = |e: multer::Error| {
+        HttpError::new(StatusCode::BAD_REQUEST, format!("bad multipart body: {e}"))
+    };
+    let stream = futures_util::stream::once(async move { Ok::<Bytes, std::io::Error>(body) });
+    let mut multipart = multer::Multipart::new(stream, boundary);
+    let mut params = Params::default();
+    while let Some(field) = multipart.next_field().await.map_err(bad)? {
+        let name = field.name().map(str::to_owned);
+        let text = field.text().await.map_err(bad)?;
+        if let Some(name) = name {
+            params.set(&name, text);
+        }
+    }
+    Ok(params)
+}
+
+/// The version to store: the app server's, or the current time when it sent none.
+pub fn parse_version(version: Option<&str>, now: u64) -> Result<u64, HttpError> {
+    match version.map(str::trim) {
+        None | Some("") => Ok(now),
+        Some(text) if text.bytes().all(|b| b.is_ascii_digit()) => text
+            .parse::<i64>()
+            .ok()
+            .and_then(|v| u64::try_from(v).ok())
+            .ok_or_else(bad_version),
+        Some(_) => Err(bad_version()),
+    }
+}
+
+fn bad_version() -> HttpError {
+    HttpError::new(
+        StatusCode::BAD_REQUEST,
+        "version must be a non-negative integer that fits in 63 bits",
+    )
+}
+
+/// The largest body read: the data, percent-encoded, with room for the rest.
+fn body_limit(max_data_bytes: usize) -> usize {
+    max_data_bytes.saturating_mul(3).saturating_add(4096)
+}
+
+async fn read_body<S, B>(mut body: S, limit: usize) -> Result<Bytes, HttpError>
+where
+    S: Stream<Item = Result<B, warp::Error>> + Unpin,
+    B: Buf,
+{
+    let mut collected = Vec::new();
+    while let Some(chunk) = body.next().await {
+        let mut chunk = chunk
+            .map_err(|e| HttpError::new(StatusCode::BAD_REQUEST, format!("reading body: {e}")))?;
+        if collected.len() + chunk.remaining() > limit {
+            return Err(HttpError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request body too large",
+            ));
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            collected.extend_from_slice(part);
+            let n = part.len();
+            chunk.advance(n);
+        }
+    }
+    Ok(Bytes::from(collected))
+}
+
+/// Answers one request to `/update/{token}`.
+pub async fn handle<S, B>(
+    app: Arc<App>,
+    method: Method,
+    token: String,
+    query: String,
+    content_type: Option<String>,
+    body: S,
+) -> Response
+where
+    S: Stream<Item = Result<B, warp::Error>> + Unpin,
+    B: Buf,
+{
+    let response = match method {
+        Method::PUT => put(&app, &token, &query, content_type.as_deref(), body).await,
+        Method::OPTIONS => Ok(json_response(StatusCode::OK, &serde_json::json!({}))),
+        _ => Err(HttpError::new(StatusCode::METHOD_NOT_ALLOWED, "use PUT")),
+    };
+    response.unwrap_or_else(HttpError::into_response)
+}
+
+async fn put<S, B>(
+    app: &App,
+    token: &str,
+    query: &str,
+    content_type: Option<&str>,
+    body: S,
+) -> Result<Response, HttpError>
+where
+    S: Stream<Item = Result<B, warp::Error>> + Unpin,
+    B: Buf,
+{
+    let Ok(_permit) = app.inflight.try_acquire() else {
+        return Err(HttpError::unavailable("too many requests in flight"));
+    };
+    let max_data = app.protocol.max_data_bytes;
+    let body = read_body(body, body_limit(max_data)).await?;
+    let from_body = match body_kind(content_type)? {
+        BodyKind::Form => parse_form(&body),
+        BodyKind::Multipart(boundary) => parse_multipart(body, boundary).await?,
+        BodyKind::Ignored => Params::default(),
+    };
+    let params = from_body.or(parse_form(query.as_bytes()));
+    let now = now_secs();
+    let version = parse_version(params.version.as_deref(), now)?;
+    let data = params.data.filter(|d| !d.is_empty());
+    if data.as_ref().is_some_and(|d| d.len() > max_data) {
+        return Err(HttpError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("data is larger than {max_data} bytes"),
+        ));
+    }
+    let Some((uaid, channel)) = app.tokens.decode(token) else {
+        return Err(HttpError::new(StatusCode::NOT_FOUND, "no such endpoint"));
+    };
+    let update = Update {
+        version,
+        data,
+        expires_at: app.expires_at(now),
+    };
+    match app
+        .store
+        .put_update(&uaid, &channel, update.clone(), now)
+        .await?
+    {
+        PutOutcome::Gone => Err(HttpError::new(StatusCode::GONE, "channel unregistered")),
+        PutOutcome::Stored => {
+            let live = app
+                .registry
+                .get(&uaid)
+                .is_some_and(|peer| peer.deliver(channel, update));
+            let status = if live {
+                StatusCode::OK
+            } else {
+                StatusCode::ACCEPTED
+            };
+            Ok(json_response(status, &serde_json::json!({})))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_rules() {
+        assert_eq!(parse_version(None, 77), Ok(77));
+        assert_eq!(parse_version(Some(""), 77), Ok(77));
+        assert_eq!(parse_version(Some("0"), 77), Ok(0));
+        assert_eq!(
+            parse_version(Some("9223372036854775807"), 77),
+            Ok(i64::MAX as u64)
+        );
+        for bad in [
+            "9223372036854775808",
+            "-1",
+            "+1",
+            "1.5",
+            "abc",
+            "1e3",
+            "0x10",
+            "１",
+        ] {
+            assert_eq!(
+                parse_version(Some(bad), 77).unwrap_err().status,
+                StatusCode::BAD_REQUEST,
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn form_parsing_decodes_and_ignores_other_keys() {
+        let params = parse_form(b"version=12&data=hello%20world&x=1");
+        assert_eq!(params.version.as_deref(), Some("12"));
+        assert_eq!(params.data.as_deref(), Some("hello world"));
+        assert_eq!(parse_form(b"\xff\xfe=\x00"), Params::default());
+    }
+
+    #[test]
+    fn content_types() {
+        assert_eq!(body_kind(None), Ok(BodyKind::Form));
+        assert_eq!(
+            body_kind(Some("Application/X-WWW-Form-Urlencoded; charset=utf-8")),
+            Ok(BodyKind::Form)
+        );
+        assert_eq!(
+            body_kind(Some("multipart/form-data; boundary=xyz")),
+            Ok(BodyKind::Multipart("xyz".into()))
+        );
+        assert_eq!(body_kind(Some("application/json")), Ok(BodyKind::Ignored));
+        assert!(body_kind(Some("multipart/form-data")).is_err());
+    }
+
+    #[tokio::test]
+    async fn multipart_fields_are_read() {
+        let body = "--b\r\nContent-Disposition: form-data; name=\"version\"\r\n\r\n42\r\n--b\r\nContent-Disposition: form-data; name=\"data\"\r\n\r\nhi\r\n--b--\r\n";
+        let params = parse_multipart(Bytes::from(body), "b".into())
+            .await
+            .unwrap();
+        assert_eq!(
+            params,
+            Params {
+                version: Some("42".into()),
+                data: Some("hi".into())
+            }
+        );
+        let err = parse_multipart(Bytes::from("garbage"), "b".into())
+            .await
+            .unwrap_err();
+        assert_eq!(err.status, StatusCode::BAD_REQUEST);
+    }
+}

@@ -1,0 +1,103 @@
+//! The routes of each listener, one function per route, each a warp filter answering
+//! with a complete response (so nothing reaches warp's default rejection page).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use hyper::upgrade::OnUpgrade;
+use warp::http::{HeaderValue, StatusCode, header};
+use warp::reply::Response;
+use warp::{Filter, Rejection};
+
+use crate::app::App;
+use crate::error::HttpError;
+use crate::{endpoint, health, upgrade};
+
+fn with_app(app: Arc<App>) -> impl Filter<Extract = (Arc<App>,), Error = Infallible> + Clone {
+    warp::any().map(move || app.clone())
+}
+
+/// `/status`, `/status/`, `/realstatus`, `/realstatus/`.
+pub fn health(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::get()
+        .and(warp::path::full())
+        .and(with_app(app))
+        .and_then(|path: warp::path::FullPath, app: Arc<App>| async move {
+            match path.as_str() {
+                "/status" | "/status/" => Ok(health::status(&app)),
+                "/realstatus" | "/realstatus/" => Ok(health::real_status(app).await),
+                _ => Err(warp::reject::not_found()),
+            }
+        })
+}
+
+/// `GET /` with a websocket upgrade: a device session.
+pub fn websocket(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path::end()
+        .and(warp::method())
+        .and(warp::header::headers_cloned())
+        .and(warp::ext::optional::<OnUpgrade>())
+        .and(with_app(app))
+        .map(|method, headers, on_upgrade, app| upgrade::accept(app, method, headers, on_upgrade))
+}
+
+/// `/update/{token}`: PUT an update; OPTIONS; anything else 405.
+pub fn update(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    let query = warp::query::raw().or(warp::any().map(String::new)).unify();
+    warp::path!("update" / String)
+        .and(warp::method())
+        .and(query)
+        .and(warp::header::optional::<String>("content-type"))
+        .and(warp::body::stream())
+        .and(with_app(app))
+        .then(|token, method, query, content_type, body, app| {
+            endpoint::handle(app, method, token, query, content_type, Box::pin(body))
+        })
+}
+
+/// Everything else: a JSON 404.
+pub fn not_found() -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+    warp::any().map(|| HttpError::new(StatusCode::NOT_FOUND, "no such resource").into_response())
+}
+
+/// Adds CORS headers (the endpoint listener, when `cors = true`).
+fn with_cors(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("PUT, OPTIONS"),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("content-type"),
+    );
+    response
+}
+
+/// The devices' listener: the websocket and health.
+pub fn ws_listener(
+    app: Arc<App>,
+) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+    health(app.clone())
+        .or(websocket(app))
+        .unify()
+        .or(not_found())
+        .unify()
+}
+
+/// The app servers' listener: updates and health.
+pub fn endpoint_listener(
+    app: Arc<App>,
+) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+    let cors = app.cors;
+    health(app.clone())
+        .or(update(app))
+        .unify()
+        .or(not_found())
+        .unify()
+        .map(move |response: Response| if cors { with_cors(response) } else { response })
+}

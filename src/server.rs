@@ -1,0 +1,127 @@
+//! A running server: binds the listeners, serves devices and app servers until told to
+//! shut down, then closes every socket with 1001 and releases the store.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use simplepush_store::Store;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::app::App;
+use crate::config::Config;
+use crate::registry::Registry;
+use crate::token::{KeyError, TokenCodec};
+use crate::{listener, routes};
+
+/// Sessions get this long to send their close frames at shutdown.
+const SESSION_DRAIN: Duration = Duration::from_secs(5);
+
+/// Endpoint requests in flight at once before answering 503.
+const MAX_INFLIGHT: usize = 8192;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The token keys are unusable.
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+}
+
+/// A server with its listeners bound, ready to [`Server::run`].
+pub struct Server {
+    app: Arc<App>,
+    ws: TcpListener,
+    endpoint: TcpListener,
+}
+
+impl Server {
+    /// Binds both listeners. `token_keys` are the resolved keys (see
+    /// [`crate::store::token_keys`]); `shutdown` stops the server when cancelled.
+    pub fn bind(
+        config: &Config,
+        store: Arc<dyn Store>,
+        token_keys: &[String],
+        shutdown: CancellationToken,
+    ) -> Result<Server, StartError> {
+        let bind = |addr: SocketAddr| {
+            listener::bind(addr, config.server.backlog)
+                .map_err(|source| StartError::Bind { addr, source })
+        };
+        let ws = bind(config.server.ws_addr)?;
+        let endpoint = bind(config.server.endpoint_addr)?;
+        let endpoint_port = endpoint
+            .local_addr()
+            .map_err(|source| StartError::Bind {
+                addr: config.server.endpoint_addr,
+                source,
+            })?
+            .port();
+        let endpoint_url = config
+            .server
+            .endpoint_url
+            .clone()
+            .unwrap_or_else(|| format!("http://localhost:{endpoint_port}"))
+            .trim_end_matches('/')
+            .to_owned();
+        let app = Arc::new(App {
+            store,
+            registry: Registry::new(),
+            tokens: TokenCodec::new(token_keys)?,
+            protocol: config.protocol.clone(),
+            endpoint_url,
+            cors: config.server.cors,
+            inflight: Semaphore::new(MAX_INFLIGHT),
+            shutdown,
+            sessions: TaskTracker::new(),
+        });
+        Ok(Server { app, ws, endpoint })
+    }
+
+    /// Where devices connect.
+    pub fn ws_addr(&self) -> std::io::Result<SocketAddr> {
+        self.ws.local_addr()
+    }
+
+    /// Where app servers send updates.
+    pub fn endpoint_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// The base of pushEndpoints this server mints.
+    pub fn endpoint_url(&self) -> &str {
+        &self.app.endpoint_url
+    }
+
+    /// Serves until shutdown; then closes sessions (1001), drains requests and closes
+    /// the store.
+    pub async fn run(self) {
+        let Server { app, ws, endpoint } = self;
+        let shutdown = app.shutdown.clone();
+        tokio::join!(
+            listener::serve(ws, routes::ws_listener(app.clone()), shutdown.clone()),
+            listener::serve(endpoint, routes::endpoint_listener(app.clone()), shutdown),
+        );
+        app.sessions.close();
+        if tokio::time::timeout(SESSION_DRAIN, app.sessions.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some sessions did not close in time");
+        }
+        if let Err(error) = app.store.close().await {
+            tracing::error!(%error, "closing the store failed");
+        }
+    }
+}

@@ -1,0 +1,438 @@
+//! One device's websocket session: reads its commands, answers them, delivers its
+//! updates live, re-sends what it has not acknowledged, and closes with the code
+//! PROTOCOL.md names. One task per socket; its only timer is reset, never spawned.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use simplepush_store::{ChannelId, RegisterOutcome, StoreError, Uaid, Update};
+use tokio::time::{Instant, sleep_until, timeout};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, error::CapacityError};
+
+use crate::app::{App, now_secs};
+use crate::error::store_error_frame;
+use crate::protocol::{
+    self, Command, ErrorFrame, HelloReply, Notification, Refusal, RegisterReply, UnregisterReply,
+    UpdateEntry, is_uuid_shaped,
+};
+use crate::registry::Peer;
+
+/// The websocket of one device.
+pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
+
+/// A write that takes longer than this means the device is gone.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long to wait for the device to answer our close frame.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why a session ends, and so which close frame it sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// An error frame was sent: close 1000.
+    AfterError,
+    /// Not JSON, not an object, or invalid UTF-8: close 1007.
+    InvalidPayload,
+    /// A message over `max_message_bytes`: close 1009.
+    TooBig,
+    /// A websocket protocol violation: close 1002.
+    ProtocolViolation,
+    /// No hello in time: close 1000.
+    HelloTimeout,
+    /// A newer socket took the uaid: close 4000.
+    Replaced,
+    /// The device stopped reading: close 1008.
+    TooSlow,
+    /// The server shuts down: close 1001.
+    Shutdown,
+    /// The device closed, or the connection broke: nothing more to send.
+    Gone,
+}
+
+impl End {
+    fn close_frame(self) -> Option<CloseFrame> {
+        let (code, reason) = match self {
+            End::AfterError => (CloseCode::Normal, ""),
+            End::InvalidPayload => (CloseCode::Invalid, "invalid message"),
+            End::TooBig => (CloseCode::Size, "message too big"),
+            End::ProtocolViolation => (CloseCode::Protocol, "protocol error"),
+            End::HelloTimeout => (CloseCode::Normal, "hello timeout"),
+            End::Replaced => (CloseCode::Library(4000), "replaced"),
+            End::TooSlow => (CloseCode::Policy, "not reading"),
+            End::Shutdown => (CloseCode::Away, "server shutting down"),
+            End::Gone => return None,
+        };
+        Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        })
+    }
+}
+
+/// What woke the session up.
+enum Event {
+    Shutdown,
+    Mail,
+    Timer,
+    Frame(Option<Result<Message, WsError>>),
+}
+
+/// Serves one device until its socket closes.
+pub async fn run(app: Arc<App>, socket: Socket) {
+    let _connected = app.registry.connect();
+    let peer = app.registry.peer();
+    let mut session = Session {
+        app,
+        socket,
+        peer,
+        uaid: None,
+        last_ping: None,
+        retry_at: None,
+    };
+    let end = session.serve().await;
+    session.close(end).await;
+}
+
+struct Session {
+    app: Arc<App>,
+    socket: Socket,
+    peer: Arc<Peer>,
+    /// Set by the first successful hello.
+    uaid: Option<Uaid>,
+    /// When the last accepted ping arrived.
+    last_ping: Option<Instant>,
+    /// When unacknowledged updates are sent again, if any were sent.
+    retry_at: Option<Instant>,
+}
+
+/// A step that may end the session.
+type Step = Result<(), End>;
+
+impl Session {
+    async fn serve(&mut self) -> End {
+        let hello_deadline = Instant::now() + self.app.protocol.hello_timeout;
+        let mut deadline = hello_deadline;
+        let timer = sleep_until(deadline);
+        tokio::pin!(timer);
+        loop {
+            let wanted = if self.uaid.is_none() {
+                Some(hello_deadline)
+            } else {
+                self.retry_at
+            };
+            if let Some(wanted) = wanted.filter(|w| *w != deadline) {
+                deadline = wanted;
+                timer.as_mut().reset(deadline);
+            }
+            let event = tokio::select! {
+                biased;
+                () = self.app.shutdown.cancelled() => Event::Shutdown,
+                () = self.peer.woken() => Event::Mail,
+                () = &mut timer, if wanted.is_some() => Event::Timer,
+                frame = self.socket.next() => Event::Frame(frame),
+            };
+            let step = match event {
+                Event::Shutdown => Err(End::Shutdown),
+                Event::Mail => self.deliver_mail().await,
+                Event::Timer if self.uaid.is_none() => Err(End::HelloTimeout),
+                Event::Timer => {
+                    self.retry_at = None;
+                    self.flush().await
+                }
+                Event::Frame(frame) => self.on_frame(frame).await,
+            };
+            if let Err(end) = step {
+                return end;
+            }
+        }
+    }
+
+    /// Re-sends pending updates after `retry_interval` unless a retry is already due.
+    fn arm_retry(&mut self) {
+        if self.retry_at.is_none() {
+            self.retry_at = Some(Instant::now() + self.app.protocol.retry_interval);
+        }
+    }
+
+    async fn on_frame(&mut self, frame: Option<Result<Message, WsError>>) -> Step {
+        match frame {
+            None => Err(End::Gone),
+            Some(Ok(Message::Text(text))) => self.on_message(text.as_bytes()).await,
+            Some(Ok(Message::Binary(bytes))) => self.on_message(&bytes).await,
+            Some(Ok(Message::Close(_))) => Err(End::Gone),
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Ok(()),
+            Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => Err(End::TooBig),
+            Some(Err(WsError::Capacity(_))) => Err(End::TooBig),
+            Some(Err(WsError::Utf8(_))) => Err(End::InvalidPayload),
+            Some(Err(WsError::Protocol(_))) => Err(End::ProtocolViolation),
+            Some(Err(_)) => Err(End::Gone),
+        }
+    }
+
+    async fn on_message(&mut self, frame: &[u8]) -> Step {
+        match protocol::parse(frame) {
+            Err(Refusal::NotAnObject) => Err(End::InvalidPayload),
+            Err(Refusal::Invalid(error)) => self.fail(error).await,
+            Ok(Command::Ping) => self.ping().await,
+            Ok(Command::Hello { uaid, channel_ids }) => self.hello(uaid, channel_ids).await,
+            Ok(Command::Register { channel_id }) => self.register(channel_id).await,
+            Ok(Command::Unregister { channel_id }) => self.unregister(channel_id).await,
+            Ok(Command::Ack { updates, expired }) => self.ack(updates, expired).await,
+        }
+    }
+
+    /// Sends an error frame; the session then closes with 1000.
+    async fn fail(&mut self, error: ErrorFrame) -> Step {
+        self.send(protocol::to_text(&error)).await?;
+        Err(End::AfterError)
+    }
+
+    async fn send(&mut self, text: String) -> Step {
+        match timeout(WRITE_TIMEOUT, self.socket.send(Message::text(text))).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) | Err(_) => Err(End::Gone),
+        }
+    }
+
+    async fn ping(&mut self) -> Step {
+        let min = self.app.protocol.min_ping_interval;
+        let now = Instant::now();
+        if let Some(last) = self.last_ping
+            && !min.is_zero()
+            && now.duration_since(last) < min
+        {
+            return self
+                .fail(ErrorFrame::new(401, "too many pings").for_type("ping"))
+                .await;
+        }
+        self.last_ping = Some(now);
+        self.send("{}".to_owned()).await
+    }
+
+    async fn hello(&mut self, uaid: Option<String>, channel_ids: Option<Vec<String>>) -> Step {
+        if let Some(current) = &self.uaid {
+            return match uaid {
+                Some(other) if other != current.as_str() => {
+                    let error =
+                        ErrorFrame::new(503, "this socket already said hello with another uaid")
+                            .for_type("hello")
+                            .echo("uaid", Value::String(other));
+                    self.fail(error).await
+                }
+                _ => {
+                    let reply = protocol::to_text(&HelloReply::new(current.as_str()));
+                    self.send(reply).await
+                }
+            };
+        }
+        let uaid = match Self::choose_uaid(&self.app, uaid.clone(), channel_ids).await {
+            Ok(uaid) => uaid,
+            Err(e) => {
+                let mut error = store_error_frame(&e).for_type("hello");
+                if let Some(sent) = uaid {
+                    error = error.echo("uaid", Value::String(sent));
+                }
+                return self.fail(error).await;
+            }
+        };
+        self.app.registry.claim(&uaid, &self.peer);
+        // A replacement that raced our own claim is not ours to obey.
+        let reply = protocol::to_text(&HelloReply::new(uaid.as_str()));
+        self.uaid = Some(uaid);
+        self.send(reply).await?;
+        self.flush().await
+    }
+
+    /// The uaid this device goes by, per the minting rules of PROTOCOL.md §4.
+    async fn choose_uaid(
+        app: &App,
+        sent: Option<String>,
+        channel_ids: Option<Vec<String>>,
+    ) -> Result<Uaid, StoreError> {
+        let mint = || Uaid::new(uuid::Uuid::new_v4().simple().to_string());
+        let Some(sent) = sent.filter(|u| is_uuid_shaped(u)) else {
+            return Ok(mint());
+        };
+        let sent = Uaid::new(sent);
+        let claimed = channel_ids.map_or(0, |ids| ids.len());
+        if claimed > app.protocol.max_channels {
+            app.store.drop_uaid(&sent).await?;
+            return Ok(mint());
+        }
+        if claimed > 0 && !app.store.knows_uaid(&sent).await? {
+            return Ok(mint());
+        }
+        Ok(sent)
+    }
+
+    /// The uaid, or the 401 for a command sent before hello.
+    fn said_hello(&self, message_type: &str, echo: (&str, Value)) -> Result<Uaid, ErrorFrame> {
+        self.uaid.clone().ok_or_else(|| {
+            ErrorFrame::new(401, "hello first")
+                .for_type(message_type)
+                .echo(echo.0, echo.1)
+        })
+    }
+
+    async fn register(&mut self, channel_id: String) -> Step {
+        let echo = ("channelID", Value::String(channel_id.clone()));
+        let uaid = match self.said_hello("register", echo.clone()) {
+            Ok(uaid) => uaid,
+            Err(error) => return self.fail(error).await,
+        };
+        let channel = ChannelId::new(channel_id);
+        let max = self.app.protocol.max_channels;
+        let failure = match self.app.store.register(&uaid, &channel, max).await {
+            Ok(RegisterOutcome::Registered) => None,
+            Ok(RegisterOutcome::TooManyChannels) => Some(ErrorFrame::new(
+                503,
+                format!("too many channels: at most {max} per uaid"),
+            )),
+            Err(e) => Some(store_error_frame(&e)),
+        };
+        if let Some(error) = failure {
+            return self
+                .fail(error.for_type("register").echo(echo.0, echo.1))
+                .await;
+        }
+        let endpoint = self.app.push_endpoint(&uaid, &channel);
+        let reply = RegisterReply::new(uaid.as_str(), channel.as_str(), &endpoint);
+        self.send(protocol::to_text(&reply)).await
+    }
+
+    async fn unregister(&mut self, channel_id: String) -> Step {
+        let echo = ("channelID", Value::String(channel_id.clone()));
+        let uaid = match self.said_hello("unregister", echo.clone()) {
+            Ok(uaid) => uaid,
+            Err(error) => return self.fail(error).await,
+        };
+        let channel = ChannelId::new(channel_id);
+        if let Err(e) = self.app.store.unregister(&uaid, &channel).await {
+            let error = store_error_frame(&e).for_type("unregister");
+            return self.fail(error.echo(echo.0, echo.1)).await;
+        }
+        let reply = protocol::to_text(&UnregisterReply::new(channel.as_str()));
+        self.send(reply).await
+    }
+
+    async fn ack(&mut self, updates: Vec<(String, u64)>, expired: Vec<String>) -> Step {
+        let echo = || {
+            let entries = updates
+                .iter()
+                .map(|(c, v)| serde_json::json!({"channelID": c, "version": v}))
+                .collect();
+            ("updates", Value::Array(entries))
+        };
+        let uaid = match self.said_hello("ack", echo()) {
+            Ok(uaid) => uaid,
+            Err(error) => return self.fail(error).await,
+        };
+        let store = self.app.store.clone();
+        let now = now_secs();
+        let mut result = Ok(());
+        for (channel, version) in &updates {
+            result = result.and(
+                store
+                    .ack(&uaid, &ChannelId::from(channel.as_str()), *version)
+                    .await,
+            );
+        }
+        for channel in &expired {
+            result = result.and(
+                store
+                    .ack_expired(&uaid, &ChannelId::from(channel.as_str()), now)
+                    .await,
+            );
+        }
+        if let Err(e) = result {
+            let (key, value) = echo();
+            return self
+                .fail(store_error_frame(&e).for_type("ack").echo(key, value))
+                .await;
+        }
+        self.flush().await
+    }
+
+    /// Sends everything pending for the device in one notification, if anything is.
+    async fn flush(&mut self) -> Step {
+        let Some(uaid) = self.uaid.clone() else {
+            return Ok(());
+        };
+        let pending = match self.app.store.pending(&uaid, now_secs()).await {
+            Ok(pending) => pending,
+            Err(e) => {
+                // The device can still be served; the retry timer tries again.
+                tracing::warn!(error = %e, "reading pending updates failed");
+                self.arm_retry();
+                return Ok(());
+            }
+        };
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let entries = pending
+            .updates
+            .iter()
+            .map(|(channel, update)| UpdateEntry {
+                channel_id: channel.as_str(),
+                version: update.version,
+                data: update.data.as_deref(),
+            })
+            .collect();
+        let expired: Vec<&str> = pending.expired.iter().map(ChannelId::as_str).collect();
+        let text = protocol::to_text(&Notification::new(entries, &expired));
+        if !pending.updates.is_empty() {
+            self.arm_retry();
+        }
+        self.send(text).await
+    }
+
+    /// Delivers what endpoint requests queued for this device, one frame per update.
+    async fn deliver_mail(&mut self) -> Step {
+        let mail = self.peer.take();
+        if mail.replaced {
+            return Err(End::Replaced);
+        }
+        if mail.overflowed {
+            return Err(End::TooSlow);
+        }
+        for (channel, update) in mail.updates {
+            self.send_live(&channel, &update).await?;
+        }
+        Ok(())
+    }
+
+    async fn send_live(&mut self, channel: &ChannelId, update: &Update) -> Step {
+        let entry = UpdateEntry {
+            channel_id: channel.as_str(),
+            version: update.version,
+            data: update.data.as_deref(),
+        };
+        let text = protocol::to_text(&Notification::new(vec![entry], &[]));
+        self.arm_retry();
+        self.send(text).await
+    }
+
+    /// Leaves the registry and closes the socket with the code `end` calls for.
+    async fn close(mut self, end: End) {
+        if let Some(uaid) = &self.uaid {
+            self.app.registry.release(uaid, &self.peer);
+        }
+        if let Some(frame) = end.close_frame() {
+            let closing = async {
+                // Send our close frame, then read until the device answers with its own.
+                if self.socket.close(Some(frame)).await.is_ok() {
+                    while let Some(Ok(_)) = self.socket.next().await {}
+                }
+            };
+            let _ = timeout(CLOSE_TIMEOUT, closing).await;
+        }
+        tracing::debug!(reason = ?end, "session closed");
+    }
+}

@@ -1,0 +1,113 @@
+//! The websocket handshake, done here rather than by `warp::ws` so the socket's buffers
+//! can be sized for a million idle devices (tungstenite's defaults hold 128 KiB each).
+
+use std::sync::Arc;
+
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use warp::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use warp::reply::Response;
+
+use crate::app::App;
+use crate::error::HttpError;
+use crate::session;
+
+/// The subprotocol SimplePush clients may offer; selected when offered, never required.
+const SUBPROTOCOL: &str = "push-notification";
+
+/// Bytes read from a socket at a time. Small: SimplePush messages are small, and larger
+/// ones still arrive whole (the buffer grows for them).
+const READ_CHUNK: usize = 4096;
+
+/// Whether the comma-separated header `name` lists `token` (case-insensitively).
+fn lists(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// The socket settings for a device connection.
+pub fn socket_config(max_message_bytes: usize) -> WebSocketConfig {
+    let mut config = WebSocketConfig::default();
+    config.read_buffer_size = READ_CHUNK;
+    config.write_buffer_size = 0;
+    config.max_write_buffer_size = max_message_bytes.saturating_mul(4).max(1 << 20);
+    config.max_message_size = Some(max_message_bytes);
+    config.max_frame_size = Some(max_message_bytes);
+    config
+}
+
+/// Answers a request to the websocket path: 101 and a session, or why not.
+pub fn accept(
+    app: Arc<App>,
+    method: Method,
+    headers: HeaderMap,
+    on_upgrade: Option<OnUpgrade>,
+) -> Response {
+    if method != Method::GET
+        || !lists(&headers, header::CONNECTION, "upgrade")
+        || !lists(&headers, header::UPGRADE, "websocket")
+    {
+        return HttpError::new(StatusCode::BAD_REQUEST, "expected a websocket upgrade")
+            .into_response();
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(HeaderValue::as_bytes)
+        != Some(b"13")
+    {
+        let mut response =
+            HttpError::new(StatusCode::UPGRADE_REQUIRED, "websocket version 13 only")
+                .into_response();
+        response.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+        return response;
+    }
+    let (Some(key), Some(on_upgrade)) = (headers.get(header::SEC_WEBSOCKET_KEY), on_upgrade) else {
+        return HttpError::new(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key")
+            .into_response();
+    };
+    if app.shutdown.is_cancelled() {
+        return HttpError::unavailable("shutting down").into_response();
+    }
+    let accept_key = derive_accept_key(key.as_bytes());
+    let config = socket_config(app.protocol.max_message_bytes);
+    let sessions = app.sessions.clone();
+    sessions.spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let socket = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(config),
+                )
+                .await;
+                session::run(app, socket).await;
+            }
+            Err(error) => tracing::debug!(%error, "websocket upgrade failed"),
+        }
+    });
+    let mut response = Response::default();
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers_out = response.headers_mut();
+    headers_out.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers_out.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(value) = HeaderValue::from_str(&accept_key) {
+        headers_out.insert(header::SEC_WEBSOCKET_ACCEPT, value);
+    }
+    if lists(&headers, header::SEC_WEBSOCKET_PROTOCOL, SUBPROTOCOL) {
+        headers_out.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(SUBPROTOCOL),
+        );
+    }
+    response
+}

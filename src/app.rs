@@ -26,6 +26,8 @@ pub struct App {
     pub endpoint_url: String,
     /// Whether the endpoint listener answers with CORS headers.
     pub cors: bool,
+    /// Device sockets allowed at once; beyond that, upgrades get 503.
+    pub max_connections: usize,
     /// Endpoint requests allowed in flight at once; beyond that, 503.
     pub inflight: Semaphore,
     /// Cancelled when the server shuts down.

@@ -39,6 +39,11 @@ pub struct ServerConfig {
     pub cors: bool,
     /// Listen backlog of both listeners (tokio's default of 128 drops SYNs in storms).
     pub backlog: u32,
+    /// Device sockets held at once; beyond it upgrades get 503. 0: derived from the
+    /// open-file limit (raised to its hard maximum at startup).
+    pub max_connections: usize,
+    /// Endpoint requests processed at once; beyond it they get 503 with Retry-After.
+    pub max_inflight_requests: usize,
 }
 
 impl Default for ServerConfig {
@@ -50,6 +55,8 @@ impl Default for ServerConfig {
             token_keys: Vec::new(),
             cors: false,
             backlog: 4096,
+            max_connections: 0,
+            max_inflight_requests: 8192,
         }
     }
 }
@@ -70,6 +77,12 @@ pub struct ProtocolConfig {
     /// Pending updates expire after this and are reported in `expired`.
     #[serde(with = "humane")]
     pub message_ttl: Duration,
+    /// A websocket Ping is sent after this much silence from a device (0 = never).
+    #[serde(with = "humane")]
+    pub ping_interval: Duration,
+    /// A device that answers nothing this long after our Ping is dropped.
+    #[serde(with = "humane")]
+    pub pong_timeout: Duration,
     /// Live channels per uaid.
     pub max_channels: usize,
     /// Largest `data` an app server may send, in bytes.
@@ -85,6 +98,8 @@ impl Default for ProtocolConfig {
             min_ping_interval: Duration::from_secs(20),
             retry_interval: Duration::from_secs(60),
             message_ttl: Duration::from_secs(3 * 24 * 3600),
+            ping_interval: Duration::from_secs(300),
+            pong_timeout: Duration::from_secs(30),
             max_channels: 200,
             max_data_bytes: 4096,
             max_message_bytes: 64 * 1024,
@@ -278,6 +293,8 @@ mod tests {
         assert_eq!(config.protocol.min_ping_interval, Duration::from_secs(20));
         assert_eq!(config.protocol.retry_interval, Duration::from_secs(60));
         assert_eq!(config.protocol.message_ttl, Duration::from_secs(259_200));
+        assert_eq!(config.protocol.ping_interval, Duration::from_secs(300));
+        assert_eq!(config.protocol.pong_timeout, Duration::from_secs(30));
         assert_eq!(config.protocol.max_channels, 200);
         assert_eq!(config.protocol.max_data_bytes, 4096);
         assert_eq!(config.protocol.max_message_bytes, 65536);

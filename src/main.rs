@@ -126,6 +126,11 @@ fn init_logging(config: &Config) -> anyhow::Result<()> {
 }
 
 async fn serve_until_signalled(config: Config) -> anyhow::Result<()> {
+    // Every device is a file descriptor: take all the system allows.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open-file limit"),
+        Err(error) => tracing::warn!(%error, "cannot raise the open-file limit"),
+    }
     let store = simplepush::store::open(&config)?;
     let keys = simplepush::store::token_keys(&config)?;
     let shutdown = CancellationToken::new();

@@ -20,8 +20,8 @@ use crate::{listener, routes};
 /// Sessions get this long to send their close frames at shutdown.
 const SESSION_DRAIN: Duration = Duration::from_secs(5);
 
-/// Endpoint requests in flight at once before answering 503.
-const MAX_INFLIGHT: usize = 8192;
+/// File descriptors kept back from device sockets: listeners, store files, requests.
+const RESERVED_FILES: u64 = 256;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +37,16 @@ pub enum StartError {
     /// The token keys are unusable.
     #[error(transparent)]
     Keys(#[from] KeyError),
+}
+
+/// The configured socket limit, or one derived from the open-file limit.
+fn max_connections(configured: usize) -> usize {
+    if configured > 0 {
+        return configured;
+    }
+    let (soft, _) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap_or((1024, 1024));
+    let usable = soft.saturating_sub(RESERVED_FILES).max(64);
+    usize::try_from(usable).unwrap_or(usize::MAX)
 }
 
 /// A server with its listeners bound, ready to [`Server::run`].
@@ -82,7 +92,8 @@ impl Server {
             protocol: config.protocol.clone(),
             endpoint_url,
             cors: config.server.cors,
-            inflight: Semaphore::new(MAX_INFLIGHT),
+            max_connections: max_connections(config.server.max_connections),
+            inflight: Semaphore::new(config.server.max_inflight_requests),
             shutdown,
             sessions: TaskTracker::new(),
         });

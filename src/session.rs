@@ -22,7 +22,7 @@ use crate::protocol::{
     self, Command, ErrorFrame, HelloReply, Notification, Refusal, RegisterReply, UnregisterReply,
     UpdateEntry, is_uuid_shaped,
 };
-use crate::registry::Peer;
+use crate::registry::{ConnectionGuard, Peer};
 
 /// The websocket of one device.
 pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
@@ -83,10 +83,10 @@ enum Event {
     Frame(Option<Result<Message, WsError>>),
 }
 
-/// Serves one device until its socket closes.
-pub async fn run(app: Arc<App>, socket: Socket) {
-    let _connected = app.registry.connect();
+/// Serves one device until its socket closes; `_connected` counts it meanwhile.
+pub async fn run(app: Arc<App>, socket: Socket, _connected: ConnectionGuard) {
     let peer = app.registry.peer();
+    let app_protocol = app.protocol.clone();
     let mut session = Session {
         app,
         socket,
@@ -94,6 +94,11 @@ pub async fn run(app: Arc<App>, socket: Socket) {
         uaid: None,
         last_ping: None,
         retry_at: None,
+        keepalive: KeepaliveTimer::new(
+            Instant::now(),
+            app_protocol.ping_interval,
+            app_protocol.pong_timeout,
+        ),
     };
     let end = session.serve().await;
     session.close(end).await;
@@ -109,6 +114,71 @@ struct Session {
     last_ping: Option<Instant>,
     /// When unacknowledged updates are sent again, if any were sent.
     retry_at: Option<Instant>,
+    /// Dead-peer detection.
+    keepalive: KeepaliveTimer,
+}
+
+/// What the keepalive asks for when its time comes.
+#[derive(Debug, PartialEq, Eq)]
+enum Keepalive {
+    /// Nothing yet.
+    Wait,
+    /// Send a websocket Ping.
+    Ping,
+    /// No answer to our Ping: the peer is gone.
+    Dead,
+}
+
+/// Sends a websocket Ping after `interval` of silence and gives up on the peer when
+/// nothing arrives within `timeout` of it. Hearing a frame never touches the timer: the
+/// deadline is recomputed only when it fires.
+#[derive(Debug)]
+struct KeepaliveTimer {
+    interval: Duration,
+    timeout: Duration,
+    last_heard: Instant,
+    next: Instant,
+    awaiting_pong: bool,
+}
+
+impl KeepaliveTimer {
+    fn new(now: Instant, interval: Duration, timeout: Duration) -> Self {
+        KeepaliveTimer {
+            interval,
+            timeout,
+            last_heard: now,
+            next: now + interval,
+            awaiting_pong: false,
+        }
+    }
+
+    /// When the keepalive next needs a look, if it is on.
+    fn due(&self) -> Option<Instant> {
+        (!self.interval.is_zero()).then_some(self.next)
+    }
+
+    /// The peer sent something.
+    fn heard(&mut self, now: Instant) {
+        self.last_heard = now;
+        self.awaiting_pong = false;
+    }
+
+    fn check(&mut self, now: Instant) -> Keepalive {
+        if self.interval.is_zero() || now < self.next {
+            return Keepalive::Wait;
+        }
+        if self.awaiting_pong {
+            return Keepalive::Dead;
+        }
+        let quiet_until = self.last_heard + self.interval;
+        if now < quiet_until {
+            self.next = quiet_until;
+            return Keepalive::Wait;
+        }
+        self.awaiting_pong = true;
+        self.next = now + self.timeout;
+        Keepalive::Ping
+    }
 }
 
 /// A step that may end the session.
@@ -121,11 +191,14 @@ impl Session {
         let timer = sleep_until(deadline);
         tokio::pin!(timer);
         loop {
-            let wanted = if self.uaid.is_none() {
-                Some(hello_deadline)
-            } else {
-                self.retry_at
-            };
+            let wanted = [
+                self.uaid.is_none().then_some(hello_deadline),
+                self.retry_at,
+                self.keepalive.due(),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             if let Some(wanted) = wanted.filter(|w| *w != deadline) {
                 deadline = wanted;
                 timer.as_mut().reset(deadline);
@@ -140,15 +213,37 @@ impl Session {
             let step = match event {
                 Event::Shutdown => Err(End::Shutdown),
                 Event::Mail => self.deliver_mail().await,
-                Event::Timer if self.uaid.is_none() => Err(End::HelloTimeout),
-                Event::Timer => {
-                    self.retry_at = None;
-                    self.flush().await
+                Event::Timer => self.on_timer(hello_deadline).await,
+                Event::Frame(frame) => {
+                    self.keepalive.heard(Instant::now());
+                    self.on_frame(frame).await
                 }
-                Event::Frame(frame) => self.on_frame(frame).await,
             };
             if let Err(end) = step {
                 return end;
+            }
+        }
+    }
+
+    /// Whatever of the hello timeout, the retry and the keepalive is due.
+    async fn on_timer(&mut self, hello_deadline: Instant) -> Step {
+        let now = Instant::now();
+        if self.uaid.is_none() && now >= hello_deadline {
+            return Err(End::HelloTimeout);
+        }
+        if self.retry_at.is_some_and(|at| now >= at) {
+            self.retry_at = None;
+            self.flush().await?;
+        }
+        match self.keepalive.check(now) {
+            Keepalive::Wait => Ok(()),
+            Keepalive::Dead => Err(End::Gone),
+            Keepalive::Ping => {
+                let ping = self.socket.send(Message::Ping(Default::default()));
+                match timeout(WRITE_TIMEOUT, ping).await {
+                    Ok(Ok(())) => Ok(()),
+                    _ => Err(End::Gone),
+                }
             }
         }
     }
@@ -434,5 +529,62 @@ impl Session {
             let _ = timeout(CLOSE_TIMEOUT, closing).await;
         }
         tracing::debug!(reason = ?end, "session closed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keepalive_pings_after_silence_and_gives_up_without_answer() {
+        let start = Instant::now();
+        let (interval, wait) = (Duration::from_secs(60), Duration::from_secs(10));
+        let mut keepalive = KeepaliveTimer::new(start, interval, wait);
+        assert_eq!(keepalive.due(), Some(start + interval));
+        assert_eq!(
+            keepalive.check(start + Duration::from_secs(59)),
+            Keepalive::Wait
+        );
+        keepalive.heard(start + Duration::from_secs(30));
+        assert_eq!(keepalive.check(start + interval), Keepalive::Wait);
+        assert_eq!(keepalive.due(), Some(start + Duration::from_secs(90)));
+        assert_eq!(
+            keepalive.check(start + Duration::from_secs(90)),
+            Keepalive::Ping
+        );
+        assert_eq!(keepalive.due(), Some(start + Duration::from_secs(100)));
+        assert_eq!(
+            keepalive.check(start + Duration::from_secs(100)),
+            Keepalive::Dead
+        );
+    }
+
+    #[test]
+    fn keepalive_answered_pings_keep_the_peer() {
+        let start = Instant::now();
+        let mut keepalive =
+            KeepaliveTimer::new(start, Duration::from_secs(60), Duration::from_secs(10));
+        assert_eq!(
+            keepalive.check(start + Duration::from_secs(60)),
+            Keepalive::Ping
+        );
+        keepalive.heard(start + Duration::from_secs(61));
+        assert_eq!(
+            keepalive.check(start + Duration::from_secs(70)),
+            Keepalive::Wait
+        );
+        assert_eq!(keepalive.due(), Some(start + Duration::from_secs(121)));
+    }
+
+    #[test]
+    fn keepalive_zero_interval_is_off() {
+        let start = Instant::now();
+        let mut keepalive = KeepaliveTimer::new(start, Duration::ZERO, Duration::from_secs(10));
+        assert_eq!(keepalive.due(), None);
+        assert_eq!(
+            keepalive.check(start + Duration::from_secs(3600)),
+            Keepalive::Wait
+        );
     }
 }

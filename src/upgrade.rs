@@ -78,6 +78,10 @@ pub fn accept(
     if app.shutdown.is_cancelled() {
         return HttpError::unavailable("shutting down").into_response();
     }
+    if app.registry.connections() >= app.max_connections {
+        return HttpError::unavailable("too many connections").into_response();
+    }
+    let connected = app.registry.connect();
     let accept_key = derive_accept_key(key.as_bytes());
     let config = socket_config(app.protocol.max_message_bytes);
     let sessions = app.sessions.clone();
@@ -90,7 +94,7 @@ pub fn accept(
                     Some(config),
                 )
                 .await;
-                session::run(app, socket).await;
+                session::run(app, socket, connected).await;
             }
             Err(error) => tracing::debug!(%error, "websocket upgrade failed"),
         }

@@ -8,6 +8,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::cluster::Cluster;
 use crate::config::ProtocolConfig;
 use crate::registry::Registry;
 use crate::token::TokenCodec;
@@ -32,6 +33,8 @@ pub struct App {
     pub inflight: Semaphore,
     /// Cancelled when the server shuts down.
     pub shutdown: CancellationToken,
+    /// This node's place in a cluster (memcache backend), if it is in one.
+    pub cluster: Option<Cluster>,
     /// Websocket sessions, so shutdown can wait for them to close.
     pub sessions: TaskTracker,
 }

@@ -171,8 +171,8 @@ impl Default for StoreConfig {
 pub struct RouterConfig {
     /// Listener for peers; keep it off the public network.
     pub addr: SocketAddr,
-    /// How peers reach this node.
-    pub url: String,
+    /// How peers reach this node. Unset: `http://<bound router address>`.
+    pub url: Option<String>,
     /// Shared secret peers must present.
     pub secret: String,
 }
@@ -181,7 +181,7 @@ impl Default for RouterConfig {
     fn default() -> Self {
         Self {
             addr: SocketAddr::from(([127, 0, 0, 1], 3000)),
-            url: "http://127.0.0.1:3000".to_owned(),
+            url: None,
             secret: String::new(),
         }
     }
@@ -303,6 +303,7 @@ mod tests {
         assert_eq!(config.store.servers, vec!["127.0.0.1:11211".to_owned()]);
         assert_eq!(config.router.addr, defaults.router.addr);
         assert_eq!(config.router.url, defaults.router.url);
+        assert_eq!(config.router.secret, "");
         assert_eq!(config.log.level, "info");
     }
 

@@ -211,10 +211,12 @@ where
     {
         PutOutcome::Gone => Err(HttpError::new(StatusCode::GONE, "channel unregistered")),
         PutOutcome::Stored => {
-            let live = app
-                .registry
-                .get(&uaid)
-                .is_some_and(|peer| peer.deliver(channel, update));
+            let local = app.registry.get(&uaid);
+            let live = match (local, &app.cluster) {
+                (Some(peer), _) => peer.deliver(channel, update),
+                (None, Some(cluster)) => cluster.route(&*app.store, &uaid, &channel, &update).await,
+                (None, None) => false,
+            };
             let status = if live {
                 StatusCode::OK
             } else {

@@ -48,13 +48,14 @@ pub async fn real_status(app: Arc<App>) -> Response {
     } else {
         "ERROR"
     };
-    json_response(
-        status,
-        &serde_json::json!({
-            "status": overall,
-            "clients": app.registry.connections(),
-            "version": env!("CARGO_PKG_VERSION"),
-            "store": store,
-        }),
-    )
+    let mut body = serde_json::json!({
+        "status": overall,
+        "clients": app.registry.connections(),
+        "version": env!("CARGO_PKG_VERSION"),
+        "store": store,
+    });
+    if let Some(cluster) = &app.cluster {
+        body["cluster"] = cluster.health();
+    }
+    json_response(status, &body)
 }

@@ -12,9 +12,11 @@
 //! - [`endpoint`]: `PUT /update/{token}`. [`health`]: `/status/`, `/realstatus/`.
 //! - [`registry`]: devices connected here. [`token`]: endpoint tokens.
 //! - [`store`]: opens the configured backend. [`error`]: failures to statuses.
+//! - [`cluster`]: node-to-node routing when nodes share memcached.
 //! - [`app`]: the state shared by everything above.
 
 pub mod app;
+pub mod cluster;
 pub mod config;
 pub mod endpoint;
 pub mod error;

@@ -138,7 +138,12 @@ async fn serve_until_signalled(config: Config) -> anyhow::Result<()> {
     let (ws, endpoint) = (server.ws_addr()?, server.endpoint_addr()?);
     tracing::info!(%ws, %endpoint, endpoint_url = server.endpoint_url(), store = store.name(), "listening");
     // The one line on stdout: scripts and tests wait for it to know the ports.
-    println!("simplepush listening ws={ws} endpoint={endpoint}");
+    match server.router_addr().transpose()? {
+        Some(router) => {
+            println!("simplepush listening ws={ws} endpoint={endpoint} router={router}")
+        }
+        None => println!("simplepush listening ws={ws} endpoint={endpoint}"),
+    }
     tokio::spawn(watch_signals(shutdown));
     server.run().await;
     tracing::info!("stopped");

@@ -60,6 +60,13 @@ pub fn not_found() -> impl Filter<Extract = (Response,), Error = Infallible> + C
     warp::any().map(|| HttpError::new(StatusCode::NOT_FOUND, "no such resource").into_response())
 }
 
+/// The cluster's node-to-node listener.
+pub fn router_listener(
+    app: Arc<App>,
+) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+    crate::cluster::routes(app).or(not_found()).unify()
+}
+
 /// Adds CORS headers (the endpoint listener, when `cors = true`).
 fn with_cors(mut response: Response) -> Response {
     let headers = response.headers_mut();

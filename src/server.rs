@@ -12,7 +12,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::app::App;
-use crate::config::Config;
+use crate::cluster::Cluster;
+use crate::config::{Backend, Config};
 use crate::registry::Registry;
 use crate::token::{KeyError, TokenCodec};
 use crate::{listener, routes};
@@ -54,6 +55,8 @@ pub struct Server {
     app: Arc<App>,
     ws: TcpListener,
     endpoint: TcpListener,
+    /// The router listener, on cluster nodes.
+    router: Option<TcpListener>,
 }
 
 impl Server {
@@ -78,6 +81,31 @@ impl Server {
                 source,
             })?
             .port();
+        // Nodes sharing memcached form a cluster and route to each other.
+        let router = match config.store.backend {
+            Backend::Memcache => Some(bind(config.router.addr)?),
+            _ => None,
+        };
+        let cluster = match &router {
+            Some(listener) => {
+                let addr = listener.local_addr().map_err(|source| StartError::Bind {
+                    addr: config.router.addr,
+                    source,
+                })?;
+                let url = config
+                    .router
+                    .url
+                    .clone()
+                    .unwrap_or_else(|| format!("http://{addr}"));
+                if config.router.secret.is_empty() {
+                    tracing::warn!(
+                        "[router] secret is empty: anyone who reaches the router listener can route"
+                    );
+                }
+                Some(Cluster::new(url, config.router.secret.clone()))
+            }
+            None => None,
+        };
         let endpoint_url = config
             .server
             .endpoint_url
@@ -95,9 +123,15 @@ impl Server {
             max_connections: max_connections(config.server.max_connections),
             inflight: Semaphore::new(config.server.max_inflight_requests),
             shutdown,
+            cluster,
             sessions: TaskTracker::new(),
         });
-        Ok(Server { app, ws, endpoint })
+        Ok(Server {
+            app,
+            ws,
+            endpoint,
+            router,
+        })
     }
 
     /// Where devices connect.
@@ -110,6 +144,11 @@ impl Server {
         self.endpoint.local_addr()
     }
 
+    /// Where peers route to this node, on cluster nodes.
+    pub fn router_addr(&self) -> Option<std::io::Result<SocketAddr>> {
+        self.router.as_ref().map(TcpListener::local_addr)
+    }
+
     /// The base of pushEndpoints this server mints.
     pub fn endpoint_url(&self) -> &str {
         &self.app.endpoint_url
@@ -118,11 +157,31 @@ impl Server {
     /// Serves until shutdown; then closes sessions (1001), drains requests and closes
     /// the store.
     pub async fn run(self) {
-        let Server { app, ws, endpoint } = self;
+        let Server {
+            app,
+            ws,
+            endpoint,
+            router,
+        } = self;
         let shutdown = app.shutdown.clone();
+        let router = async {
+            if let Some(router) = router {
+                listener::serve(
+                    router,
+                    routes::router_listener(app.clone()),
+                    shutdown.clone(),
+                )
+                .await;
+            }
+        };
         tokio::join!(
             listener::serve(ws, routes::ws_listener(app.clone()), shutdown.clone()),
-            listener::serve(endpoint, routes::endpoint_listener(app.clone()), shutdown),
+            listener::serve(
+                endpoint,
+                routes::endpoint_listener(app.clone()),
+                shutdown.clone()
+            ),
+            router,
         );
         app.sessions.close();
         if tokio::time::timeout(SESSION_DRAIN, app.sessions.wait())

@@ -337,6 +337,15 @@ impl Session {
             }
         };
         self.app.registry.claim(&uaid, &self.peer);
+        if let Some(cluster) = &self.app.cluster
+            && let Err(e) = cluster.announce(&*self.app.store, &uaid).await
+        {
+            self.app.registry.release(&uaid, &self.peer);
+            let error = store_error_frame(&e).for_type("hello");
+            return self
+                .fail(error.echo("uaid", Value::String(uaid.to_string())))
+                .await;
+        }
         // A replacement that raced our own claim is not ours to obey.
         let reply = protocol::to_text(&HelloReply::new(uaid.as_str()));
         self.uaid = Some(uaid);
@@ -518,6 +527,9 @@ impl Session {
     async fn close(mut self, end: End) {
         if let Some(uaid) = &self.uaid {
             self.app.registry.release(uaid, &self.peer);
+            if let Some(cluster) = &self.app.cluster {
+                cluster.forget(&*self.app.store, uaid).await;
+            }
         }
         if let Some(frame) = end.close_frame() {
             let closing = async {

@@ -101,7 +101,7 @@ pub async fn run(app: Arc<App>, socket: Socket, _connected: ConnectionGuard) {
         ),
     };
     let end = session.serve().await;
-    session.close(end).await;
+    Box::pin(session.close(end)).await;
 }
 
 struct Session {
@@ -210,13 +210,15 @@ impl Session {
                 () = &mut timer, if wanted.is_some() => Event::Timer,
                 frame = self.socket.next() => Event::Frame(frame),
             };
+            // The handlers' futures are boxed: they live only while a message is being
+            // handled, so an idle session keeps just this loop's small state.
             let step = match event {
                 Event::Shutdown => Err(End::Shutdown),
-                Event::Mail => self.deliver_mail().await,
-                Event::Timer => self.on_timer(hello_deadline).await,
+                Event::Mail => Box::pin(self.deliver_mail()).await,
+                Event::Timer => Box::pin(self.on_timer(hello_deadline)).await,
                 Event::Frame(frame) => {
                     self.keepalive.heard(Instant::now());
-                    self.on_frame(frame).await
+                    Box::pin(self.on_frame(frame)).await
                 }
             };
             if let Err(end) = step {

@@ -9,6 +9,10 @@ use simplepush_store::{MemoryStore, Store};
 
 use crate::config::{Backend, Config};
 
+/// The least lifetime of a memcached record (renewed by every write and hello).
+#[cfg(feature = "memcache")]
+const MEMCACHE_MIN_TTL: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+
 /// Why the store could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
@@ -61,7 +65,9 @@ pub fn open(config: &Config) -> Result<Arc<dyn Store>, OpenError> {
             let options = simplepush_memcache::MemcacheOptions {
                 pool_size: store.pool_size,
                 timeout: store.timeout,
-                ttl: config.protocol.message_ttl,
+                // Records hold channel registrations too, which must outlive any
+                // one message: keep them at least a month past their last write.
+                ttl: config.protocol.message_ttl.max(MEMCACHE_MIN_TTL),
             };
             Ok(Arc::new(
                 simplepush_memcache::MemcacheStore::connect(&store.servers, options)

@@ -18,9 +18,10 @@ use crate::session;
 /// The subprotocol SimplePush clients may offer; selected when offered, never required.
 const SUBPROTOCOL: &str = "push-notification";
 
-/// Bytes read from a socket at a time. Small: SimplePush messages are small, and larger
-/// ones still arrive whole (the buffer grows for them).
-const READ_CHUNK: usize = 4096;
+/// Bytes read from a socket at a time, and so the read buffer every idle socket keeps.
+/// SimplePush messages are a few hundred bytes; larger ones still arrive whole (the
+/// buffer grows for them).
+const READ_CHUNK: usize = 256;
 
 /// Whether the comma-separated header `name` lists `token` (case-insensitively).
 fn lists(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {

@@ -1,0 +1,131 @@
+//! The memcache store's own errors, folded into [`StoreError`] by meaning.
+
+use memcache::{CommandError, MemcacheError};
+use simplepush_store::StoreError;
+
+/// What went wrong inside the memcache store.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Error {
+    /// A memcached operation failed.
+    #[error("memcached {server}: {source}")]
+    Memcache {
+        /// The server's `host:port`.
+        server: String,
+        /// The client's error.
+        source: MemcacheError,
+    },
+    /// Compare-and-swap kept losing to concurrent writers.
+    #[error("gave up on {key} after {attempts} attempts: concurrent writers kept changing it")]
+    Contended { key: String, attempts: u32 },
+    /// An item could not be decoded.
+    #[error("item {key} is undecodable: {reason}")]
+    Undecodable { key: String, reason: String },
+    /// A record could not be encoded.
+    #[error("item {key} could not be encoded: {reason}")]
+    Unencodable { key: String, reason: String },
+    /// A record would exceed what memcached stores in one item.
+    #[error(
+        "item {key} would be {bytes} bytes, over memcached's item limit of {limit} bytes \
+         (too many channels with large data); the change was not stored"
+    )]
+    TooLarge {
+        key: String,
+        bytes: usize,
+        limit: usize,
+    },
+    /// The health check read back something other than what it wrote.
+    #[error("memcached {server} answered the health check with other data")]
+    CheckMismatch { server: String },
+    /// The store was configured wrongly.
+    #[error("invalid memcache store configuration: {0}")]
+    Config(String),
+    /// The blocking task running an operation panicked or was cancelled.
+    #[error("memcache task failed: {0}")]
+    Task(String),
+}
+
+impl From<Error> for StoreError {
+    fn from(error: Error) -> Self {
+        let message = error.to_string();
+        match error {
+            Error::Memcache { source, .. } if is_unavailable(&source) => {
+                StoreError::Unavailable(message)
+            }
+            Error::CheckMismatch { .. } => StoreError::Unavailable(message),
+            Error::Contended { .. } => StoreError::Conflict(message),
+            Error::Undecodable { .. } => StoreError::Corrupt(message),
+            Error::Memcache { .. }
+            | Error::Unencodable { .. }
+            | Error::TooLarge { .. }
+            | Error::Config(_)
+            | Error::Task(_) => StoreError::Internal(message),
+        }
+    }
+}
+
+/// Whether a client error means "the server cannot be reached or refused; retry later"
+/// rather than a mistake on our side.
+fn is_unavailable(error: &MemcacheError) -> bool {
+    match error {
+        // Connection refused or reset, socket timeouts, and no connection within the
+        // pool's timeout.
+        MemcacheError::IOError(_) | MemcacheError::PoolError(_) => true,
+        // Out of memory, a garbled answer from a struggling server.
+        MemcacheError::ServerError(_) => true,
+        MemcacheError::CommandError(CommandError::AuthenticationRequired) => true,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn memcache(source: MemcacheError) -> StoreError {
+        Error::Memcache {
+            server: "h:1".into(),
+            source,
+        }
+        .into()
+    }
+
+    #[test]
+    fn connection_failures_are_unavailable() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let error = memcache(MemcacheError::IOError(refused));
+        assert!(
+            matches!(error, StoreError::Unavailable(ref m) if m.contains("h:1")),
+            "{error}"
+        );
+        let timeout = std::io::Error::from(std::io::ErrorKind::TimedOut);
+        assert!(matches!(
+            memcache(MemcacheError::IOError(timeout)),
+            StoreError::Unavailable(_)
+        ));
+    }
+
+    #[test]
+    fn errors_map_by_meaning() {
+        let conflict: StoreError = Error::Contended {
+            key: "k".into(),
+            attempts: 3,
+        }
+        .into();
+        assert!(matches!(conflict, StoreError::Conflict(_)));
+        let corrupt: StoreError = Error::Undecodable {
+            key: "k".into(),
+            reason: "x".into(),
+        }
+        .into();
+        assert!(matches!(corrupt, StoreError::Corrupt(_)));
+        let large: StoreError = Error::TooLarge {
+            key: "k".into(),
+            bytes: 2,
+            limit: 1,
+        }
+        .into();
+        assert!(matches!(large, StoreError::Internal(ref m) if m.contains("item limit")));
+        let too_large = memcache(MemcacheError::CommandError(CommandError::ValueTooLarge));
+        assert!(matches!(too_large, StoreError::Internal(_)));
+    }
+}

@@ -1,0 +1,479 @@
+//! [`MemcacheStore`]: the [`Store`] on a pool of memcached servers, shared by a
+//! cluster of nodes.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use memcache::{CommandError, MemcacheError};
+use scheduled_thread_pool::{OnPoolDropBehavior, ScheduledThreadPool};
+use simplepush_store::{
+    ChannelId, Pending, PutOutcome, RegisterOutcome, Store, StoreError, Uaid, Update,
+};
+
+use crate::error::Error;
+use crate::options::expiration;
+use crate::record::{Device, NODE_CLEARED, Slot, decode_node, encode_node};
+use crate::rendezvous::Rendezvous;
+use crate::server::Server;
+use crate::{MemcacheOptions, address, key};
+
+/// How often a read-modify-write is retried after losing a compare-and-swap race
+/// before giving up with [`StoreError::Conflict`]. Every round has a winner, so this
+/// covers dozens of simultaneous writers to one device.
+const CAS_ATTEMPTS: u32 = 64;
+
+/// The largest value stored in one item: memcached's default 1 MiB item size less
+/// room for the item header and a 250-byte key.
+const ITEM_LIMIT: usize = 1024 * 1024 - 512;
+
+/// Health-check items expire on their own, so a check that fails midway leaves
+/// nothing behind for long.
+const CHECK_EXPIRATION: u32 = 30;
+
+/// Threads that open and reap connections, shared by every server's pool.
+const POOL_THREADS: usize = 2;
+
+/// A [`Store`] on one or more memcached servers.
+///
+/// Each device is one item (its channels and pending updates, as compact JSON)
+/// changed by compare-and-swap, plus one item naming the node it is connected to.
+/// Keys are spread over the servers by rendezvous hashing, so every node agrees on
+/// where a key lives whatever order its config lists the servers in, and adding a
+/// server moves only the keys it takes over.
+///
+/// **Volatile by design:** items expire [`MemcacheOptions::ttl`] after their last
+/// write ([`Store::set_node`], called at every hello, also refreshes the device's
+/// record), and memcached may evict them earlier under memory pressure or lose them in a
+/// restart. A device whose record is gone is told to register again by the hello rule
+/// (PROTOCOL.md §4: non-empty `channelIDs` the store does not know get a fresh uaid);
+/// updates pending at that moment are lost. Use a durable backend where that matters.
+///
+/// A device's record must fit in one memcached item (1 MiB): 200 channels with 4 KiB
+/// of data pending on each fit; a change that would not fit fails with
+/// [`StoreError::Internal`] and leaves the record as it was.
+///
+/// The memcache client is blocking; every operation runs on tokio's blocking pool.
+pub struct MemcacheStore {
+    inner: Arc<Inner>,
+}
+
+/// What the blocking operations share.
+struct Inner {
+    /// One client (with its own connection pool) per server.
+    servers: Vec<Server>,
+    /// Which server holds a key.
+    ring: Rendezvous,
+    /// How long items live after a write.
+    ttl: Duration,
+}
+
+/// What a change to a device record decided.
+enum Edit<T> {
+    /// Nothing to write; answer `T`.
+    Keep(T),
+    /// Write the changed record, then answer `T`.
+    Write(T),
+}
+
+impl MemcacheStore {
+    /// Connects to the pool ("127.0.0.1:11211" or "memcache://host:port" forms accepted).
+    ///
+    /// Connections are opened on first use, so this does no I/O and succeeds while a
+    /// server is down; operations then answer [`StoreError::Unavailable`] within
+    /// [`MemcacheOptions::timeout`]. Call [`Store::check`] to test the servers.
+    /// Fails with [`StoreError::Internal`] on an empty or repeated server list, an
+    /// unparsable address, a zero pool size or a zero timeout.
+    pub fn connect(servers: &[String], options: MemcacheOptions) -> Result<Self, StoreError> {
+        Ok(Self::open(servers, &options)?)
+    }
+
+    fn open(specs: &[String], options: &MemcacheOptions) -> Result<Self, Error> {
+        if specs.is_empty() {
+            return Err(Error::Config("no memcached servers given".into()));
+        }
+        if options.pool_size == 0 {
+            return Err(Error::Config("pool_size must be at least 1".into()));
+        }
+        if options.timeout.is_zero() {
+            return Err(Error::Config("timeout must be greater than zero".into()));
+        }
+        let threads = Arc::new(
+            ScheduledThreadPool::builder()
+                .num_threads(POOL_THREADS)
+                .thread_name_pattern("memcache-pool-{}")
+                // A dropped store stops retrying connections to a down server.
+                .on_drop_behavior(OnPoolDropBehavior::DiscardPendingScheduled)
+                .build(),
+        );
+        let mut names = HashSet::new();
+        let mut servers = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let address = address::parse(spec, options.timeout).map_err(Error::Config)?;
+            if !names.insert(address.name.clone()) {
+                return Err(Error::Config(format!(
+                    "memcached server {} is listed twice",
+                    address.name
+                )));
+            }
+            servers.push(Server::new(
+                address,
+                options.pool_size,
+                options.timeout,
+                Arc::clone(&threads),
+            )?);
+        }
+        let ring = Rendezvous::new(servers.iter().map(|server| server.name.as_str()));
+        Ok(Self {
+            inner: Arc::new(Inner {
+                servers,
+                ring,
+                ttl: options.ttl,
+            }),
+        })
+    }
+
+    /// Runs `operation` on the blocking pool.
+    async fn run<T, F>(&self, operation: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner) -> Result<T, Error> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || operation(&inner))
+            .await
+            .map_err(|join| Error::Task(join.to_string()))?
+            .map_err(StoreError::from)
+    }
+
+    /// Changes the record of `uaid` with `edit` (see [`Inner::modify`]).
+    async fn modify<T, F>(&self, uaid: &Uaid, edit: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnMut(&mut Device) -> Edit<T> + Send + 'static,
+    {
+        let key = key::device(uaid);
+        self.run(move |inner| inner.modify(&key, edit)).await
+    }
+
+    /// Reads the record of `uaid` (empty when there is none).
+    async fn device(&self, uaid: &Uaid) -> Result<Device, StoreError> {
+        let key = key::device(uaid);
+        self.run(move |inner| {
+            Ok(inner
+                .read_device(&key)?
+                .map(|(device, _)| device)
+                .unwrap_or_default())
+        })
+        .await
+    }
+}
+
+impl Inner {
+    /// The server holding `key`.
+    fn server(&self, key: &str) -> &Server {
+        &self.servers[self.ring.pick(key)]
+    }
+
+    /// The device record at `key` with its CAS token, if there is one.
+    fn read_device(&self, key: &str) -> Result<Option<(Device, u64)>, Error> {
+        let server = self.server(key);
+        let Some((bytes, cas)) = get_with_cas(server, key)? else {
+            return Ok(None);
+        };
+        let device = Device::decode(&bytes).map_err(|e| Error::Undecodable {
+            key: key.to_owned(),
+            reason: e.to_string(),
+        })?;
+        Ok(Some((device, cas)))
+    }
+
+    /// Read-modify-write of the device record at `key`: `edit` sees the current record
+    /// (an empty one when there is none) and decides; a write is a compare-and-swap
+    /// (or an add when there was no record), retried from a fresh read when another
+    /// writer got there first.
+    fn modify<T>(
+        &self,
+        key: &str,
+        mut edit: impl FnMut(&mut Device) -> Edit<T>,
+    ) -> Result<T, Error> {
+        let server = self.server(key);
+        for attempt in 0..CAS_ATTEMPTS {
+            if attempt > 0 {
+                backoff(attempt);
+            }
+            let current = self.read_device(key)?;
+            let (mut device, cas) = match current {
+                Some((device, cas)) => (device, Some(cas)),
+                None => (Device::default(), None),
+            };
+            let answer = match edit(&mut device) {
+                Edit::Keep(answer) => return Ok(answer),
+                Edit::Write(answer) => answer,
+            };
+            let bytes = device.encode().map_err(|e| Error::Unencodable {
+                key: key.to_owned(),
+                reason: e.to_string(),
+            })?;
+            if bytes.len() > ITEM_LIMIT {
+                return Err(Error::TooLarge {
+                    key: key.to_owned(),
+                    bytes: bytes.len(),
+                    limit: ITEM_LIMIT,
+                });
+            }
+            let expires = expiration(self.ttl);
+            let stored = match cas {
+                Some(cas) => server.client().cas(key, bytes.as_slice(), expires, cas),
+                None => match server.client().add(key, bytes.as_slice(), expires) {
+                    Ok(()) => Ok(true),
+                    // Someone created the record since we looked.
+                    Err(MemcacheError::CommandError(CommandError::KeyExists)) => Ok(false),
+                    Err(e) => Err(e),
+                },
+            };
+            if server.failed(stored)? {
+                return Ok(answer);
+            }
+        }
+        Err(Error::Contended {
+            key: key.to_owned(),
+            attempts: CAS_ATTEMPTS,
+        })
+    }
+
+    /// Records the node of `uaid`, and refreshes the lifetime of its device record: a
+    /// device saying hello is alive.
+    fn set_node(&self, uaid: &Uaid, node: &str) -> Result<(), Error> {
+        let expires = expiration(self.ttl);
+        let node_key = key::node(uaid);
+        let server = self.server(&node_key);
+        server.failed(
+            server
+                .client()
+                .set(&node_key, encode_node(node).as_str(), expires),
+        )?;
+        let device_key = key::device(uaid);
+        let server = self.server(&device_key);
+        // A missing record is fine: there is nothing to keep alive.
+        server.failed(server.client().touch(&device_key, expires))?;
+        Ok(())
+    }
+
+    /// The node recorded for `uaid`, with the CAS token of its item.
+    fn node(&self, uaid: &Uaid) -> Result<Option<(Option<String>, u64)>, Error> {
+        let key = key::node(uaid);
+        let Some((bytes, cas)) = get_with_cas(self.server(&key), &key)? else {
+            return Ok(None);
+        };
+        let node = decode_node(&bytes).map_err(|()| Error::Undecodable {
+            key: key.clone(),
+            reason: "not a node record".into(),
+        })?;
+        Ok(Some((node, cas)))
+    }
+
+    /// Clears the node record of `uaid` if it names `node`, by compare-and-swap to a
+    /// cleared marker (memcached cannot delete on condition).
+    fn clear_node(&self, uaid: &Uaid, node: &str) -> Result<bool, Error> {
+        let key = key::node(uaid);
+        let server = self.server(&key);
+        for attempt in 0..CAS_ATTEMPTS {
+            if attempt > 0 {
+                backoff(attempt);
+            }
+            let Some((Some(current), cas)) = self.node(uaid)? else {
+                return Ok(false);
+            };
+            if current != node {
+                return Ok(false);
+            }
+            let expires = expiration(self.ttl);
+            if server.failed(server.client().cas(&key, NODE_CLEARED, expires, cas))? {
+                return Ok(true);
+            }
+        }
+        Err(Error::Contended {
+            key,
+            attempts: CAS_ATTEMPTS,
+        })
+    }
+
+    /// Forgets both items of `uaid`.
+    fn drop_uaid(&self, uaid: &Uaid) -> Result<(), Error> {
+        for key in [key::device(uaid), key::node(uaid)] {
+            let server = self.server(&key);
+            server.failed(server.client().delete(&key))?;
+        }
+        Ok(())
+    }
+
+    /// Writes a fresh value to every server and reads it back.
+    fn check(&self) -> Result<(), Error> {
+        for server in &self.servers {
+            let key = key::check();
+            let nonce = format!("{:016x}", fastrand::u64(..));
+            server.failed(server.client().set(&key, nonce.as_str(), CHECK_EXPIRATION))?;
+            let read: Option<Vec<u8>> = server.failed(server.client().get(&key))?;
+            if read.as_deref() != Some(nonce.as_bytes()) {
+                return Err(Error::CheckMismatch {
+                    server: server.name.clone(),
+                });
+            }
+            server.failed(server.client().delete(&key))?;
+        }
+        Ok(())
+    }
+}
+
+/// The value at `key` and its CAS token.
+fn get_with_cas(server: &Server, key: &str) -> Result<Option<(Vec<u8>, u64)>, Error> {
+    let found: Option<(Vec<u8>, u32, Option<u64>)> = server.failed(server.client().get(key))?;
+    match found {
+        None => Ok(None),
+        Some((bytes, _flags, Some(cas))) => Ok(Some((bytes, cas))),
+        Some((_, _, None)) => Err(Error::Memcache {
+            server: server.name.clone(),
+            source: MemcacheError::ClientError("the server sent no CAS token".to_owned().into()),
+        }),
+    }
+}
+
+/// Sleeps a random moment, longer after more lost races, so colliding writers spread
+/// out. Runs on a blocking thread, never on the async runtime.
+fn backoff(attempt: u32) {
+    let ceiling = 50 * u64::from(attempt.min(20));
+    std::thread::sleep(Duration::from_micros(fastrand::u64(0..=ceiling)));
+}
+
+#[async_trait]
+impl Store for MemcacheStore {
+    fn name(&self) -> &'static str {
+        "memcache"
+    }
+
+    async fn knows_uaid(&self, uaid: &Uaid) -> Result<bool, StoreError> {
+        Ok(!self.device(uaid).await?.channels.is_empty())
+    }
+
+    async fn register(
+        &self,
+        uaid: &Uaid,
+        channel: &ChannelId,
+        max_channels: usize,
+    ) -> Result<RegisterOutcome, StoreError> {
+        let channel = channel.as_str().to_owned();
+        self.modify(uaid, move |device| {
+            if device.channels.contains_key(&channel) {
+                Edit::Keep(RegisterOutcome::Registered)
+            } else if device.channels.len() >= max_channels {
+                Edit::Keep(RegisterOutcome::TooManyChannels)
+            } else {
+                device.channels.insert(channel.clone(), None);
+                Edit::Write(RegisterOutcome::Registered)
+            }
+        })
+        .await
+    }
+
+    async fn unregister(&self, uaid: &Uaid, channel: &ChannelId) -> Result<(), StoreError> {
+        let channel = channel.as_str().to_owned();
+        // An emptied record stays (until it expires): deleting it unconditionally
+        // could erase a register racing with us.
+        self.modify(uaid, move |device| match device.channels.remove(&channel) {
+            Some(_) => Edit::Write(()),
+            None => Edit::Keep(()),
+        })
+        .await
+    }
+
+    async fn put_update(
+        &self,
+        uaid: &Uaid,
+        channel: &ChannelId,
+        update: Update,
+        now: u64,
+    ) -> Result<PutOutcome, StoreError> {
+        let channel = channel.as_str().to_owned();
+        self.modify(uaid, move |device| {
+            match device.channels.get_mut(&channel) {
+                None => Edit::Keep(PutOutcome::Gone),
+                Some(slot) => {
+                    let replace = slot.as_ref().is_none_or(|pending| {
+                        update.version > pending.version() || pending.expired_at(now)
+                    });
+                    if replace {
+                        *slot = Some(Slot::from(update.clone()));
+                        Edit::Write(PutOutcome::Stored)
+                    } else {
+                        Edit::Keep(PutOutcome::Stored)
+                    }
+                }
+            }
+        })
+        .await
+    }
+
+    async fn pending(&self, uaid: &Uaid, now: u64) -> Result<Pending, StoreError> {
+        Ok(self.device(uaid).await?.pending(now))
+    }
+
+    async fn ack(&self, uaid: &Uaid, channel: &ChannelId, version: u64) -> Result<(), StoreError> {
+        let channel = channel.as_str().to_owned();
+        self.modify(uaid, move |device| {
+            match device.channels.get_mut(&channel) {
+                Some(slot) if slot.as_ref().is_some_and(|p| p.version() <= version) => {
+                    *slot = None;
+                    Edit::Write(())
+                }
+                _ => Edit::Keep(()),
+            }
+        })
+        .await
+    }
+
+    async fn ack_expired(
+        &self,
+        uaid: &Uaid,
+        channel: &ChannelId,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        let channel = channel.as_str().to_owned();
+        self.modify(uaid, move |device| {
+            match device.channels.get_mut(&channel) {
+                Some(slot) if slot.as_ref().is_some_and(|p| p.expired_at(now)) => {
+                    *slot = None;
+                    Edit::Write(())
+                }
+                _ => Edit::Keep(()),
+            }
+        })
+        .await
+    }
+
+    async fn drop_uaid(&self, uaid: &Uaid) -> Result<(), StoreError> {
+        let uaid = uaid.clone();
+        self.run(move |inner| inner.drop_uaid(&uaid)).await
+    }
+
+    async fn set_node(&self, uaid: &Uaid, node: &str) -> Result<(), StoreError> {
+        let (uaid, node) = (uaid.clone(), node.to_owned());
+        self.run(move |inner| inner.set_node(&uaid, &node)).await
+    }
+
+    async fn node(&self, uaid: &Uaid) -> Result<Option<String>, StoreError> {
+        let uaid = uaid.clone();
+        self.run(move |inner| Ok(inner.node(&uaid)?.and_then(|(node, _)| node)))
+            .await
+    }
+
+    async fn clear_node(&self, uaid: &Uaid, node: &str) -> Result<bool, StoreError> {
+        let (uaid, node) = (uaid.clone(), node.to_owned());
+        self.run(move |inner| inner.clear_node(&uaid, &node)).await
+    }
+
+    async fn check(&self) -> Result<(), StoreError> {
+        self.run(Inner::check).await
+    }
+}

@@ -1,0 +1,399 @@
+//! The memcache store against real memcached servers this test starts itself
+//! (memcached must be installed), plus its behaviour when servers are down or
+//! misconfigured. The shared conformance suite runs in the root crate's
+//! tests/conformance.rs.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use simplepush_memcache::{MemcacheOptions, MemcacheStore};
+use simplepush_store::{ChannelId, PutOutcome, RegisterOutcome, Store, StoreError, Uaid, Update};
+
+const NOW: u64 = 1_000_000;
+
+/// A memcached process on a free loopback port, killed when dropped.
+struct Memcached {
+    child: Child,
+    address: String,
+}
+
+impl Memcached {
+    fn start() -> Memcached {
+        let port = free_port();
+        let child = Command::new("memcached")
+            // -u is needed (and only honoured) when running as root.
+            .args(["-u", "root", "-l", "127.0.0.1", "-U", "0", "-m", "64", "-p"])
+            .arg(port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("memcached must be installed to run these tests");
+        let address = format!("127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(&address).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "memcached did not start on {address}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Memcached { child, address }
+    }
+
+    /// A plain client on this one server, to look behind the store's back.
+    fn client(&self) -> memcache::Client {
+        memcache::Client::connect(format!("memcache://{}?timeout=2", self.address)).unwrap()
+    }
+}
+
+impl Drop for Memcached {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A port nothing listens on (just released by the OS).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn connect(servers: &[&str], options: MemcacheOptions) -> MemcacheStore {
+    let servers: Vec<String> = servers.iter().map(|s| s.to_string()).collect();
+    MemcacheStore::connect(&servers, options).unwrap()
+}
+
+/// A fresh uaid: the memcached servers here are private, but stay tidy anyway.
+fn uaid() -> Uaid {
+    Uaid::new(format!(
+        "{:016x}{:016x}",
+        fastrand::u64(..),
+        fastrand::u64(..)
+    ))
+}
+
+fn channel(i: usize) -> ChannelId {
+    ChannelId::new(format!("{i:08x}-0000-4000-8000-000000000000"))
+}
+
+fn update(version: u64, data: Option<String>) -> Update {
+    Update {
+        version,
+        data,
+        expires_at: NOW + 3600,
+    }
+}
+
+#[tokio::test]
+async fn down_server_answers_unavailable_quickly() {
+    let port = free_port();
+    let options = MemcacheOptions {
+        timeout: Duration::from_millis(300),
+        ..MemcacheOptions::default()
+    };
+    // Connecting does no I/O, so a server that is down does not stop startup.
+    let store = connect(&[&format!("127.0.0.1:{port}")], options);
+    let started = Instant::now();
+    let error = store.knows_uaid(&uaid()).await.unwrap_err();
+    assert!(matches!(error, StoreError::Unavailable(_)), "{error:?}");
+    assert!(error.to_string().contains(&port.to_string()), "{error}");
+    let error = store.register(&uaid(), &channel(1), 10).await.unwrap_err();
+    assert!(matches!(error, StoreError::Unavailable(_)), "{error:?}");
+    let error = store.check().await.unwrap_err();
+    assert!(matches!(error, StoreError::Unavailable(_)), "{error:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "three calls took {:?}",
+        started.elapsed()
+    );
+}
+
+/// A fake memcached (binary protocol) whose first `get` answers only after the
+/// client has timed out; it reports on `late` once that stale answer is sent.
+/// Every later `get` answers "not found".
+fn start_slow_first_get(delay: Duration, late: mpsc::Sender<()>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let first = Arc::new(AtomicBool::new(true));
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let (first, late) = (Arc::clone(&first), late.clone());
+            std::thread::spawn(move || serve_fake(stream.unwrap(), &first, &late, delay));
+        }
+    });
+    address
+}
+
+fn serve_fake(mut stream: TcpStream, first: &AtomicBool, late: &mpsc::Sender<()>, delay: Duration) {
+    let mut header = [0u8; 24];
+    while stream.read_exact(&mut header).is_ok() {
+        let body_length = u32::from_be_bytes([header[8], header[9], header[10], header[11]]);
+        let mut body = vec![0u8; body_length as usize];
+        stream.read_exact(&mut body).unwrap();
+        let answer = |status: u16, extras: &[u8], value: &[u8]| {
+            let mut packet = vec![0x81, header[1], 0, 0, extras.len() as u8, 0];
+            packet.extend_from_slice(&status.to_be_bytes());
+            packet.extend_from_slice(&((extras.len() + value.len()) as u32).to_be_bytes());
+            packet.extend_from_slice(&[0; 4]); // opaque
+            packet.extend_from_slice(&1u64.to_be_bytes()); // cas
+            packet.extend_from_slice(extras);
+            packet.extend_from_slice(value);
+            packet
+        };
+        let packet = match header[1] {
+            0x0b => answer(0, &[], b"1.6.0"), // version
+            0x00 if first.swap(false, Ordering::SeqCst) => {
+                std::thread::sleep(delay);
+                let packet = answer(0, &[0; 4], br#"{"c":{"x":null}}"#);
+                stream.write_all(&packet).unwrap();
+                let _ = late.send(());
+                continue;
+            }
+            0x00 => answer(1, &[], b""), // not found
+            _ => answer(0x81, &[], b""), // unknown command
+        };
+        if stream.write_all(&packet).is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_late_answer_after_a_timeout_is_never_read_as_the_next_one() {
+    let (late, arrived) = mpsc::channel();
+    let address = start_slow_first_get(Duration::from_millis(500), late);
+    let options = MemcacheOptions {
+        timeout: Duration::from_millis(150),
+        ..MemcacheOptions::default()
+    };
+    let store = connect(&[&address], options);
+    let u = uaid();
+    let error = store.knows_uaid(&u).await.unwrap_err();
+    assert!(matches!(error, StoreError::Unavailable(_)), "{error:?}");
+    // Once the stale answer (a device with a channel) is on the wire, the next read
+    // must get its own answer ("not found"), not the stale one or one step behind.
+    tokio::task::spawn_blocking(move || arrived.recv().unwrap())
+        .await
+        .unwrap();
+    assert!(!store.knows_uaid(&u).await.unwrap());
+    assert!(!store.knows_uaid(&u).await.unwrap());
+}
+
+#[test]
+fn bad_configuration_is_refused() {
+    let refused = |servers: &[&str], options: MemcacheOptions| {
+        let servers: Vec<String> = servers.iter().map(|s| s.to_string()).collect();
+        match MemcacheStore::connect(&servers, options) {
+            Err(StoreError::Internal(message)) => message,
+            Err(other) => panic!("wrong error {other:?}"),
+            Ok(_) => panic!("accepted {servers:?}"),
+        }
+    };
+    let defaults = MemcacheOptions::default;
+    assert!(refused(&[], defaults()).contains("no memcached servers"));
+    let twice = refused(&["127.0.0.1:1", "memcache://127.0.0.1:1"], defaults());
+    assert!(twice.contains("listed twice"), "{twice}");
+    assert!(refused(&["http://x:1"], defaults()).contains("http://x:1"));
+    let no_pool = MemcacheOptions {
+        pool_size: 0,
+        ..defaults()
+    };
+    assert!(refused(&["127.0.0.1:1"], no_pool).contains("pool_size"));
+    let no_timeout = MemcacheOptions {
+        timeout: Duration::ZERO,
+        ..defaults()
+    };
+    assert!(refused(&["127.0.0.1:1"], no_timeout).contains("timeout"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_spread_over_servers_and_survive_reordering_the_list() {
+    let (a, b) = (Memcached::start(), Memcached::start());
+    let forward = connect(&[&a.address, &b.address], MemcacheOptions::default());
+    let uaids: Vec<Uaid> = (0..60).map(|_| uaid()).collect();
+    for u in &uaids {
+        let outcome = forward.register(u, &channel(1), 10).await.unwrap();
+        assert_eq!(outcome, RegisterOutcome::Registered);
+    }
+    // Another node listing the servers the other way round finds every device.
+    let url_b = format!("memcache://{}", b.address);
+    let reversed = connect(&[&url_b, &a.address], MemcacheOptions::default());
+    for u in &uaids {
+        assert!(reversed.knows_uaid(u).await.unwrap(), "lost {u}");
+    }
+    // Each device lives on exactly one server, and both servers hold some.
+    let (client_a, client_b) = (a.client(), b.client());
+    let mut on_a = 0;
+    for u in &uaids {
+        let key = format!("sp1:d:{u}");
+        let in_a: Option<Vec<u8>> = client_a.get(&key).unwrap();
+        let in_b: Option<Vec<u8>> = client_b.get(&key).unwrap();
+        assert!(in_a.is_some() != in_b.is_some(), "{key} on both or neither");
+        on_a += usize::from(in_a.is_some());
+    }
+    assert!(
+        (10..=50).contains(&on_a),
+        "{on_a} of 60 devices on one server"
+    );
+    forward.check().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_largest_allowed_device_fits_in_one_item() {
+    let server = Memcached::start();
+    let store = connect(&[&server.address], MemcacheOptions::default());
+    let u = uaid();
+    // 200 channels with 4 KiB of data pending on each (the protocol's limits).
+    for i in 0..200 {
+        assert_eq!(
+            store.register(&u, &channel(i), 200).await.unwrap(),
+            RegisterOutcome::Registered
+        );
+    }
+    for i in 0..200 {
+        let data = Some("d".repeat(4096));
+        let outcome = store
+            .put_update(&u, &channel(i), update(i64::MAX as u64, data), NOW)
+            .await
+            .unwrap();
+        assert_eq!(outcome, PutOutcome::Stored);
+    }
+    let pending = store.pending(&u, NOW).await.unwrap();
+    assert_eq!(pending.updates.len(), 200);
+    assert!(
+        pending
+            .updates
+            .iter()
+            .all(|(_, up)| up.data.as_deref().map(str::len) == Some(4096))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_device_fails_clearly_and_keeps_what_it_had() {
+    let server = Memcached::start();
+    let store = connect(&[&server.address], MemcacheOptions::default());
+    let u = uaid();
+    let mut stored = 0;
+    let mut failure = None;
+    // Data far beyond the protocol's 4 KiB per update reaches the limit in few steps.
+    for i in 0..100 {
+        store.register(&u, &channel(i), 100).await.unwrap();
+        let data = Some("x".repeat(40 * 1024));
+        match store
+            .put_update(&u, &channel(i), update(1, data), NOW)
+            .await
+        {
+            Ok(outcome) => {
+                assert_eq!(outcome, PutOutcome::Stored);
+                stored += 1;
+            }
+            Err(error) => {
+                failure = Some(error);
+                break;
+            }
+        }
+    }
+    let failure = failure.expect("100 channels of 40 KiB cannot fit in 1 MiB");
+    assert!(
+        matches!(failure, StoreError::Internal(ref m) if m.contains("item limit")),
+        "{failure:?}"
+    );
+    // About 1 MiB was stored before the limit.
+    assert!(
+        (24..=25).contains(&stored),
+        "{stored} updates of 40 KiB fitted"
+    );
+    // Nothing was corrupted: every update stored before is still there, and changes
+    // that make the record smaller still work.
+    let pending = store.pending(&u, NOW).await.unwrap();
+    assert_eq!(pending.updates.len(), stored);
+    store.ack(&u, &channel(0), 1).await.unwrap();
+    assert_eq!(
+        store.pending(&u, NOW).await.unwrap().updates.len(),
+        stored - 1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_item_is_corrupt() {
+    let server = Memcached::start();
+    let store = connect(&[&server.address], MemcacheOptions::default());
+    let u = uaid();
+    server
+        .client()
+        .set(&format!("sp1:d:{u}"), "not json", 60)
+        .unwrap();
+    server
+        .client()
+        .set(&format!("sp1:n:{u}"), "no marker", 60)
+        .unwrap();
+    let error = store.knows_uaid(&u).await.unwrap_err();
+    assert!(matches!(error, StoreError::Corrupt(_)), "{error:?}");
+    let error = store.register(&u, &channel(0), 10).await.unwrap_err();
+    assert!(matches!(error, StoreError::Corrupt(_)), "{error:?}");
+    let error = store.node(&u).await.unwrap_err();
+    assert!(matches!(error, StoreError::Corrupt(_)), "{error:?}");
+    // Dropping the uaid clears the way for a fresh start.
+    store.drop_uaid(&u).await.unwrap();
+    assert_eq!(
+        store.register(&u, &channel(0), 10).await.unwrap(),
+        RegisterOutcome::Registered
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_ids_are_stored_safely() {
+    let server = Memcached::start();
+    let store = connect(&[&server.address], MemcacheOptions::default());
+    let long = "u".repeat(400);
+    for id in ["with space", "new\r\nline get x", long.as_str(), ""] {
+        let u = Uaid::new(id);
+        let c = ChannelId::new("chan nel\n");
+        assert_eq!(
+            store.register(&u, &c, 10).await.unwrap(),
+            RegisterOutcome::Registered
+        );
+        store
+            .put_update(&u, &c, update(3, None), NOW)
+            .await
+            .unwrap();
+        let pending = store.pending(&u, NOW).await.unwrap();
+        assert_eq!(
+            pending.updates,
+            vec![(c.clone(), update(3, None))],
+            "id {id:?}"
+        );
+        store.set_node(&u, "http://n").await.unwrap();
+        assert_eq!(store.node(&u).await.unwrap().as_deref(), Some("http://n"));
+        store.drop_uaid(&u).await.unwrap();
+        assert!(!store.knows_uaid(&u).await.unwrap());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn items_expire_after_their_lifetime() {
+    let server = Memcached::start();
+    let options = MemcacheOptions {
+        ttl: Duration::from_secs(1),
+        ..MemcacheOptions::default()
+    };
+    let store = connect(&[&server.address], options);
+    let u = uaid();
+    store.register(&u, &channel(0), 10).await.unwrap();
+    store.set_node(&u, "http://n").await.unwrap();
+    assert!(store.knows_uaid(&u).await.unwrap());
+    // Memcached's clock ticks once a second: a 1 s item is gone within 2 s. The
+    // server's own clock cannot be paused, so this waits for real.
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    assert!(!store.knows_uaid(&u).await.unwrap());
+    assert_eq!(store.node(&u).await.unwrap(), None);
+}

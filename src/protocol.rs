@@ -137,7 +137,9 @@ pub fn parse(frame: &[u8]) -> Result<Command, Refusal> {
     let message_type = match fields.get("messagetype") {
         None => return Err(invalid(ErrorFrame::new(401, "messageType is missing"))),
         Some(Value::String(s)) if s.is_empty() => {
-            return Err(invalid(ErrorFrame::new(401, "messageType is empty")));
+            return Err(invalid(
+                ErrorFrame::new(401, "messageType is empty").for_type(""),
+            ));
         }
         Some(Value::String(s)) => s.to_ascii_lowercase(),
         Some(_) => return Err(invalid(ErrorFrame::new(401, "messageType is not a string"))),

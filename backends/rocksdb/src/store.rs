@@ -1,0 +1,651 @@
+//! The RocksDB [`Store`]: the database layout, the per-uaid locking that makes every
+//! read-modify-write atomic, and the blocking operations run on tokio's blocking pool.
+//!
+//! Layout (format version [`FORMAT_VERSION`]):
+//! - column family `channels`: one key per registered channel ([`crate::key`]); its
+//!   value is the channel's pending slot ([`crate::record`]), empty when nothing is
+//!   pending. Channel and pending update share one key, so registering, unregistering
+//!   and replacing an update are each a single write.
+//! - column family `nodes`: uaid → the node the device was last seen on.
+//! - default column family: the format version and the health-check key.
+
+use std::hash::BuildHasher;
+use std::hash::RandomState;
+use std::ops::ControlFlow;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DB, ReadOptions, WriteBatch, WriteOptions};
+use simplepush_store::{
+    ChannelId, Pending, PutOutcome, RegisterOutcome, Store, StoreError, Uaid, Update,
+};
+
+use crate::error::{from_join, from_rocksdb};
+use crate::{RocksOptions, key, record};
+
+/// The layout this build reads and writes; bump it (and migrate in [`Db::check_format`])
+/// when the layout changes.
+const FORMAT_VERSION: u32 = 1;
+/// Default-family key of the format version.
+const FORMAT_KEY: &[u8] = b"format_version";
+/// Default-family key [`Store::check`] writes and reads back.
+const CHECK_KEY: &[u8] = b"check";
+const CHANNELS: &str = "channels";
+const NODES: &str = "nodes";
+/// Lock stripes: enough that unrelated devices rarely share one.
+const LOCK_STRIPES: usize = 256;
+/// RocksDB's info logs (`LOG.old.*`) kept in the directory.
+const KEEP_LOG_FILES: usize = 10;
+
+/// A [`Store`] kept in a RocksDB database on local disk. Cheap to share behind an
+/// `Arc<dyn Store>`; every call runs on tokio's blocking pool.
+pub struct RocksStore {
+    db: Arc<Db>,
+}
+
+impl RocksStore {
+    /// Opens (creating if missing) the database in directory `dir`.
+    ///
+    /// Blocks while RocksDB opens and replays its write-ahead log: call it before the
+    /// server starts serving, or from a blocking task. Fails if another process holds
+    /// the database ([`StoreError::Unavailable`]) or it was written in a format this
+    /// build does not read ([`StoreError::Internal`]).
+    pub fn open(dir: &Path, options: RocksOptions) -> Result<RocksStore, StoreError> {
+        let mut db_options = rocksdb::Options::default();
+        db_options.create_if_missing(true);
+        db_options.create_missing_column_families(true);
+        db_options.set_keep_log_file_num(KEEP_LOG_FILES);
+        let families = [CHANNELS, NODES]
+            .map(|name| ColumnFamilyDescriptor::new(name, rocksdb::Options::default()));
+        let db = DB::open_cf_descriptors(&db_options, dir, families).map_err(from_rocksdb)?;
+        let mut write = WriteOptions::default();
+        write.set_sync(options.fsync);
+        let db = Db {
+            db,
+            write,
+            locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            hasher: RandomState::new(),
+            checks: AtomicU64::new(0),
+        };
+        db.check_format()?;
+        Ok(RocksStore { db: Arc::new(db) })
+    }
+
+    /// Runs `operation` on the blocking pool.
+    async fn run<T, F>(&self, operation: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Db) -> Result<T, StoreError> + Send + 'static,
+    {
+        let db = Arc::clone(&self.db);
+        tokio::task::spawn_blocking(move || operation(&db))
+            .await
+            .map_err(from_join)?
+    }
+}
+
+impl std::fmt::Debug for RocksStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RocksStore")
+            .field("path", &self.db.db.path())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The open database and what the blocking operations share.
+struct Db {
+    db: DB,
+    /// Sync on every write when `fsync` is on; otherwise the WAL without fsync.
+    write: WriteOptions,
+    /// Every write to a uaid holds its stripe, so a read-modify-write never interleaves
+    /// with another change to the same uaid. Reads take no lock: a single read or one
+    /// iterator sees a consistent state.
+    locks: Box<[Mutex<()>]>,
+    hasher: RandomState,
+    /// Makes each health check write a value the previous one did not.
+    checks: AtomicU64,
+}
+
+impl Db {
+    fn lock(&self, uaid: &Uaid) -> MutexGuard<'_, ()> {
+        let stripe = self.hasher.hash_one(uaid.as_str()) as usize % self.locks.len();
+        // The lock guards no data of its own and every change under it is a single
+        // RocksDB write, so a panic elsewhere while holding it leaves nothing half-done.
+        self.locks[stripe]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn family(&self, name: &str) -> Result<&ColumnFamily, StoreError> {
+        self.db
+            .cf_handle(name)
+            .ok_or_else(|| StoreError::Internal(format!("column family {name} is missing")))
+    }
+
+    /// Accepts a database in [`FORMAT_VERSION`], stamping a new one with it.
+    fn check_format(&self) -> Result<(), StoreError> {
+        match self.db.get_pinned(FORMAT_KEY).map_err(from_rocksdb)? {
+            Some(value) => match record::decode_format(&value)? {
+                FORMAT_VERSION => Ok(()),
+                other => Err(StoreError::Internal(format!(
+                    "database format version {other}, this build reads {FORMAT_VERSION}"
+                ))),
+            },
+            None => {
+                let mut write = WriteOptions::default();
+                write.set_sync(true);
+                self.db
+                    .put_opt(FORMAT_KEY, record::encode_format(FORMAT_VERSION), &write)
+                    .map_err(from_rocksdb)
+            }
+        }
+    }
+
+    /// Calls `visit(channel key, value)` for each channel of `uaid`, in key order,
+    /// until it breaks.
+    fn scan_channels(
+        &self,
+        prefix: &[u8],
+        mut visit: impl FnMut(&[u8], &[u8]) -> Result<ControlFlow<()>, StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut read = ReadOptions::default();
+        if let Some(end) = key::prefix_end(prefix) {
+            read.set_iterate_upper_bound(end);
+        }
+        let mut iter = self.db.raw_iterator_cf_opt(self.family(CHANNELS)?, read);
+        iter.seek(prefix);
+        while let Some((key, value)) = iter.item() {
+            if !key.starts_with(prefix) || visit(key, value)?.is_break() {
+                return Ok(());
+            }
+            iter.next();
+        }
+        iter.status().map_err(from_rocksdb)
+    }
+
+    fn knows_uaid(&self, uaid: &Uaid) -> Result<bool, StoreError> {
+        let mut found = false;
+        self.scan_channels(&key::uaid_prefix(uaid)?, |_, _| {
+            found = true;
+            Ok(ControlFlow::Break(()))
+        })?;
+        Ok(found)
+    }
+
+    fn register(
+        &self,
+        uaid: &Uaid,
+        channel: &ChannelId,
+        max_channels: usize,
+    ) -> Result<RegisterOutcome, StoreError> {
+        let _guard = self.lock(uaid);
+        let channels = self.family(CHANNELS)?;
+        let key = key::channel(uaid, channel)?;
+        if self
+            .db
+            .get_pinned_cf(channels, &key)
+            .map_err(from_rocksdb)?
+            .is_some()
+        {
+            return Ok(RegisterOutcome::Registered);
+        }
+        let mut live = 0;
+        if max_channels > 0 {
+            self.scan_channels(&key::uaid_prefix(uaid)?, |_, _| {
+                live += 1;
+                Ok(if live >= max_channels {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                })
+            })?;
+        }
+        if live >= max_channels {
+            return Ok(RegisterOutcome::TooManyChannels);
+        }
+        self.db
+            .put_cf_opt(channels, &key, record::encode_slot(None), &self.write)
+            .map_err(from_rocksdb)?;
+        Ok(RegisterOutcome::Registered)
+    }
+
+    fn unregister(&self, uaid: &Uaid, channel: &ChannelId) -> Result<(), StoreError> {
+        let _guard = self.lock(uaid);
+        self.db
+            .delete_cf_opt(
+                self.family(CHANNELS)?,
+                key::channel(uaid, channel)?,
+                &self.write,
+            )
+            .map_err(from_rocksdb)
+    }
+
+    fn put_update(
+        &self,
+        uaid: &Uaid,
+        channel: &ChannelId,
+        update: Update,
+        now: u64,
+    ) -> Result<PutOutcome, StoreError> {
+        let _guard = self.lock(uaid);
+        let channels = self.family(CHANNELS)?;
+        let key = key::channel(uaid, channel)?;
+        let Some(value) = self
+            .db
+            .get_pinned_cf(channels, &key)
+            .map_err(from_rocksdb)?
+        else {
+            return Ok(PutOutcome::Gone);
+        };
+        let replace = match record::decode_slot(&value)? {
+            None => true,
+            Some(pending) => update.version > pending.version || pending.expires_at <= now,
+        };
+        if replace {
+            self.db
+                .put_cf_opt(
+                    channels,
+                    &key,
+                    record::encode_slot(Some(&update)),
+                    &self.write,
+                )
+                .map_err(from_rocksdb)?;
+        }
+        Ok(PutOutcome::Stored)
+    }
+
+    fn pending(&self, uaid: &Uaid, now: u64) -> Result<Pending, StoreError> {
+        let prefix = key::uaid_prefix(uaid)?;
+        let mut pending = Pending::default();
+        self.scan_channels(&prefix, |key, value| {
+            if let Some(update) = record::decode_slot(value)? {
+                let channel = key::channel_of(&prefix, key)?;
+                if update.expires_at > now {
+                    pending.updates.push((channel, update));
+                } else {
+                    pending.expired.push(channel);
+                }
+            }
+            Ok(ControlFlow::Continue(()))
+        })?;
+        Ok(pending)
+    }
+
+    /// Empties the pending slot of `channel` if what is pending satisfies `clear`.
+    fn clear_pending_if(
+        &self,
+        uaid: &Uaid,
+        channel: &ChannelId,
+        clear: impl FnOnce(&Update) -> bool,
+    ) -> Result<(), StoreError> {
+        let _guard = self.lock(uaid);
+        let channels = self.family(CHANNELS)?;
+        let key = key::channel(uaid, channel)?;
+        let Some(value) = self
+            .db
+            .get_pinned_cf(channels, &key)
+            .map_err(from_rocksdb)?
+        else {
+            return Ok(());
+        };
+        if record::decode_slot(&value)?.is_some_and(|pending| clear(&pending)) {
+            self.db
+                .put_cf_opt(channels, &key, record::encode_slot(None), &self.write)
+                .map_err(from_rocksdb)?;
+        }
+        Ok(())
+    }
+
+    fn drop_uaid(&self, uaid: &Uaid) -> Result<(), StoreError> {
+        let _guard = self.lock(uaid);
+        let channels = self.family(CHANNELS)?;
+        let mut batch = WriteBatch::default();
+        self.scan_channels(&key::uaid_prefix(uaid)?, |key, _| {
+            batch.delete_cf(channels, key);
+            Ok(ControlFlow::Continue(()))
+        })?;
+        batch.delete_cf(self.family(NODES)?, uaid.as_str());
+        self.db.write_opt(batch, &self.write).map_err(from_rocksdb)
+    }
+
+    fn set_node(&self, uaid: &Uaid, node: &str) -> Result<(), StoreError> {
+        let _guard = self.lock(uaid);
+        self.db
+            .put_cf_opt(self.family(NODES)?, uaid.as_str(), node, &self.write)
+            .map_err(from_rocksdb)
+    }
+
+    fn node(&self, uaid: &Uaid) -> Result<Option<String>, StoreError> {
+        self.db
+            .get_pinned_cf(self.family(NODES)?, uaid.as_str())
+            .map_err(from_rocksdb)?
+            .map(|value| record::decode_node(&value))
+            .transpose()
+    }
+
+    fn clear_node(&self, uaid: &Uaid, node: &str) -> Result<bool, StoreError> {
+        let _guard = self.lock(uaid);
+        let nodes = self.family(NODES)?;
+        let Some(value) = self
+            .db
+            .get_pinned_cf(nodes, uaid.as_str())
+            .map_err(from_rocksdb)?
+        else {
+            return Ok(false);
+        };
+        if record::decode_node(&value)? != node {
+            return Ok(false);
+        }
+        self.db
+            .delete_cf_opt(nodes, uaid.as_str(), &self.write)
+            .map_err(from_rocksdb)?;
+        Ok(true)
+    }
+
+    fn check(&self) -> Result<(), StoreError> {
+        let token = self.checks.fetch_add(1, Ordering::Relaxed).to_be_bytes();
+        self.db
+            .put_opt(CHECK_KEY, token, &self.write)
+            .map_err(from_rocksdb)?;
+        match self.db.get_pinned(CHECK_KEY).map_err(from_rocksdb)? {
+            // Another check may have written in between; any token we wrote is fine.
+            Some(value) if value.len() == token.len() => Ok(()),
+            Some(_) => Err(StoreError::Corrupt(
+                "health-check value changed size".to_owned(),
+            )),
+            None => Err(StoreError::Internal(
+                "health-check value vanished".to_owned(),
+            )),
+        }
+    }
+}
+
+#[async_trait]
+impl Store for RocksStore {
+    fn name(&self) -> &'static str {
+        "rocksdb"
+    }
+
+    async fn knows_uaid(&self, uaid: &Uaid) -> Result<bool, StoreError> {
+        let uaid = uaid.clone();
+        self.run(move |db| db.knows_uaid(&uaid)).await
+    }
+
+    async fn register(
+        &self,
+        uaid: &Uaid,
+        channel: &ChannelId,
+        max_channels: usize,
+    ) -> Result<RegisterOutcome, StoreError> {
+        let (uaid, channel) = (uaid.clone(), channel.clone());
+        self.run(move |db| db.register(&uaid, &channel, max_channels))
+            .await
+    }
+
+    async fn unregister(&self, uaid: &Uaid, channel: &ChannelId) -> Result<(), StoreError> {
+        let (uaid, channel) = (uaid.clone(), channel.clone());
+        self.run(move |db| db.unregister(&uaid, &channel)).await
+    }
+
+    async fn put_update(
+        &self,
+        uaid: &Uaid,
+        channel: &ChannelId,
+        update: Update,
+        now: u64,
+    ) -> Result<PutOutcome, StoreError> {
+        let (uaid, channel) = (uaid.clone(), channel.clone());
+        self.run(move |db| db.put_update(&uaid, &channel, update, now))
+            .await
+    }
+
+    async fn pending(&self, uaid: &Uaid, now: u64) -> Result<Pending, StoreError> {
+        let uaid = uaid.clone();
+        self.run(move |db| db.pending(&uaid, now)).await
+    }
+
+    async fn ack(&self, uaid: &Uaid, channel: &ChannelId, version: u64) -> Result<(), StoreError> {
+        let (uaid, channel) = (uaid.clone(), channel.clone());
+        self.run(move |db| {
+            db.clear_pending_if(&uaid, &channel, |pending| pending.version <= version)
+        })
+        .await
+    }
+
+    async fn ack_expired(
+        &self,
+        uaid: &Uaid,
+        channel: &ChannelId,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        let (uaid, channel) = (uaid.clone(), channel.clone());
+        self.run(move |db| {
+            db.clear_pending_if(&uaid, &channel, |pending| pending.expires_at <= now)
+        })
+        .await
+    }
+
+    async fn drop_uaid(&self, uaid: &Uaid) -> Result<(), StoreError> {
+        let uaid = uaid.clone();
+        self.run(move |db| db.drop_uaid(&uaid)).await
+    }
+
+    async fn set_node(&self, uaid: &Uaid, node: &str) -> Result<(), StoreError> {
+        let (uaid, node) = (uaid.clone(), node.to_owned());
+        self.run(move |db| db.set_node(&uaid, &node)).await
+    }
+
+    async fn node(&self, uaid: &Uaid) -> Result<Option<String>, StoreError> {
+        let uaid = uaid.clone();
+        self.run(move |db| db.node(&uaid)).await
+    }
+
+    async fn clear_node(&self, uaid: &Uaid, node: &str) -> Result<bool, StoreError> {
+        let (uaid, node) = (uaid.clone(), node.to_owned());
+        self.run(move |db| db.clear_node(&uaid, &node)).await
+    }
+
+    async fn check(&self) -> Result<(), StoreError> {
+        self.run(Db::check).await
+    }
+
+    /// Writes out and syncs the write-ahead log, so nothing acknowledged is lost even
+    /// when `fsync` is off. The database itself closes when the last handle drops.
+    async fn close(&self) -> Result<(), StoreError> {
+        self.run(|db| db.db.flush_wal(true).map_err(from_rocksdb))
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+
+    use super::*;
+
+    const NOW: u64 = 1_000;
+
+    fn update(version: u64, data: &str) -> Update {
+        Update {
+            version,
+            data: Some(data.to_owned()),
+            expires_at: NOW + 3600,
+        }
+    }
+
+    fn ids() -> (Uaid, ChannelId) {
+        (
+            Uaid::new("0123456789abcdef0123456789abcdef"),
+            ChannelId::new("channel-1"),
+        )
+    }
+
+    fn open(dir: &Path, fsync: bool) -> RocksStore {
+        RocksStore::open(dir, RocksOptions { fsync }).unwrap()
+    }
+
+    #[tokio::test]
+    async fn data_survives_reopen_without_close() {
+        for fsync in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let (u, c) = ids();
+            {
+                let store = open(dir.path(), fsync);
+                assert_eq!(
+                    store.register(&u, &c, 10).await.unwrap(),
+                    RegisterOutcome::Registered
+                );
+                let put = store.put_update(&u, &c, update(7, "seven"), NOW).await;
+                assert_eq!(put.unwrap(), PutOutcome::Stored);
+                store.set_node(&u, "http://node-a").await.unwrap();
+            }
+            let store = open(dir.path(), fsync);
+            assert!(store.knows_uaid(&u).await.unwrap());
+            let pending = store.pending(&u, NOW).await.unwrap();
+            assert_eq!(pending.updates, vec![(c.clone(), update(7, "seven"))]);
+            assert_eq!(
+                store.node(&u).await.unwrap().as_deref(),
+                Some("http://node-a")
+            );
+            let put = store.put_update(&u, &c, update(8, "eight"), NOW).await;
+            assert_eq!(put.unwrap(), PutOutcome::Stored);
+            store.close().await.unwrap();
+            drop(store);
+            let store = open(dir.path(), fsync);
+            let pending = store.pending(&u, NOW).await.unwrap();
+            assert_eq!(pending.updates, vec![(c, update(8, "eight"))]);
+        }
+    }
+
+    /// Set in the environment of the child process of [`update_survives_abort`].
+    const ABORT_DIR: &str = "SIMPLEPUSH_ROCKSDB_ABORT_DIR";
+
+    /// The child half of [`update_survives_abort`]: stores an update, then dies without
+    /// running any destructor, as under `kill -9`.
+    #[tokio::test]
+    #[ignore = "run by update_survives_abort in a child process"]
+    async fn abort_after_put() {
+        let Some(dir) = std::env::var_os(ABORT_DIR) else {
+            return;
+        };
+        let store = open(Path::new(&dir), true);
+        let (u, c) = ids();
+        store.register(&u, &c, 10).await.unwrap();
+        let put = store.put_update(&u, &c, update(42, "answered"), NOW).await;
+        assert_eq!(put.unwrap(), PutOutcome::Stored);
+        std::process::abort();
+    }
+
+    #[tokio::test]
+    async fn update_survives_abort() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new(std::env::current_exe().unwrap());
+        child
+            .args(["--exact", "store::tests::abort_after_put", "--ignored"])
+            .env(ABORT_DIR, dir.path());
+        let status = tokio::task::spawn_blocking(move || child.output())
+            .await
+            .unwrap()
+            .unwrap()
+            .status;
+        assert!(
+            !status.success(),
+            "the child must have aborted, not finished"
+        );
+        let store = open(dir.path(), true);
+        let (u, c) = ids();
+        let pending = store.pending(&u, NOW).await.unwrap();
+        assert_eq!(pending.updates, vec![(c, update(42, "answered"))]);
+    }
+
+    #[tokio::test]
+    async fn corrupt_values_are_errors_not_panics() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), true);
+        let (u, c) = ids();
+        store.register(&u, &c, 10).await.unwrap();
+        store.set_node(&u, "http://node-a").await.unwrap();
+        let db = &store.db;
+        let channel_key = key::channel(&u, &c).unwrap();
+        db.db
+            .put_cf(db.family(CHANNELS).unwrap(), &channel_key, b"\x01garbage")
+            .unwrap();
+        db.db
+            .put_cf(db.family(NODES).unwrap(), u.as_str(), b"\xff\xfe")
+            .unwrap();
+
+        let corrupt = |result: Result<_, StoreError>| matches!(result, Err(StoreError::Corrupt(_)));
+        assert!(corrupt(store.pending(&u, NOW).await.map(drop)));
+        assert!(corrupt(
+            store
+                .put_update(&u, &c, update(1, "x"), NOW)
+                .await
+                .map(drop)
+        ));
+        assert!(corrupt(store.ack(&u, &c, 1).await));
+        assert!(corrupt(store.node(&u).await.map(drop)));
+        assert!(corrupt(
+            store.clear_node(&u, "http://node-a").await.map(drop)
+        ));
+        // What does not decode the value still works, and unregistering clears it.
+        assert!(store.knows_uaid(&u).await.unwrap());
+        store.unregister(&u, &c).await.unwrap();
+        assert!(store.pending(&u, NOW).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn unknown_format_version_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = open(dir.path(), true);
+            store
+                .db
+                .db
+                .put(FORMAT_KEY, record::encode_format(FORMAT_VERSION + 1))
+                .unwrap();
+        }
+        let reopened = RocksStore::open(dir.path(), RocksOptions::default());
+        assert!(matches!(reopened, Err(StoreError::Internal(_))));
+    }
+
+    #[tokio::test]
+    async fn second_open_of_a_locked_directory_is_unavailable() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = open(dir.path(), true);
+        let second = RocksStore::open(dir.path(), RocksOptions::default());
+        assert!(matches!(second, Err(StoreError::Unavailable(_))));
+    }
+
+    #[tokio::test]
+    async fn channel_limit_counts_only_its_uaid() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), false);
+        // Neighbouring uaids whose keys sort right before and after `u`'s.
+        let (before, u, after) = (Uaid::new("aaa"), Uaid::new("aab"), Uaid::new("aac"));
+        for other in [&before, &after] {
+            for i in 0..3 {
+                store
+                    .register(other, &ChannelId::new(format!("c{i}")), 10)
+                    .await
+                    .unwrap();
+            }
+        }
+        let first = store.register(&u, &ChannelId::new("x"), 2).await.unwrap();
+        let second = store.register(&u, &ChannelId::new("y"), 2).await.unwrap();
+        let third = store.register(&u, &ChannelId::new("z"), 2).await.unwrap();
+        assert_eq!(
+            [first, second, third],
+            [
+                RegisterOutcome::Registered,
+                RegisterOutcome::Registered,
+                RegisterOutcome::TooManyChannels
+            ]
+        );
+        store.drop_uaid(&u).await.unwrap();
+        assert!(!store.knows_uaid(&u).await.unwrap());
+        assert!(store.knows_uaid(&before).await.unwrap());
+        assert!(store.knows_uaid(&after).await.unwrap());
+    }
+}

@@ -156,7 +156,7 @@ impl Server {
     ///
     /// The store is the memory backend unless `SIMPLEPUSH_TEST_STORE` names another
     /// (`sqlite`, `rocksdb`: in the server's fresh directory; `memcache`: the servers in
-    /// `SIMPLEPUSH_TEST_MEMCACHE`, default `127.0.0.1:11211`), so the whole suite can run
+    /// `SIMPLEPUSH_TEST_MEMCACHED`, default `127.0.0.1:11211`), so the whole suite can run
     /// against every backend compiled in.
     pub fn builder() -> Builder {
         let mut builder = Builder {
@@ -169,7 +169,7 @@ impl Server {
         if let Ok(backend) = std::env::var("SIMPLEPUSH_TEST_STORE") {
             builder = builder.set("store", "backend", &format!("\"{backend}\""));
             if backend == "memcache" {
-                let servers = std::env::var("SIMPLEPUSH_TEST_MEMCACHE")
+                let servers = std::env::var("SIMPLEPUSH_TEST_MEMCACHED")
                     .unwrap_or_else(|_| "127.0.0.1:11211".to_owned());
                 let list: Vec<String> = servers.split(',').map(|s| format!("\"{s}\"")).collect();
                 builder = builder.set("store", "servers", &format!("[{}]", list.join(", ")));

@@ -2,6 +2,7 @@
 //! delivers it live when the device is connected here.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use futures_util::{Stream, StreamExt};
@@ -11,6 +12,9 @@ use warp::reply::Response;
 
 use crate::app::{App, now_secs};
 use crate::error::{HttpError, json_response};
+
+/// A request body must arrive within this time (a slow sender holds a request slot).
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The parameters of an update, as the app server sent them.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -180,7 +184,9 @@ where
         return Err(HttpError::unavailable("too many requests in flight"));
     };
     let max_data = app.protocol.max_data_bytes;
-    let body = read_body(body, body_limit(max_data)).await?;
+    let body = tokio::time::timeout(BODY_TIMEOUT, read_body(body, body_limit(max_data)))
+        .await
+        .map_err(|_| HttpError::new(StatusCode::REQUEST_TIMEOUT, "request body too slow"))??;
     let from_body = match body_kind(content_type)? {
         BodyKind::Form => parse_form(&body),
         BodyKind::Multipart(boundary) => parse_multipart(body, boundary).await?,

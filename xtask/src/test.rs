@@ -1,0 +1,137 @@
+//! `cargo xtask test`: runs the planned steps one after another, stops at the first failure.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+
+use crate::matrix::{self, Leg, Step};
+use crate::memcached::{self, Cluster};
+use crate::preflight;
+use crate::report::{Outcome, Report};
+use crate::sys;
+
+/// Options of `cargo xtask test`.
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// Run only this leg (repeatable, or comma-separated); legs always run in matrix
+    /// order. Default: every leg.
+    #[arg(long = "leg", value_name = "LEG", value_enum, value_delimiter = ',')]
+    legs: Vec<Leg>,
+
+    /// Skip clippy, for quicker local runs (CI keeps it).
+    #[arg(long)]
+    no_clippy: bool,
+}
+
+/// What the steps share: the memcached servers, alive from their start to the end of the run.
+#[derive(Debug, Default)]
+struct RunState {
+    memcached: Option<Cluster>,
+}
+
+/// Runs the matrix described by `args`, prints the summary, and fails if a step failed.
+pub fn run(args: &TestArgs) -> Result<()> {
+    let steps = matrix::plan(&args.legs, !args.no_clippy);
+    let legs: Vec<Leg> = steps
+        .iter()
+        .filter_map(|step| match step {
+            Step::Test(leg) => Some(*leg),
+            _ => None,
+        })
+        .collect();
+
+    let mut report = Report::default();
+    let mut state = RunState::default();
+    let mut failure = None;
+    for &step in &steps {
+        if failure.is_some() {
+            report.record(step, Outcome::NotRun, Duration::ZERO);
+            continue;
+        }
+        println!("\n==> {}", step.label());
+        let started = Instant::now();
+        let result = run_step(step, &legs, &mut state);
+        let took = started.elapsed();
+        let outcome = if result.is_ok() {
+            Outcome::Ok
+        } else {
+            Outcome::Failed
+        };
+        println!(
+            "<== {}: {outcome} in {:.1} s",
+            step.label(),
+            took.as_secs_f64()
+        );
+        report.record(step, outcome, took);
+        if let Err(err) = result {
+            failure = Some(err.context(format!("step `{}` failed", step.label())));
+        }
+    }
+    // Stop the servers before the summary, so that its last line is the last word.
+    drop(state);
+
+    println!("\nsummary:\n{}", report.render());
+    match failure {
+        Some(err) => Err(err),
+        None => Ok(()),
+    }
+}
+
+fn run_step(step: Step, legs: &[Leg], state: &mut RunState) -> Result<()> {
+    match step {
+        Step::Preflight => preflight::run(legs),
+        Step::Fmt => cargo(&["fmt", "--all", "--", "--check"], &[]),
+        Step::StartMemcached => {
+            let cluster = Cluster::start(2)?;
+            println!("memcached: {}={}", memcached::ENV, cluster.env_value());
+            state.memcached = Some(cluster);
+            Ok(())
+        }
+        Step::Clippy(leg) => {
+            let mut args = vec![
+                "clippy".to_owned(),
+                "--workspace".into(),
+                "--all-targets".into(),
+            ];
+            args.extend(leg.cargo_feature_args());
+            args.extend(["--".into(), "-D".into(), "warnings".into()]);
+            cargo(&args, &[])
+        }
+        Step::Test(leg) => {
+            let mut args = vec!["test".to_owned(), "--workspace".into()];
+            args.extend(leg.cargo_feature_args());
+            let mut env = Vec::new();
+            if leg.needs_memcached() {
+                let Some(cluster) = &state.memcached else {
+                    bail!("leg {} needs memcached, which was not started", leg.name());
+                };
+                env.push((memcached::ENV, cluster.env_value()));
+            }
+            cargo(&args, &env)
+        }
+    }
+}
+
+/// Runs cargo with `args` in the workspace root, output going straight to ours; everything
+/// else in the environment (`CARGO_TARGET_DIR`, `RUSTC_WRAPPER`, ...) passes through.
+fn cargo<S: AsRef<str>>(args: &[S], env: &[(&str, String)]) -> Result<()> {
+    let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
+    let shown_env: String = env
+        .iter()
+        .map(|(key, value)| format!("{key}={value} "))
+        .collect();
+    println!("$ {shown_env}cargo {}", args.join(" "));
+
+    let mut command = Command::new(sys::cargo());
+    command
+        .args(&args)
+        .envs(env.iter().map(|(key, value)| (key, value)))
+        .current_dir(sys::workspace_root());
+    let status = command.status().context("could not run cargo")?;
+    if !status.success() {
+        bail!("`cargo {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}

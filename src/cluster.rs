@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Buf;
+use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 use simplepush_store::{ChannelId, Store, StoreError, Uaid, Update};
 use subtle::ConstantTimeEq;
@@ -14,6 +16,7 @@ use warp::reply::Response;
 use warp::{Filter, Rejection};
 
 use crate::app::App;
+use crate::endpoint::read_body;
 use crate::error::{HttpError, json_response};
 
 /// Time limit of one node-to-node request: a node that is down costs at most this.
@@ -79,8 +82,15 @@ impl Cluster {
             let request = self.request(Method::DELETE, &previous, uaid);
             // The device is already served here: the old node's answer changes nothing.
             tokio::spawn(async move {
-                if let Err(error) = request.send().await {
-                    tracing::debug!(%error, "telling the previous node to close failed");
+                match request.send().await {
+                    Ok(response) if response.status().is_success() => {}
+                    Ok(response) => tracing::debug!(
+                        status = %response.status(),
+                        "the previous node did not close the stale socket"
+                    ),
+                    Err(error) => {
+                        tracing::debug!(%error, "telling the previous node to close failed")
+                    }
                 }
             });
         }
@@ -171,25 +181,38 @@ impl Cluster {
 }
 
 /// The router listener: `PUT /route/{uaid}` delivers an update to a device connected
-/// here (200, or 404 when it is not), `DELETE /route/{uaid}` closes its socket (4000).
+/// here (200, or 404 when it is not), `DELETE /route/{uaid}` closes its socket (4000;
+/// 409 when the store says the device is connected to this node again).
+/// The secret is checked before any body is read.
 pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("route" / String)
         .and(warp::method())
         .and(warp::header::headers_cloned())
-        .and(warp::body::content_length_limit(64 * 1024))
-        .and(warp::body::bytes())
-        .map(move |uaid: String, method, headers, body: bytes::Bytes| {
-            handle(&app, uaid, method, &headers, &body).unwrap_or_else(HttpError::into_response)
+        .and(warp::body::stream())
+        .then(move |uaid: String, method, headers, body| {
+            let app = app.clone();
+            async move {
+                handle(&app, Uaid::new(uaid), method, &headers, Box::pin(body))
+                    .await
+                    .unwrap_or_else(HttpError::into_response)
+            }
         })
 }
 
-fn handle(
+/// Largest routed update: a version and at most `max_data_bytes` of data, JSON-escaped.
+const MAX_ROUTED_BYTES: usize = 64 * 1024;
+
+async fn handle<S, B>(
     app: &App,
-    uaid: String,
+    uaid: Uaid,
     method: Method,
     headers: &HeaderMap,
-    body: &[u8],
-) -> Result<Response, HttpError> {
+    body: S,
+) -> Result<Response, HttpError>
+where
+    S: Stream<Item = Result<B, warp::Error>> + Unpin,
+    B: Buf,
+{
     let Some(cluster) = &app.cluster else {
         return Err(HttpError::new(StatusCode::NOT_FOUND, "not a cluster node"));
     };
@@ -199,12 +222,11 @@ fn handle(
             "wrong or missing router secret",
         ));
     }
-    let uaid = Uaid::new(uaid);
-    let peer = app.registry.get(&uaid);
     let not_here = || HttpError::new(StatusCode::NOT_FOUND, "device not connected here");
     match method {
         Method::PUT => {
-            let routed: Routed = serde_json::from_slice(body).map_err(|e| {
+            let body = read_body(body, MAX_ROUTED_BYTES).await?;
+            let routed: Routed = serde_json::from_slice(&body).map_err(|e| {
                 HttpError::new(StatusCode::BAD_REQUEST, format!("bad routed update: {e}"))
             })?;
             let update = Update {
@@ -212,13 +234,25 @@ fn handle(
                 data: routed.data,
                 expires_at: routed.expires_at,
             };
-            let delivered =
-                peer.is_some_and(|p| p.deliver(ChannelId::new(routed.channel_id), update));
-            if !delivered {
+            let peer = app.registry.get(&uaid).ok_or_else(not_here)?;
+            if !peer.deliver(ChannelId::new(routed.channel_id), update) {
                 return Err(not_here());
             }
         }
-        Method::DELETE => peer.ok_or_else(not_here)?.replace(),
+        Method::DELETE => {
+            let peer = app.registry.get(&uaid).ok_or_else(not_here)?;
+            // A device that moved away and straight back is ours again: a late request
+            // from the node it passed through must not close its new socket.
+            if let Ok(Some(node)) = app.store.node(&uaid).await
+                && node == cluster.me
+            {
+                return Err(HttpError::new(
+                    StatusCode::CONFLICT,
+                    "device is connected here again",
+                ));
+            }
+            peer.replace();
+        }
         _ => {
             return Err(HttpError::new(
                 StatusCode::METHOD_NOT_ALLOWED,

@@ -123,7 +123,8 @@ fn body_limit(max_data_bytes: usize) -> usize {
     max_data_bytes.saturating_mul(3).saturating_add(4096)
 }
 
-async fn read_body<S, B>(mut body: S, limit: usize) -> Result<Bytes, HttpError>
+/// Reads a whole body, refusing (413) one larger than `limit` bytes.
+pub(crate) async fn read_body<S, B>(mut body: S, limit: usize) -> Result<Bytes, HttpError>
 where
     S: Stream<Item = Result<B, warp::Error>> + Unpin,
     B: Buf,

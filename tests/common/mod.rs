@@ -33,6 +33,8 @@ pub struct Server {
     pub ws: SocketAddr,
     /// The endpoint (app server) listener.
     pub endpoint: SocketAddr,
+    /// The router listener of a cluster node (memcache backend); `None` otherwise.
+    pub router: Option<SocketAddr>,
     log: PathBuf,
     dir: TempDir,
 }
@@ -113,6 +115,7 @@ impl Builder {
             child,
             ws: SocketAddr::from(([0, 0, 0, 0], 0)),
             endpoint: SocketAddr::from(([0, 0, 0, 0], 0)),
+            router: None,
             log,
             dir,
         };
@@ -124,16 +127,17 @@ impl Builder {
             ),
             Err(_) => panic!("no listening line within 20 s:\n{}", server.log_text()),
         };
-        let (ws, endpoint) = parse_listening_line(&line);
+        let (ws, endpoint, router) = parse_listening_line(&line);
         server.ws = ws;
         server.endpoint = endpoint;
+        server.router = router;
         server
     }
 }
 
 /// Parses `simplepush listening ws=ADDR endpoint=ADDR` (a cluster node appends
 /// `router=ADDR`).
-fn parse_listening_line(line: &str) -> (SocketAddr, SocketAddr) {
+fn parse_listening_line(line: &str) -> (SocketAddr, SocketAddr, Option<SocketAddr>) {
     let words: Vec<&str> = line.split(' ').collect();
     assert!(words.len() >= 4, "unexpected startup line {line:?}");
     assert_eq!(
@@ -147,7 +151,13 @@ fn parse_listening_line(line: &str) -> (SocketAddr, SocketAddr) {
     let endpoint = words[3]
         .strip_prefix("endpoint=")
         .unwrap_or_else(|| panic!("no endpoint= in {line:?}"));
-    (ws.parse().unwrap(), endpoint.parse().unwrap())
+    let router = words.get(4).map(|word| {
+        word.strip_prefix("router=")
+            .unwrap_or_else(|| panic!("no router= in {line:?}"))
+            .parse()
+            .unwrap()
+    });
+    (ws.parse().unwrap(), endpoint.parse().unwrap(), router)
 }
 
 impl Server {
@@ -256,6 +266,21 @@ impl Server {
             .status()
             .unwrap();
         assert!(status.success(), "kill -TERM failed");
+    }
+
+    /// Kills the server with SIGKILL (no graceful shutdown) and waits until it is gone:
+    /// its sockets are closed by the kernel when this returns.
+    pub fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// A URL on the router listener of a cluster node.
+    pub fn router_url(&self, path: &str) -> String {
+        let router = self
+            .router
+            .unwrap_or_else(|| panic!("not a cluster node: no router= in its startup line"));
+        format!("http://{router}{path}")
     }
 
     /// Waits for the server to exit.

@@ -69,7 +69,18 @@ impl Leg {
         vec!["--features".to_owned(), list.join(",")]
     }
 
-    /// Whether this leg's tests need running memcached servers.
+    /// The store the black-box tests run against in this leg (`SIMPLEPUSH_TEST_STORE`),
+    /// so the whole wire suite runs on every backend; memory when `None`.
+    pub fn store_under_test(self) -> Option<&'static str> {
+        match self {
+            Leg::Memory | Leg::All => None,
+            Leg::Sqlite => Some("sqlite"),
+            Leg::Memcache => Some("memcache"),
+            Leg::Rocksdb => Some("rocksdb"),
+        }
+    }
+
+    /// Whether the leg's tests need the memcached servers xtask starts.
     pub fn needs_memcached(self) -> bool {
         self.features().contains(&"memcache")
     }

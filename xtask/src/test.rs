@@ -103,6 +103,9 @@ fn run_step(step: Step, legs: &[Leg], state: &mut RunState) -> Result<()> {
             let mut args = vec!["test".to_owned(), "--workspace".into()];
             args.extend(leg.cargo_feature_args());
             let mut env = Vec::new();
+            if let Some(store) = leg.store_under_test() {
+                env.push(("SIMPLEPUSH_TEST_STORE", store.to_owned()));
+            }
             if leg.needs_memcached() {
                 let Some(cluster) = &state.memcached else {
                     bail!("leg {} needs memcached, which was not started", leg.name());

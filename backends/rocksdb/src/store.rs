@@ -241,7 +241,7 @@ impl Db {
         };
         let replace = match record::decode_slot(&value)? {
             None => true,
-            Some(pending) => update.version > pending.version || pending.expires_at <= now,
+            Some(pending) => update.supersedes(&pending, now),
         };
         if replace {
             self.db
@@ -421,10 +421,8 @@ impl Store for RocksStore {
         now: u64,
     ) -> Result<(), StoreError> {
         let (uaid, channel) = (uaid.clone(), channel.clone());
-        self.run(move |db| {
-            db.clear_pending_if(&uaid, &channel, |pending| pending.expires_at <= now)
-        })
-        .await
+        self.run(move |db| db.clear_pending_if(&uaid, &channel, |pending| pending.is_expired(now)))
+            .await
     }
 
     async fn drop_uaid(&self, uaid: &Uaid) -> Result<(), StoreError> {

@@ -125,12 +125,9 @@ impl Store for MemoryStore {
             match device.channels.get_mut(channel) {
                 None => PutOutcome::Gone,
                 Some(slot) => {
-                    let replace = match slot {
-                        None => true,
-                        Some(pending) => {
-                            update.version > pending.version || pending.expires_at <= now
-                        }
-                    };
+                    let replace = slot
+                        .as_ref()
+                        .is_none_or(|pending| update.supersedes(pending, now));
                     if replace {
                         *slot = Some(update);
                     }
@@ -146,7 +143,7 @@ impl Store for MemoryStore {
         if let Some(device) = shard.get(uaid) {
             for (channel, slot) in &device.channels {
                 if let Some(update) = slot {
-                    if update.expires_at > now {
+                    if !update.is_expired(now) {
                         pending.updates.push((channel.clone(), update.clone()));
                     } else {
                         pending.expired.push(channel.clone());
@@ -178,9 +175,7 @@ impl Store for MemoryStore {
     ) -> Result<(), StoreError> {
         self.with_device(uaid, (), |device| {
             if let Some(slot) = device.channels.get_mut(channel)
-                && slot
-                    .as_ref()
-                    .is_some_and(|pending| pending.expires_at <= now)
+                && slot.as_ref().is_some_and(|pending| pending.is_expired(now))
             {
                 *slot = None;
             }

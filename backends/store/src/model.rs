@@ -13,6 +13,19 @@ pub struct Update {
     pub expires_at: u64,
 }
 
+impl Update {
+    /// Whether the update is past its expiry at `now`.
+    pub fn is_expired(&self, now: u64) -> bool {
+        self.expires_at <= now
+    }
+
+    /// Whether this update takes the place of `pending`: it has a greater version, or
+    /// `pending` has expired at `now` (the rule of [`crate::Store::put_update`]).
+    pub fn supersedes(&self, pending: &Update, now: u64) -> bool {
+        self.version > pending.version || pending.is_expired(now)
+    }
+}
+
 /// What a device has waiting.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Pending {

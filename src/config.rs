@@ -35,6 +35,10 @@ pub struct ServerConfig {
     pub endpoint_url: Option<String>,
     /// Base64url token keys (32 bytes each); the first mints, all open.
     pub token_keys: Vec<String>,
+    /// PEM certificate chain: with `tls_key`, both listeners speak TLS (wss://, https://).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
     /// Answer CORS preflights and add CORS headers on the endpoint listener.
     pub cors: bool,
     /// Listen backlog of both listeners (tokio's default of 128 drops SYNs in storms).
@@ -53,6 +57,8 @@ impl Default for ServerConfig {
             endpoint_addr: SocketAddr::from(([0, 0, 0, 0], 8081)),
             endpoint_url: None,
             token_keys: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
             cors: false,
             backlog: 4096,
             max_connections: 0,

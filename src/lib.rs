@@ -12,6 +12,7 @@
 //! - [`endpoint`]: `PUT /update/{token}`. [`health`]: `/status/`, `/realstatus/`.
 //! - [`registry`]: devices connected here. [`token`]: endpoint tokens.
 //! - [`store`]: opens the configured backend. [`error`]: failures to statuses.
+//! - [`tls`]: optional TLS on the public listeners.
 //! - [`cluster`]: node-to-node routing when nodes share memcached.
 //! - [`app`]: the state shared by everything above.
 
@@ -28,5 +29,6 @@ pub mod routes;
 pub mod server;
 pub mod session;
 pub mod store;
+pub mod tls;
 pub mod token;
 pub mod upgrade;

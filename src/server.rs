@@ -8,6 +8,7 @@ use std::time::Duration;
 use simplepush_store::Store;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -15,6 +16,7 @@ use crate::app::App;
 use crate::cluster::Cluster;
 use crate::config::{Backend, Config};
 use crate::registry::Registry;
+use crate::tls::{self, TlsError};
 use crate::token::{KeyError, TokenCodec};
 use crate::{listener, routes};
 
@@ -38,6 +40,9 @@ pub enum StartError {
     /// The token keys are unusable.
     #[error(transparent)]
     Keys(#[from] KeyError),
+    /// The TLS certificate or key is unusable.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// The configured socket limit, or one derived from the open-file limit.
@@ -57,6 +62,8 @@ pub struct Server {
     endpoint: TcpListener,
     /// The router listener, on cluster nodes.
     router: Option<TcpListener>,
+    /// TLS for the ws and endpoint listeners, when configured.
+    tls: Option<TlsAcceptor>,
 }
 
 impl Server {
@@ -72,6 +79,10 @@ impl Server {
             listener::bind(addr, config.server.backlog)
                 .map_err(|source| StartError::Bind { addr, source })
         };
+        let tls = tls::acceptor(
+            config.server.tls_cert.as_deref(),
+            config.server.tls_key.as_deref(),
+        )?;
         let ws = bind(config.server.ws_addr)?;
         let endpoint = bind(config.server.endpoint_addr)?;
         let endpoint_port = endpoint
@@ -110,7 +121,10 @@ impl Server {
             .server
             .endpoint_url
             .clone()
-            .unwrap_or_else(|| format!("http://localhost:{endpoint_port}"))
+            .unwrap_or_else(|| {
+                let scheme = if tls.is_some() { "https" } else { "http" };
+                format!("{scheme}://localhost:{endpoint_port}")
+            })
             .trim_end_matches('/')
             .to_owned();
         let app = Arc::new(App {
@@ -131,6 +145,7 @@ impl Server {
             ws,
             endpoint,
             router,
+            tls,
         })
     }
 
@@ -162,6 +177,7 @@ impl Server {
             ws,
             endpoint,
             router,
+            tls,
         } = self;
         let shutdown = app.shutdown.clone();
         let router = async {
@@ -169,16 +185,23 @@ impl Server {
                 listener::serve(
                     router,
                     routes::router_listener(app.clone()),
+                    None,
                     shutdown.clone(),
                 )
                 .await;
             }
         };
         tokio::join!(
-            listener::serve(ws, routes::ws_listener(app.clone()), shutdown.clone()),
+            listener::serve(
+                ws,
+                routes::ws_listener(app.clone()),
+                tls.clone(),
+                shutdown.clone()
+            ),
             listener::serve(
                 endpoint,
                 routes::endpoint_listener(app.clone()),
+                tls,
                 shutdown.clone()
             ),
             router,

@@ -10,6 +10,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::cluster::Cluster;
 use crate::config::ProtocolConfig;
+use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::token::TokenCodec;
 
@@ -33,6 +34,8 @@ pub struct App {
     pub inflight: Semaphore,
     /// Cancelled when the server shuts down.
     pub shutdown: CancellationToken,
+    /// What the server counts, for `/metrics`.
+    pub metrics: Arc<Metrics>,
     /// This node's place in a cluster (memcache backend), if it is in one.
     pub cluster: Option<Cluster>,
     /// Websocket sessions, so shutdown can wait for them to close.

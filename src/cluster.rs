@@ -235,7 +235,8 @@ where
                 expires_at: routed.expires_at,
             };
             let peer = app.registry.get(&uaid).ok_or_else(not_here)?;
-            if !peer.deliver(ChannelId::new(routed.channel_id), update) {
+            let channel = ChannelId::new(routed.channel_id);
+            if !peer.deliver(channel, update, tokio::time::Instant::now()) {
                 return Err(not_here());
             }
         }

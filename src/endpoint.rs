@@ -163,7 +163,18 @@ where
     B: Buf,
 {
     let response = match method {
-        Method::PUT => put(&app, &token, &query, content_type.as_deref(), body).await,
+        Method::PUT => {
+            let response = put(&app, &token, &query, content_type.as_deref(), body).await;
+            let status = match &response {
+                Ok(response) => response.status(),
+                Err(error) => error.status,
+            };
+            app.metrics
+                .updates
+                .with_label_values(&[status.as_str()])
+                .inc();
+            response
+        }
         Method::OPTIONS => Ok(json_response(StatusCode::OK, &serde_json::json!({}))),
         _ => Err(HttpError::new(StatusCode::METHOD_NOT_ALLOWED, "use PUT")),
     };
@@ -194,6 +205,7 @@ where
         BodyKind::Ignored => Params::default(),
     };
     let params = from_body.or(parse_form(query.as_bytes()));
+    let received = tokio::time::Instant::now();
     let now = now_secs();
     let version = parse_version(params.version.as_deref(), now)?;
     let data = params.data.filter(|d| !d.is_empty());
@@ -220,8 +232,13 @@ where
         PutOutcome::Stored => {
             let local = app.registry.get(&uaid);
             let live = match (local, &app.cluster) {
-                (Some(peer), _) => peer.deliver(channel, update),
-                (None, Some(cluster)) => cluster.route(&*app.store, &uaid, &channel, &update).await,
+                (Some(peer), _) => peer.deliver(channel, update, received),
+                (None, Some(cluster)) => {
+                    let hit = cluster.route(&*app.store, &uaid, &channel, &update).await;
+                    let result = if hit { "hit" } else { "miss" };
+                    app.metrics.routed.with_label_values(&[result]).inc();
+                    hit
+                }
                 (None, None) => false,
             };
             let status = if live {

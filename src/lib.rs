@@ -13,6 +13,7 @@
 //! - [`registry`]: devices connected here. [`token`]: endpoint tokens.
 //! - [`store`]: opens the configured backend. [`error`]: failures to statuses.
 //! - [`tls`]: optional TLS on the public listeners.
+//! - [`metrics`]: Prometheus metrics and the store's timing wrapper.
 //! - [`cluster`]: node-to-node routing when nodes share memcached.
 //! - [`app`]: the state shared by everything above.
 
@@ -23,6 +24,7 @@ pub mod endpoint;
 pub mod error;
 pub mod health;
 pub mod listener;
+pub mod metrics;
 pub mod protocol;
 pub mod registry;
 pub mod routes;

@@ -35,6 +35,19 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// The command's `messageType` ("ping" for `{}`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Ping => "ping",
+            Command::Hello { .. } => "hello",
+            Command::Register { .. } => "register",
+            Command::Unregister { .. } => "unregister",
+            Command::Ack { .. } => "ack",
+        }
+    }
+}
+
 /// Why a frame was refused.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Refusal {

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use simplepush_store::{ChannelId, Uaid, Update};
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 const SHARDS: usize = 64;
 
@@ -27,8 +28,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// What a session is asked to do from outside.
 #[derive(Debug, Default)]
 pub struct Mail {
-    /// Updates to deliver live, oldest first.
-    pub updates: VecDeque<(ChannelId, Update)>,
+    /// Updates to deliver live, oldest first, each with when its request arrived.
+    pub updates: VecDeque<(ChannelId, Update, Instant)>,
     /// A newer socket for the same uaid said hello: close with 4000.
     pub replaced: bool,
     /// The outbox overflowed: the device is not reading.
@@ -45,9 +46,10 @@ pub struct Peer {
 }
 
 impl Peer {
-    /// Queues an update for live delivery. Answers false (nothing queued) when the
-    /// session is being replaced or its device has stopped reading.
-    pub fn deliver(&self, channel: ChannelId, update: Update) -> bool {
+    /// Queues an update for live delivery (`received`: when its request arrived).
+    /// Answers false (nothing queued) when the session is being replaced or its device
+    /// has stopped reading.
+    pub fn deliver(&self, channel: ChannelId, update: Update, received: Instant) -> bool {
         let mut mail = lock(&self.mail);
         if mail.replaced || mail.overflowed {
             return false;
@@ -59,7 +61,7 @@ impl Peer {
             self.wake.notify_one();
             return false;
         }
-        mail.updates.push_back((channel, update));
+        mail.updates.push_back((channel, update, received));
         drop(mail);
         self.wake.notify_one();
         true
@@ -196,9 +198,9 @@ mod tests {
     fn a_device_that_does_not_read_overflows_instead_of_growing() {
         let peer = Registry::new().peer();
         for v in 0..OUTBOX_LIMIT as u64 {
-            assert!(peer.deliver(ChannelId::from("c"), update(v)));
+            assert!(peer.deliver(ChannelId::from("c"), update(v), Instant::now()));
         }
-        assert!(!peer.deliver(ChannelId::from("c"), update(0)));
+        assert!(!peer.deliver(ChannelId::from("c"), update(0), Instant::now()));
         let mail = peer.take();
         assert!(mail.overflowed);
         assert!(mail.updates.is_empty());

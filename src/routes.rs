@@ -31,6 +31,22 @@ pub fn health(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejec
         })
 }
 
+/// `GET /metrics`: Prometheus text format.
+pub fn metrics(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::get()
+        .and(warp::path!("metrics"))
+        .and(with_app(app))
+        .map(|app: Arc<App>| {
+            let text = app.metrics.render(app.registry.connections());
+            let mut response = Response::new(text.into());
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            response
+        })
+}
+
 /// `GET /` with a websocket upgrade: a device session.
 pub fn websocket(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path::end()
@@ -102,6 +118,8 @@ pub fn endpoint_listener(
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     let cors = app.cors;
     health(app.clone())
+        .or(metrics(app.clone()))
+        .unify()
         .or(update(app))
         .unify()
         .or(not_found())

@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 use crate::app::App;
 use crate::cluster::Cluster;
 use crate::config::{Backend, Config};
+use crate::metrics::{MeteredStore, Metrics};
 use crate::registry::Registry;
 use crate::tls::{self, TlsError};
 use crate::token::{KeyError, TokenCodec};
@@ -127,7 +128,11 @@ impl Server {
             })
             .trim_end_matches('/')
             .to_owned();
+        let metrics = Arc::new(Metrics::new(store.name()));
+        metrics.preset();
+        let store: Arc<dyn Store> = Arc::new(MeteredStore::new(store, metrics.clone()));
         let app = Arc::new(App {
+            metrics,
             store,
             registry: Registry::new(),
             tokens: TokenCodec::new(token_keys)?,

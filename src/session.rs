@@ -235,7 +235,9 @@ impl Session {
         }
         if self.retry_at.is_some_and(|at| now >= at) {
             self.retry_at = None;
-            self.flush().await?;
+            if self.flush().await? {
+                self.app.metrics.retries.inc();
+            }
         }
         match self.keepalive.check(now) {
             Keepalive::Wait => Ok(()),
@@ -273,7 +275,12 @@ impl Session {
     }
 
     async fn on_message(&mut self, frame: &[u8]) -> Step {
-        match protocol::parse(frame) {
+        let command = protocol::parse(frame);
+        if let Ok(command) = &command {
+            let name = command.name();
+            self.app.metrics.commands.with_label_values(&[name]).inc();
+        }
+        match command {
             Err(Refusal::NotAnObject) => Err(End::InvalidPayload),
             Err(Refusal::Invalid(error)) => self.fail(error).await,
             Ok(Command::Ping) => self.ping().await,
@@ -352,7 +359,7 @@ impl Session {
         let reply = protocol::to_text(&HelloReply::new(uaid.as_str()));
         self.uaid = Some(uaid);
         self.send(reply).await?;
-        self.flush().await
+        self.flush().await.map(drop)
     }
 
     /// The uaid this device goes by, per the minting rules of PROTOCOL.md §4.
@@ -462,13 +469,14 @@ impl Session {
                 .fail(store_error_frame(&e).for_type("ack").echo(key, value))
                 .await;
         }
-        self.flush().await
+        self.flush().await.map(drop)
     }
 
-    /// Sends everything pending for the device in one notification, if anything is.
-    async fn flush(&mut self) -> Step {
+    /// Sends everything pending for the device in one notification, if anything is;
+    /// answers whether it sent one.
+    async fn flush(&mut self) -> Result<bool, End> {
         let Some(uaid) = self.uaid.clone() else {
-            return Ok(());
+            return Ok(false);
         };
         let pending = match self.app.store.pending(&uaid, now_secs()).await {
             Ok(pending) => pending,
@@ -476,11 +484,11 @@ impl Session {
                 // The device can still be served; the retry timer tries again.
                 tracing::warn!(error = %e, "reading pending updates failed");
                 self.arm_retry();
-                return Ok(());
+                return Ok(false);
             }
         };
         if pending.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         let entries = pending
             .updates
@@ -496,7 +504,7 @@ impl Session {
         if !pending.updates.is_empty() {
             self.arm_retry();
         }
-        self.send(text).await
+        self.send(text).await.map(|()| true)
     }
 
     /// Delivers what endpoint requests queued for this device, one frame per update.
@@ -508,8 +516,10 @@ impl Session {
         if mail.overflowed {
             return Err(End::TooSlow);
         }
-        for (channel, update) in mail.updates {
+        for (channel, update, received) in mail.updates {
             self.send_live(&channel, &update).await?;
+            let waited = received.elapsed().as_secs_f64();
+            self.app.metrics.delivery_seconds.observe(waited);
         }
         Ok(())
     }
@@ -527,6 +537,8 @@ impl Session {
 
     /// Leaves the registry and closes the socket with the code `end` calls for.
     async fn close(mut self, end: End) {
+        let reason = format!("{end:?}").to_ascii_lowercase();
+        self.app.metrics.closes.with_label_values(&[&reason]).inc();
         if let Some(uaid) = &self.uaid {
             self.app.registry.release(uaid, &self.peer);
             if let Some(cluster) = &self.app.cluster {

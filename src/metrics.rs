@@ -1,0 +1,285 @@
+//! Prometheus metrics (`GET /metrics` on the endpoint listener): what the server does,
+//! labelled by store backend. [`MeteredStore`] times every store call.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+use simplepush_store::{
+    ChannelId, Pending, PutOutcome, RegisterOutcome, Store, StoreError, Uaid, Update,
+};
+
+/// Latency buckets in seconds, from 50 µs to 5 s.
+const BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0,
+];
+
+/// Every metric the server keeps.
+pub struct Metrics {
+    registry: Registry,
+    connections: IntGauge,
+    /// Device commands handled, by `command` (hello, register, unregister, ack, ping).
+    pub commands: IntCounterVec,
+    /// Endpoint requests answered, by `status` (200 live, 202 stored, 4xx/5xx rejected).
+    pub updates: IntCounterVec,
+    /// Notifications sent again because they were not acknowledged in time.
+    pub retries: IntCounter,
+    /// Updates forwarded to another node, by `result` (hit: delivered there, miss).
+    pub routed: IntCounterVec,
+    /// Store call latency, by `op`.
+    pub store_seconds: HistogramVec,
+    /// Failed store calls, by `op`.
+    pub store_errors: IntCounterVec,
+    /// From an endpoint request's arrival to its notification written to the device.
+    pub delivery_seconds: Histogram,
+    /// Closed device sockets, by `reason`.
+    pub closes: IntCounterVec,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    /// A fresh set of metrics for a server on `backend`.
+    pub fn new(backend: &str) -> Metrics {
+        let labels = [("backend".to_owned(), backend.to_owned())]
+            .into_iter()
+            .collect();
+        let registry =
+            Registry::new_custom(Some("simplepush".to_owned()), Some(labels)).unwrap_or_default();
+        let counter = |name: &str, help: &str, label: &str| {
+            let metric = IntCounterVec::new(Opts::new(name, help), &[label])
+                .unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
+            let _ = registry.register(Box::new(metric.clone()));
+            metric
+        };
+        let commands = counter("commands_total", "Device commands handled.", "command");
+        let updates = counter(
+            "updates_total",
+            "Endpoint requests answered, by status.",
+            "status",
+        );
+        let routed = counter(
+            "routed_total",
+            "Updates forwarded to another node.",
+            "result",
+        );
+        let store_errors = counter("store_errors_total", "Failed store calls.", "op");
+        let closes = counter(
+            "closes_total",
+            "Closed device sockets, by reason.",
+            "reason",
+        );
+        let connections = IntGauge::new("connections", "Device sockets open on this node.")
+            .unwrap_or_else(|e| unreachable!("{e}"));
+        let retries = IntCounter::new(
+            "retries_total",
+            "Notifications re-sent after retry_interval.",
+        )
+        .unwrap_or_else(|e| unreachable!("{e}"));
+        let store_seconds = HistogramVec::new(
+            HistogramOpts::new("store_seconds", "Store call latency.").buckets(BUCKETS.to_vec()),
+            &["op"],
+        )
+        .unwrap_or_else(|e| unreachable!("{e}"));
+        let delivery_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "delivery_seconds",
+                "From an endpoint request to its notification written to the device.",
+            )
+            .buckets(BUCKETS.to_vec()),
+        )
+        .unwrap_or_else(|e| unreachable!("{e}"));
+        for metric in [
+            Box::new(connections.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(retries.clone()),
+            Box::new(store_seconds.clone()),
+            Box::new(delivery_seconds.clone()),
+        ] {
+            let _ = registry.register(metric);
+        }
+        Metrics {
+            registry,
+            connections,
+            commands,
+            updates,
+            retries,
+            routed,
+            store_seconds,
+            store_errors,
+            delivery_seconds,
+            closes,
+        }
+    }
+
+    /// The Prometheus text exposition, with `connections` sockets open now.
+    pub fn render(&self, connections: usize) -> String {
+        self.connections
+            .set(i64::try_from(connections).unwrap_or(i64::MAX));
+        let mut text = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut text);
+        String::from_utf8(text).unwrap_or_default()
+    }
+
+    /// Counts one of each labelled series, so they show (at 0) before their first event.
+    pub fn preset(&self) {
+        for command in ["hello", "register", "unregister", "ack", "ping"] {
+            self.commands.with_label_values(&[command]);
+        }
+        for status in ["200", "202", "400", "404", "410", "413", "503"] {
+            self.updates.with_label_values(&[status]);
+        }
+    }
+}
+
+/// A [`Store`] that records the latency and failures of every call of another.
+pub struct MeteredStore {
+    inner: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+}
+
+impl MeteredStore {
+    /// Wraps `inner`.
+    pub fn new(inner: Arc<dyn Store>, metrics: Arc<Metrics>) -> MeteredStore {
+        MeteredStore { inner, metrics }
+    }
+
+    async fn timed<T>(
+        &self,
+        op: &'static str,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let started = Instant::now();
+        let result = call.await;
+        self.metrics
+            .store_seconds
+            .with_label_values(&[op])
+            .observe(started.elapsed().as_secs_f64());
+        if result.is_err() {
+            self.metrics.store_errors.with_label_values(&[op]).inc();
+        }
+        result
+    }
+}
+
+#[async_trait]
+impl Store for MeteredStore {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    async fn knows_uaid(&self, uaid: &Uaid) -> Result<bool, StoreError> {
+        self.timed("knows_uaid", self.inner.knows_uaid(uaid)).await
+    }
+
+    async fn register(
+        &self,
+        uaid: &Uaid,
+        channel: &ChannelId,
+        max_channels: usize,
+    ) -> Result<RegisterOutcome, StoreError> {
+        let call = self.inner.register(uaid, channel, max_channels);
+        self.timed("register", call).await
+    }
+
+    async fn unregister(&self, uaid: &Uaid, channel: &ChannelId) -> Result<(), StoreError> {
+        self.timed("unregister", self.inner.unregister(uaid, channel))
+            .await
+    }
+
+    async fn put_update(
+        &self,
+        uaid: &Uaid,
+        channel: &ChannelId,
+        update: Update,
+        now: u64,
+    ) -> Result<PutOutcome, StoreError> {
+        let call = self.inner.put_update(uaid, channel, update, now);
+        self.timed("put_update", call).await
+    }
+
+    async fn pending(&self, uaid: &Uaid, now: u64) -> Result<Pending, StoreError> {
+        self.timed("pending", self.inner.pending(uaid, now)).await
+    }
+
+    async fn ack(&self, uaid: &Uaid, channel: &ChannelId, version: u64) -> Result<(), StoreError> {
+        self.timed("ack", self.inner.ack(uaid, channel, version))
+            .await
+    }
+
+    async fn ack_expired(
+        &self,
+        uaid: &Uaid,
+        channel: &ChannelId,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        let call = self.inner.ack_expired(uaid, channel, now);
+        self.timed("ack_expired", call).await
+    }
+
+    async fn drop_uaid(&self, uaid: &Uaid) -> Result<(), StoreError> {
+        self.timed("drop_uaid", self.inner.drop_uaid(uaid)).await
+    }
+
+    async fn set_node(&self, uaid: &Uaid, node: &str) -> Result<(), StoreError> {
+        self.timed("set_node", self.inner.set_node(uaid, node))
+            .await
+    }
+
+    async fn node(&self, uaid: &Uaid) -> Result<Option<String>, StoreError> {
+        self.timed("node", self.inner.node(uaid)).await
+    }
+
+    async fn clear_node(&self, uaid: &Uaid, node: &str) -> Result<bool, StoreError> {
+        self.timed("clear_node", self.inner.clear_node(uaid, node))
+            .await
+    }
+
+    async fn check(&self) -> Result<(), StoreError> {
+        self.timed("check", self.inner.check()).await
+    }
+
+    async fn close(&self) -> Result<(), StoreError> {
+        self.inner.close().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use simplepush_store::MemoryStore;
+
+    #[tokio::test]
+    async fn metered_store_counts_calls_and_renders_with_the_backend_label() {
+        let metrics = Arc::new(Metrics::new("memory"));
+        let store = MeteredStore::new(Arc::new(MemoryStore::new()), metrics.clone());
+        let uaid = Uaid::from("u");
+        store
+            .register(&uaid, &ChannelId::from("c"), 10)
+            .await
+            .unwrap();
+        store.pending(&uaid, 0).await.unwrap();
+        metrics.commands.with_label_values(&["hello"]).inc();
+        let text = metrics.render(3);
+        assert!(
+            text.contains(r#"simplepush_connections{backend="memory"} 3"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"simplepush_store_seconds_count{op="register",backend="memory"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"simplepush_commands_total{command="hello",backend="memory"} 1"#),
+            "{text}"
+        );
+    }
+}

@@ -1,6 +1,7 @@
 //! What every request and session of a running server shares.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use simplepush_store::{ChannelId, Store, Uaid};
@@ -34,6 +35,8 @@ pub struct App {
     pub inflight: Semaphore,
     /// Cancelled when the server shuts down.
     pub shutdown: CancellationToken,
+    /// Numbers HTTP requests for logs.
+    pub request_ids: AtomicU64,
     /// What the server counts, for `/metrics`.
     pub metrics: Arc<Metrics>,
     /// This node's place in a cluster (memcache backend), if it is in one.

@@ -2,7 +2,10 @@
 //! delivers it live when the device is connected here.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
+
+use tracing::Instrument;
 
 use bytes::{Buf, Bytes};
 use futures_util::{Stream, StreamExt};
@@ -151,6 +154,26 @@ where
 
 /// Answers one request to `/update/{token}`.
 pub async fn handle<S, B>(
+    app: Arc<App>,
+    method: Method,
+    token: String,
+    query: String,
+    content_type: Option<String>,
+    body: S,
+) -> Response
+where
+    S: Stream<Item = Result<B, warp::Error>> + Unpin,
+    B: Buf,
+{
+    // Whatever this request logs carries its id (never the token: it names a device).
+    let id = app.request_ids.fetch_add(1, Ordering::Relaxed);
+    let span = tracing::info_span!("request", id, method = %method);
+    handle_request(app, method, token, query, content_type, body)
+        .instrument(span)
+        .await
+}
+
+async fn handle_request<S, B>(
     app: Arc<App>,
     method: Method,
     token: String,

@@ -67,6 +67,11 @@ impl Peer {
         true
     }
 
+    /// This socket's id: unique on this node, for logs.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
     /// Tells the session a newer socket took over its uaid.
     pub fn replace(&self) {
         lock(&self.mail).replaced = true;

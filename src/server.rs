@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use simplepush_store::Store;
@@ -133,6 +134,7 @@ impl Server {
         let store: Arc<dyn Store> = Arc::new(MeteredStore::new(store, metrics.clone()));
         let app = Arc::new(App {
             metrics,
+            request_ids: AtomicU64::new(1),
             store,
             registry: Registry::new(),
             tokens: TokenCodec::new(token_keys)?,

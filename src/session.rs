@@ -15,6 +15,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, error::CapacityError};
+use tracing::Instrument;
 
 use crate::app::{App, now_secs};
 use crate::error::store_error_frame;
@@ -86,6 +87,8 @@ enum Event {
 /// Serves one device until its socket closes; `_connected` counts it meanwhile.
 pub async fn run(app: Arc<App>, socket: Socket, _connected: ConnectionGuard) {
     let peer = app.registry.peer();
+    let span = tracing::info_span!("conn", id = peer.id());
+    let started = Instant::now();
     let app_protocol = app.protocol.clone();
     let mut session = Session {
         app,
@@ -95,13 +98,24 @@ pub async fn run(app: Arc<App>, socket: Socket, _connected: ConnectionGuard) {
         last_ping: None,
         retry_at: None,
         keepalive: KeepaliveTimer::new(
-            Instant::now(),
+            started,
             app_protocol.ping_interval,
             app_protocol.pong_timeout,
         ),
+        messages: 0,
     };
-    let end = session.serve().await;
-    Box::pin(session.close(end)).await;
+    let end = session.serve().instrument(span.clone()).await;
+    let messages = session.messages;
+    Box::pin(session.close(end)).instrument(span.clone()).await;
+    // One line per connection; never the uaid at info level.
+    span.in_scope(|| {
+        tracing::info!(
+            duration_ms = started.elapsed().as_millis() as u64,
+            messages,
+            reason = ?end,
+            "connection closed"
+        )
+    });
 }
 
 struct Session {
@@ -116,6 +130,8 @@ struct Session {
     retry_at: Option<Instant>,
     /// Dead-peer detection.
     keepalive: KeepaliveTimer,
+    /// Messages received from the device.
+    messages: u64,
 }
 
 /// What the keepalive asks for when its time comes.
@@ -275,6 +291,7 @@ impl Session {
     }
 
     async fn on_message(&mut self, frame: &[u8]) -> Step {
+        self.messages += 1;
         let command = protocol::parse(frame);
         if let Ok(command) = &command {
             let name = command.name();
@@ -554,7 +571,6 @@ impl Session {
             };
             let _ = timeout(CLOSE_TIMEOUT, closing).await;
         }
-        tracing::debug!(reason = ?end, "session closed");
     }
 }
 

@@ -44,16 +44,23 @@ const CXX: Requirement = Requirement {
     },
 };
 
+const CHROMIUM: Requirement = Requirement {
+    what: "headless Chromium (the dashboard's browser test)",
+    package: "chromium",
+    present: || sys::find_on_path("chromium").is_some(),
+};
+
 /// Makes sure what `legs` need is installed, printing what it checks and does.
 ///
 /// Every leg needs libclang and a C++ compiler: `--workspace` builds every member, the
-/// simplepush-rocksdb crate included, whatever the root package's features. memcached is
+/// simplepush-rocksdb crate included, whatever the root package's features; every leg
+/// runs the dashboard's browser test, which needs Chromium. memcached is
 /// needed only by the legs that test the memcache backend.
 ///
 /// Missing packages are installed with `apt-get` when running as root; otherwise the error
 /// names the exact command to run.
 pub fn run(legs: &[Leg]) -> Result<()> {
-    let mut needed = vec![LIBCLANG, CXX];
+    let mut needed = vec![LIBCLANG, CXX, CHROMIUM];
     if legs.iter().any(|leg| leg.needs_memcached()) {
         needed.push(MEMCACHED);
     }

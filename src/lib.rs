@@ -15,9 +15,11 @@
 //! - [`tls`]: optional TLS on the public listeners.
 //! - [`metrics`]: Prometheus metrics and the store's timing wrapper.
 //! - [`cluster`]: node-to-node routing when nodes share memcached.
+//! - [`cli`]: the `client` and `push` subcommands, to try a server end to end.
 //! - [`app`]: the state shared by everything above.
 
 pub mod app;
+pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod endpoint;

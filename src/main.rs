@@ -27,6 +27,20 @@ enum Command {
     Serve(ServeArgs),
     /// Print a fresh random token key for `[server] token_keys`.
     Genkey,
+    /// Be a device: connect, register channels, print each pushEndpoint and every
+    /// notification (and acknowledge it), until Ctrl-C.
+    ///
+    /// Lines on stdout: `uaid <uaid>`, `endpoint <channelID> <url>`,
+    /// `notification <channelID> <version> [data]`, `expired <channelID>`. The uaid and
+    /// channelIDs are kept in the state file, so a restart resumes the same device.
+    /// Diagnostics go to stderr (filter them with RUST_LOG).
+    Client(simplepush::cli::client::Options),
+    /// Be an app server: PUT a version (and data) to a pushEndpoint and print the answer.
+    ///
+    /// Prints `200 delivered`, `202 stored` (the device is offline: it gets the update
+    /// when it reconnects) or the error status and reason; exits with 0 only for 200
+    /// and 202.
+    Push(simplepush::cli::push::Request),
 }
 
 /// Flags of `serve`; each overrides the config file.
@@ -99,6 +113,8 @@ fn main() -> anyhow::Result<()> {
             println!("{}", simplepush::token::generate_key());
             return Ok(());
         }
+        Some(Command::Client(options)) => return run_client(options),
+        Some(Command::Push(request)) => return run_push(&request),
         Some(Command::Serve(args)) => args,
         None => cli.serve,
     };
@@ -109,6 +125,41 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("starting the runtime")?
         .block_on(serve_until_signalled(config))
+}
+
+/// `simplepush client`: runs until SIGINT/SIGTERM, then closes its socket cleanly.
+fn run_client(options: simplepush::cli::client::Options) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,simplepush=info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(watch_signals(shutdown.clone()));
+        simplepush::cli::client::run(options, shutdown).await
+    })?;
+    Ok(())
+}
+
+/// `simplepush push`: prints the outcome; exits with 1 unless it is 200 or 202.
+fn run_push(request: &simplepush::cli::push::Request) -> anyhow::Result<()> {
+    let outcome = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?
+        .block_on(simplepush::cli::push::push(request))?;
+    println!("{outcome}");
+    if !outcome.is_success() {
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
 fn init_logging(config: &Config) -> anyhow::Result<()> {

@@ -14,6 +14,7 @@
 //! - [`store`]: opens the configured backend. [`error`]: failures to statuses.
 //! - [`tls`]: optional TLS on the public listeners.
 //! - [`metrics`]: Prometheus metrics and the store's timing wrapper.
+//! - [`dashboard`]: `/dashboard/`, a live page over `/metrics` and `/realstatus/`.
 //! - [`cluster`]: node-to-node routing when nodes share memcached.
 //! - [`cli`]: the `client` and `push` subcommands, to try a server end to end.
 //! - [`app`]: the state shared by everything above.
@@ -22,6 +23,7 @@ pub mod app;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod dashboard;
 pub mod endpoint;
 pub mod error;
 pub mod health;

@@ -120,6 +120,8 @@ pub fn endpoint_listener(
     health(app.clone())
         .or(metrics(app.clone()))
         .unify()
+        .or(crate::dashboard::route())
+        .unify()
         .or(update(app))
         .unify()
         .or(not_found())

@@ -268,6 +268,11 @@ impl Server {
         assert!(status.success(), "kill -TERM failed");
     }
 
+    /// The server's process id (to read `/proc/<pid>/status`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Kills the server with SIGKILL (no graceful shutdown) and waits until it is gone:
     /// its sockets are closed by the kernel when this returns.
     pub fn kill(&mut self) {

@@ -1,5 +1,7 @@
 //! `cargo xtask`: project automation for simplepush, written in Rust instead of shell.
 
+mod bench;
+mod fuzz;
 mod matrix;
 mod memcached;
 mod preflight;
@@ -38,16 +40,33 @@ enum Command {
         2. cargo fmt --all -- --check;\n\
         3. for each leg: cargo clippy --workspace --all-targets <features> -- -D warnings, \
         then cargo test --workspace <features>. The memcache and all legs get two fresh \
-        memcached servers on free loopback ports, passed in SIMPLEPUSH_TEST_MEMCACHED.\n\n\
+        memcached servers on free loopback ports, passed in SIMPLEPUSH_TEST_MEMCACHED;\n\
+        4. every fuzz target of tests/fuzz for 10 s (`cargo xtask fuzz`; skip with --no-fuzz).\n\n\
         Legs run in a fixed order chosen so that RocksDB's C++ is built once. \
         CARGO_TARGET_DIR and RUSTC_WRAPPER are passed through to cargo unchanged.")]
     Test(test::TestArgs),
+    /// Load-test simplepush and measure it against a bare baseline (see README
+    /// "Performance"): idle, connect, notify, overload, cluster, all, or smoke.
+    Bench(bench::BenchArgs),
+    /// Internal: one load-generating process of `bench` (job as JSON).
+    #[command(hide = true)]
+    BenchWorker { job: String },
+    /// Internal: the bare baseline server of `bench`.
+    #[command(hide = true)]
+    BenchBaseline,
+    /// Fuzz the parsers of untrusted input (tests/fuzz) with cargo-fuzz, each target for
+    /// `--seconds` (installs cargo-fuzz when missing and root).
+    Fuzz(fuzz::FuzzArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Test(args) => test::run(&args),
+        Command::Bench(args) => bench::run(&args),
+        Command::BenchWorker { job } => bench::worker_main(&job),
+        Command::BenchBaseline => bench::baseline_main(),
+        Command::Fuzz(args) => fuzz::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

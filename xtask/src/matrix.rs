@@ -99,6 +99,8 @@ pub enum Step {
     Clippy(Leg),
     /// `cargo test --workspace <features>`.
     Test(Leg),
+    /// Every fuzz target of tests/fuzz, briefly (`cargo xtask fuzz`).
+    Fuzz,
 }
 
 impl Step {
@@ -106,7 +108,7 @@ impl Step {
     pub fn leg_name(self) -> &'static str {
         match self {
             Step::Clippy(leg) | Step::Test(leg) => leg.name(),
-            Step::Preflight | Step::Fmt | Step::StartMemcached => "-",
+            Step::Preflight | Step::Fmt | Step::StartMemcached | Step::Fuzz => "-",
         }
     }
 
@@ -114,7 +116,9 @@ impl Step {
     pub fn label(self) -> String {
         match self {
             Step::Clippy(leg) | Step::Test(leg) => format!("{} {}", leg.name(), self.name()),
-            Step::Preflight | Step::Fmt | Step::StartMemcached => self.name().to_owned(),
+            Step::Preflight | Step::Fmt | Step::StartMemcached | Step::Fuzz => {
+                self.name().to_owned()
+            }
         }
     }
 
@@ -126,6 +130,7 @@ impl Step {
             Step::StartMemcached => "memcached",
             Step::Clippy(_) => "clippy",
             Step::Test(_) => "test",
+            Step::Fuzz => "fuzz",
         }
     }
 }
@@ -133,8 +138,8 @@ impl Step {
 /// The steps for `legs` (any order, duplicates allowed; empty means every leg).
 ///
 /// Legs run in [`Leg::ALL`] order whatever order they were asked in. memcached starts once,
-/// right before the first leg that needs it.
-pub fn plan(legs: &[Leg], clippy: bool) -> Vec<Step> {
+/// right before the first leg that needs it. With `fuzz`, the fuzz targets run last.
+pub fn plan(legs: &[Leg], clippy: bool, fuzz: bool) -> Vec<Step> {
     let mut legs: Vec<Leg> = if legs.is_empty() {
         Leg::ALL.to_vec()
     } else {
@@ -155,6 +160,9 @@ pub fn plan(legs: &[Leg], clippy: bool) -> Vec<Step> {
         }
         steps.push(Step::Test(leg));
     }
+    if fuzz {
+        steps.push(Step::Fuzz);
+    }
     steps
 }
 
@@ -165,8 +173,8 @@ mod tests {
     use super::{Leg, Step, plan};
 
     #[test]
-    fn full_plan_runs_rocksdb_right_before_all_and_memcached_once() {
-        let steps = plan(&[], true);
+    fn full_plan_runs_rocksdb_right_before_all_memcached_once_and_fuzz_last() {
+        let steps = plan(&[], true, true);
         assert_eq!(
             steps,
             vec![
@@ -183,13 +191,14 @@ mod tests {
                 Step::Test(Leg::Rocksdb),
                 Step::Clippy(Leg::All),
                 Step::Test(Leg::All),
+                Step::Fuzz,
             ]
         );
     }
 
     #[test]
-    fn requested_legs_are_sorted_deduplicated_and_clippy_can_be_skipped() {
-        let steps = plan(&[Leg::All, Leg::Memory, Leg::All], false);
+    fn requested_legs_are_sorted_deduplicated_and_clippy_and_fuzz_can_be_skipped() {
+        let steps = plan(&[Leg::All, Leg::Memory, Leg::All], false, false);
         assert_eq!(
             steps,
             vec![
@@ -204,7 +213,7 @@ mod tests {
 
     #[test]
     fn legs_without_memcache_start_no_memcached() {
-        let steps = plan(&[Leg::Sqlite, Leg::Rocksdb], true);
+        let steps = plan(&[Leg::Sqlite, Leg::Rocksdb], true, true);
         assert!(!steps.contains(&Step::StartMemcached));
     }
 

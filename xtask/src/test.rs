@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
+use crate::fuzz;
 use crate::matrix::{self, Leg, Step};
 use crate::memcached::{self, Cluster};
 use crate::preflight;
@@ -23,6 +24,10 @@ pub struct TestArgs {
     /// Skip clippy, for quicker local runs (CI keeps it).
     #[arg(long)]
     no_clippy: bool,
+
+    /// Skip the final fuzz step, for quicker local runs (CI keeps it).
+    #[arg(long)]
+    no_fuzz: bool,
 }
 
 /// What the steps share: the memcached servers, alive from their start to the end of the run.
@@ -33,7 +38,7 @@ struct RunState {
 
 /// Runs the matrix described by `args`, prints the summary, and fails if a step failed.
 pub fn run(args: &TestArgs) -> Result<()> {
-    let steps = matrix::plan(&args.legs, !args.no_clippy);
+    let steps = matrix::plan(&args.legs, !args.no_clippy, !args.no_fuzz);
     let legs: Vec<Leg> = steps
         .iter()
         .filter_map(|step| match step {
@@ -112,8 +117,16 @@ fn run_step(step: Step, legs: &[Leg], state: &mut RunState) -> Result<()> {
                 };
                 env.push((memcached::ENV, cluster.env_value()));
             }
-            cargo(&args, &env)
+            cargo(&args, &env)?;
+            if leg == Leg::All {
+                // The generator's own check, on the debug binary this leg just built
+                // (every backend compiled in; never a release RocksDB build in CI).
+                println!("\n$ cargo xtask bench smoke (debug binary, every backend)");
+                crate::bench::smoke(&crate::bench::binary_path(true), &crate::bench::BACKENDS)?;
+            }
+            Ok(())
         }
+        Step::Fuzz => fuzz::run_all(fuzz::CI_SECONDS),
     }
 }
 

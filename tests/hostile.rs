@@ -1,0 +1,589 @@
+//! Hostile input against the real binary over real sockets: random and malformed websocket
+//! frames, out-of-range numbers, oversized frames and bodies, floods of commands and
+//! headers, tampered tokens and half-open connections. The server must answer each the
+//! way PROTOCOL.md says, never crash, keep serving well-behaved peers, and give back the
+//! memory the abuse cost.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use common::{Device, End, Server, WAIT, assert_error_frame, chid, updates};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+
+// ---- tools -----------------------------------------------------------------------------
+
+/// A small deterministic generator (SplitMix64): the same "random" input every run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    fn bytes(&mut self, len: usize) -> Vec<u8> {
+        (0..len).map(|_| self.next() as u8).collect()
+    }
+
+    /// Random characters from all of Unicode (valid UTF-8, almost never JSON).
+    fn text(&mut self, chars: usize) -> String {
+        (0..chars)
+            .map(|_| {
+                loop {
+                    if let Some(c) = char::from_u32((self.next() % 0x11_0000) as u32) {
+                        break c;
+                    }
+                }
+            })
+            .collect()
+    }
+}
+
+/// First byte of a frame: FIN plus opcode.
+const FIN_TEXT: u8 = 0x81;
+const FIN_BINARY: u8 = 0x82;
+const START_TEXT: u8 = 0x01;
+const FIN_CONTINUATION: u8 = 0x80;
+const FIN_PING: u8 = 0x89;
+/// The mask every client frame here uses (any key is valid; RFC 6455 §5.3).
+const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+
+/// The bytes of one websocket frame, masked (as a client must) unless `mask` is false.
+fn frame(first: u8, payload: &[u8], mask: bool) -> Vec<u8> {
+    let bit = if mask { 0x80 } else { 0 };
+    let mut out = vec![first];
+    match payload.len() {
+        n if n < 126 => out.push(bit | n as u8),
+        n if n <= 0xffff => {
+            out.push(bit | 126);
+            out.extend((n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(bit | 127);
+            out.extend((n as u64).to_be_bytes());
+        }
+    }
+    if mask {
+        out.extend(MASK);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
+    } else {
+        out.extend(payload);
+    }
+    out
+}
+
+/// Opens a websocket by hand, so that any bytes at all can follow the handshake.
+async fn raw_upgrade(addr: SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    // Byte by byte up to the blank line: nothing after the 101 may be consumed here.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let byte = tokio::time::timeout(WAIT, stream.read_u8())
+            .await
+            .expect("no handshake reply")
+            .expect("connection ended during the handshake");
+        head.push(byte);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "handshake reply {head}");
+    stream
+}
+
+/// Sends `bytes` on a fresh raw websocket and reads what comes back until the socket
+/// ends: the text frames, then how it ended.
+async fn send_raw(server: &Server, bytes: &[u8]) -> (Vec<String>, End) {
+    let mut stream = raw_upgrade(server.ws).await;
+    stream.write_all(bytes).await.unwrap();
+    replies_until_end(stream).await
+}
+
+/// Reads a raw websocket (as a client) until it ends.
+async fn replies_until_end(stream: TcpStream) -> (Vec<String>, End) {
+    let mut ws = WebSocketStream::from_raw_socket(stream, Role::Client, None).await;
+    let mut texts = Vec::new();
+    let read = async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(text))) => texts.push(text.as_str().to_owned()),
+                Some(Ok(Message::Binary(bytes))) => panic!("server sent binary {bytes:?}"),
+                Some(Ok(Message::Close(Some(CloseFrame { code, reason })))) => {
+                    return End::Close(code.into(), reason.as_str().to_owned());
+                }
+                Some(Ok(Message::Close(None))) => return End::CloseWithoutCode,
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return End::Dropped,
+            }
+        }
+    };
+    let end = tokio::time::timeout(WAIT, read)
+        .await
+        .expect("the server kept the socket open");
+    (texts, end)
+}
+
+/// Asserts the server closed with `code` and sent no frame before.
+fn assert_closed_silently(outcome: (Vec<String>, End), code: u16, what: &str) {
+    let (texts, end) = outcome;
+    assert!(
+        texts.is_empty(),
+        "{what}: replies {texts:?} before the close"
+    );
+    match end {
+        End::Close(got, _) => assert_eq!(got, code, "{what}: close code"),
+        end => panic!("{what}: expected close {code}, got {end:?}"),
+    }
+}
+
+/// Sends a raw HTTP request and returns the status of the reply, or `None` when the
+/// connection ended without one. Write errors are ignored: a server may stop reading a
+/// request it refuses.
+async fn raw_http_status(addr: SocketAddr, request: &[u8]) -> Option<u16> {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let (mut reader, mut writer) = stream.split();
+    let write = async {
+        let _ = writer.write_all(request).await;
+    };
+    let read = async {
+        let mut reply = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !reply.windows(2).any(|w| w == b"\r\n") {
+            match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => reply.extend_from_slice(&buf[..n]),
+            }
+        }
+        reply
+    };
+    let ((), reply) = tokio::time::timeout(WAIT, async { tokio::join!(write, read) })
+        .await
+        .expect("no reply to a raw request");
+    let line = String::from_utf8_lossy(&reply);
+    let status = line.strip_prefix("HTTP/1.1 ")?.get(..3)?;
+    Some(status.parse().unwrap())
+}
+
+/// The resident set size of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .unwrap_or_else(|| panic!("no VmRSS in {status}"));
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// A plain HTTP client for many requests over kept-alive connections.
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(WAIT)
+        .build()
+        .unwrap()
+}
+
+/// A connected device with one registered channel: (device, channelID, pushEndpoint).
+async fn live_channel(server: &Server) -> (Device, String, String) {
+    let (mut device, _) = server.device().await;
+    let channel = chid();
+    let endpoint = device.register(&channel).await;
+    (device, channel, endpoint)
+}
+
+/// A normal device and app server round trip: register, PUT, delivered, acked.
+async fn serves_a_normal_device(server: &Server, version: u64) {
+    let (mut device, channel, endpoint) = live_channel(server).await;
+    server.put_version(&endpoint, version, 200).await;
+    let frame = device.recv_notification().await;
+    assert_eq!(updates(&frame), vec![(channel.clone(), version, None)]);
+    device.ack(&channel, version).await;
+    device.ping().await;
+    device.close().await;
+}
+
+// ---- the battery -------------------------------------------------------------------------
+
+/// Random bytes as binary frames, random characters and invalid UTF-8 as text frames:
+/// each closes its socket with 1007 and no reply.
+async fn random_frames(server: &Server, rng: &mut Rng) {
+    for i in 0..20 {
+        let len = 1 + rng.below(2000);
+        let bytes = rng.bytes(len);
+        if matches!(
+            serde_json::from_slice::<Value>(&bytes),
+            Ok(Value::Object(_))
+        ) {
+            continue; // Not garbage after all (never happens with this seed).
+        }
+        let outcome = send_raw(server, &frame(FIN_BINARY, &bytes, true)).await;
+        assert_closed_silently(outcome, 1007, &format!("random binary #{i}"));
+    }
+    for i in 0..20 {
+        let len = 1 + rng.below(500);
+        let text = rng.text(len);
+        let outcome = send_raw(server, &frame(FIN_TEXT, text.as_bytes(), true)).await;
+        assert_closed_silently(outcome, 1007, &format!("random text #{i}"));
+    }
+    for i in 0..20 {
+        // A valid JSON prefix, then a byte that can never start a UTF-8 sequence.
+        let mut bytes = br#"{"messageType":"hello","uaid":""#.to_vec();
+        let len = rng.below(50);
+        bytes.extend(rng.bytes(len));
+        bytes.push(0xff);
+        bytes.extend(br#""}"#);
+        let outcome = send_raw(server, &frame(FIN_TEXT, &bytes, true)).await;
+        assert_closed_silently(outcome, 1007, &format!("invalid UTF-8 text #{i}"));
+    }
+    // Invalid UTF-8 split over two fragments of one text message: a lone lead byte.
+    let mut fragments = frame(START_TEXT, b"{\"messageType\":\"ping\xe2", true);
+    fragments.extend(frame(FIN_CONTINUATION, b"\"}", true));
+    assert_closed_silently(
+        send_raw(server, &fragments).await,
+        1007,
+        "invalid UTF-8 across fragments",
+    );
+}
+
+/// Frames that break RFC 6455 itself close the socket with 1002, without a reply.
+async fn protocol_violations(server: &Server) {
+    let ping = br#"{"messageType":"ping"}"#;
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("unmasked client frame", frame(FIN_TEXT, ping, false)),
+        ("reserved bit set", frame(FIN_TEXT | 0x40, ping, true)),
+        ("reserved opcode", frame(0x83, ping, true)),
+        (
+            "continuation with no start",
+            frame(FIN_CONTINUATION, ping, true),
+        ),
+        (
+            "control frame over 125 bytes",
+            frame(FIN_PING, &[0; 126], true),
+        ),
+        ("fragmented control frame", frame(0x09, b"", true)),
+    ];
+    for (what, bytes) in cases {
+        assert_closed_silently(send_raw(server, &bytes).await, 1002, what);
+    }
+}
+
+/// JSON nested far deeper than any message needs: refused as invalid (1007) without
+/// exhausting the stack; nesting that parses but has the wrong type is a 401.
+async fn deeply_nested_json(server: &Server) {
+    let depth = 30_000;
+    let arrays = format!(
+        r#"{{"messageType":"hello","uaid":{}{}}}"#,
+        "[".repeat(depth),
+        "]".repeat(depth)
+    );
+    let objects = format!(
+        r#"{{"messageType":"hello","uaid":{}1{}}}"#,
+        r#"{"a":"#.repeat(10_000),
+        "}".repeat(10_000)
+    );
+    for (what, text) in [("arrays", arrays), ("objects", objects)] {
+        assert!(text.len() < 65_536, "{what} must fit max_message_bytes");
+        let outcome = send_raw(server, &frame(FIN_TEXT, text.as_bytes(), true)).await;
+        assert_closed_silently(outcome, 1007, &format!("nested {what}"));
+    }
+
+    // 100 levels: well within what the parser takes, so this is a type error, not a
+    // refusal of the JSON.
+    let mut nested = json!(1);
+    for level in 0..100 {
+        nested = if level % 2 == 0 {
+            json!([nested])
+        } else {
+            json!({ "a": nested })
+        };
+    }
+    let mut device = server.connect().await;
+    let reply = device
+        .hello_with(json!({"messageType": "hello", "uaid": nested}))
+        .await;
+    assert_error_frame(&reply, 401, "Invalid Command", &[("uaid", nested)]);
+    assert_eq!(device.recv_close().await, 1000);
+}
+
+/// Numbers outside what a field allows, on the websocket and on the endpoint.
+async fn numbers_out_of_range(server: &Server) {
+    let channel = chid();
+    let bad_versions = [
+        "18446744073709551616",
+        "-1",
+        "1.5",
+        "1e3",
+        "-0.0",
+        "99999999999999999999999999999999",
+    ];
+    for version in bad_versions {
+        let (mut device, _) = server.device().await;
+        let text = format!(
+            r#"{{"messageType":"ack","updates":[{{"channelID":"{channel}","version":{version}}}]}}"#
+        );
+        device.send_text(&text).await;
+        let reply = device.recv().await;
+        assert_error_frame(&reply, 401, "Invalid Command", &[]);
+        assert_eq!(reply["messageType"], json!("ack"), "{reply}");
+        assert_eq!(device.recv_close().await, 1000, "ack version {version}");
+    }
+    // A number no float can hold is not valid JSON to the server: 1007, no reply.
+    let outcome = send_raw(
+        server,
+        &frame(
+            FIN_TEXT,
+            br#"{"messageType":"ack","expired":[],"x":1e400}"#,
+            true,
+        ),
+    )
+    .await;
+    assert_closed_silently(outcome, 1007, "1e400");
+
+    // An ack with the largest u64 acknowledges everything pending on the channel.
+    let (mut device, uaid) = server.device().await;
+    let channel = chid();
+    let endpoint = device.register(&channel).await;
+    device.close().await;
+    server.wait_for_clients(0).await;
+    server.put_version(&endpoint, 5, 202).await;
+    let mut device = server.connect().await;
+    device.hello(&uaid).await;
+    assert_eq!(
+        updates(&device.recv_notification().await),
+        vec![(channel.clone(), 5, None)]
+    );
+    device.ack(&channel, u64::MAX).await;
+    device.ping().await;
+    device.close().await;
+    server.wait_for_clients(0).await;
+    let mut device = server.connect().await;
+    device.hello(&uaid).await;
+    device.ping().await; // Nothing pending came first.
+    device.close().await;
+
+    // On the endpoint: 400 for each, and nothing reaches the device.
+    let (mut device, channel, endpoint) = live_channel(server).await;
+    for version in [
+        "9223372036854775808",
+        "18446744073709551615",
+        "18446744073709551616",
+        "-1",
+        "-9223372036854775808",
+        "1.5",
+        "1e3",
+        "99999999999999999999999999999999",
+    ] {
+        let reply = server.put(&endpoint, &format!("version={version}")).await;
+        reply.assert_error(400, &["Bad Request"]);
+    }
+    device.ping().await;
+    server.put_version(&endpoint, i64::MAX as u64, 200).await;
+    assert_eq!(
+        updates(&device.recv_notification().await),
+        vec![(channel, i64::MAX as u64, None)]
+    );
+    device.close().await;
+}
+
+/// A message over max_message_bytes closes with 1009, also when only its header has
+/// arrived; a body over the limit is a 413.
+async fn oversized(server: &Server) {
+    let big = vec![b' '; 65_537];
+    assert_closed_silently(
+        send_raw(server, &frame(FIN_TEXT, &big, true)).await,
+        1009,
+        "64 KiB + 1 text frame",
+    );
+    // Two fragments, each within the limit, whose message is not.
+    let mut fragments = frame(START_TEXT, &big[..40_000], true);
+    fragments.extend(frame(FIN_CONTINUATION, &big[..40_000], true));
+    assert_closed_silently(
+        send_raw(server, &fragments).await,
+        1009,
+        "fragmented 80 KB message",
+    );
+    // A header announcing 2^63 - 1 bytes, and no payload at all.
+    let mut header = vec![FIN_BINARY, 0x80 | 127];
+    header.extend(i64::MAX.to_be_bytes());
+    header.extend(MASK);
+    assert_closed_silently(
+        send_raw(server, &header).await,
+        1009,
+        "frame header of 2^63 - 1 bytes",
+    );
+
+    let (_device, _, endpoint) = live_channel(server).await;
+    let body = format!("version=1&data={}", "x".repeat(1 << 20));
+    let reply = server.put(&endpoint, &body).await;
+    assert_eq!(reply.status, 413, "1 MiB body: {}", reply.body);
+    let data = format!("version=1&data={}", "x".repeat(4097));
+    server
+        .put(&endpoint, &data)
+        .await
+        .assert_error(413, &["Payload Too Large"]);
+}
+
+/// 10,000 register commands on one socket: each answered 200, the endpoints keep working.
+async fn register_flood(server: &Server) {
+    let (mut device, _) = server.device().await;
+    let channels: Vec<String> = (0..100).map(|_| chid()).collect();
+    let mut endpoints = Vec::new();
+    for i in 0..10_000 {
+        let endpoint = device.register(&channels[i % channels.len()]).await;
+        if i < channels.len() {
+            endpoints.push(endpoint);
+        }
+    }
+    for (n, (channel, endpoint)) in channels.iter().zip(&endpoints).take(3).enumerate() {
+        let version = 10 + n as u64;
+        server.put_version(endpoint, version, 200).await;
+        assert_eq!(
+            updates(&device.recv_notification().await),
+            vec![(channel.clone(), version, None)]
+        );
+    }
+    device.close().await;
+}
+
+/// Every single-bit flip of a valid token is a 404, and none reaches the device.
+async fn token_bit_flips(server: &Server) {
+    let (mut device, channel, endpoint) = live_channel(server).await;
+    let url = server.reachable(&endpoint);
+    let (base, token) = url.split_once("/update/").unwrap();
+    let raw = URL_SAFE_NO_PAD.decode(token).unwrap();
+    let client = client();
+    for bit in 0..raw.len() * 8 {
+        let mut flipped = raw.clone();
+        flipped[bit / 8] ^= 1 << (bit % 8);
+        let url = format!("{base}/update/{}", URL_SAFE_NO_PAD.encode(&flipped));
+        let response = client.put(&url).body("version=7").send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 404, "bit {bit}");
+    }
+    device.ping().await;
+    server.put_version(&endpoint, 8, 200).await;
+    assert_eq!(
+        updates(&device.recv_notification().await),
+        vec![(channel, 8, None)]
+    );
+    device.close().await;
+}
+
+/// Too many or too large headers are refused with a 4xx on both listeners.
+async fn header_floods(server: &Server) {
+    let token = "AAAA";
+    for addr in [server.endpoint, server.ws] {
+        let mut many = format!("PUT /update/{token} HTTP/1.1\r\nHost: localhost\r\n");
+        for i in 0..2000 {
+            many.push_str(&format!("X-Flood-{i}: {i}\r\n"));
+        }
+        many.push_str("Content-Length: 9\r\n\r\nversion=1");
+        let mut huge = "GET /status/ HTTP/1.1\r\nHost: localhost\r\nX-Huge: ".to_owned();
+        huge.push_str(&"h".repeat(1 << 20));
+        huge.push_str("\r\n\r\n");
+        let long_uri = format!(
+            "GET /update/{} HTTP/1.1\r\nHost: localhost\r\n\r\n",
+            "u".repeat(1 << 20)
+        );
+        for (what, request) in [
+            ("2000 headers", many),
+            ("1 MiB header", huge),
+            ("1 MiB URI", long_uri),
+        ] {
+            let status = raw_http_status(addr, request.as_bytes()).await;
+            assert!(
+                status.is_some_and(|s| (400..500).contains(&s)),
+                "{what} on {addr}: status {status:?}"
+            );
+        }
+    }
+}
+
+/// Connections that start something and never finish it: they do not hold anyone else
+/// up, and the server lets go of them when they go away.
+async fn half_open(server: &Server) {
+    let mut abandoned = Vec::new();
+    for addr in [server.ws, server.endpoint] {
+        // Connect, send nothing.
+        abandoned.push(TcpStream::connect(addr).await.unwrap());
+        // Half a request line.
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(b"PUT /upd").await.unwrap();
+        abandoned.push(stream);
+        // Complete headers announcing a body that never comes.
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"PUT /update/AAAA HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nver")
+            .await
+            .unwrap();
+        abandoned.push(stream);
+    }
+    // Half a frame header, then half a payload, on upgraded sockets.
+    let mut stream = raw_upgrade(server.ws).await;
+    stream.write_all(&[FIN_TEXT]).await.unwrap();
+    abandoned.push(stream);
+    let mut stream = raw_upgrade(server.ws).await;
+    let whole = frame(FIN_TEXT, br#"{"messageType":"ping"}"#, true);
+    stream.write_all(&whole[..whole.len() - 5]).await.unwrap();
+    abandoned.push(stream);
+    server.wait_for_clients(2).await;
+
+    // Meanwhile everyone else is served.
+    serves_a_normal_device(server, 77).await;
+
+    drop(abandoned);
+    server.wait_for_clients(0).await;
+}
+
+#[tokio::test]
+async fn hostile_battery_leaves_the_server_serving_and_its_memory_bounded() {
+    let server = Server::start().await;
+    // Warm up (first connections, first allocations) before the baseline.
+    serves_a_normal_device(&server, 1).await;
+    server.wait_for_clients(0).await;
+    let baseline = rss_kib(server.pid());
+
+    let mut rng = Rng(0x005e_ed0f_5111_9105);
+    random_frames(&server, &mut rng).await;
+    protocol_violations(&server).await;
+    deeply_nested_json(&server).await;
+    numbers_out_of_range(&server).await;
+    oversized(&server).await;
+    register_flood(&server).await;
+    token_bit_flips(&server).await;
+    header_floods(&server).await;
+    half_open(&server).await;
+
+    // The same server still serves a normal device and app server.
+    serves_a_normal_device(&server, 1000).await;
+    server.wait_for_clients(0).await;
+    assert_eq!(server.status().await["status"], json!("OK"));
+
+    let after = rss_kib(server.pid());
+    let bound = 2 * baseline + 20 * 1024;
+    assert!(
+        after < bound,
+        "RSS grew from {baseline} KiB to {after} KiB (bound {bound} KiB)"
+    );
+    eprintln!("RSS: {baseline} KiB before the battery, {after} KiB after");
+}

@@ -1,0 +1,262 @@
+//! `cargo xtask bench`: a load generator for simplepush and the numbers it measures.
+//!
+//! Devices are opened by worker processes (`bench-worker`, this same executable), at most
+//! 18,000 sockets each, every socket bound to its own source address in 127.0.0.0/8 so
+//! that more than 64K connections fit. PUTs are sent open loop at a fixed rate and every
+//! latency goes into an HDR histogram. Each scenario also runs against a bare warp
+//! baseline (`bench-baseline`) so results read as a ratio to it. Every process started
+//! (servers, memcached, workers) is held by a guard that kills it when dropped, so a run
+//! ends by itself and leaves nothing behind, on success or error.
+
+mod baseline;
+mod fleet;
+mod report;
+mod scenario;
+mod stats;
+mod target;
+mod worker;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, ValueEnum};
+
+use crate::sys;
+use scenario::{Backend, Bench, Params};
+
+pub use baseline::main as baseline_main;
+pub use worker::main as worker_main;
+
+/// What to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// N idle devices (hello + 1 register): server RSS per connection, idle CPU.
+    Idle,
+    /// hello + register rate and latency.
+    Connect,
+    /// PUT → notification → ack at a fixed rate: latency, lost, server CPU per notification.
+    Notify,
+    /// 10× the sustainable PUT rate for a bounded time: 503 share and latency, RSS.
+    Overload,
+    /// Two nodes + two memcached: devices on A, PUTs to B, routed notifications per second.
+    Cluster,
+    /// Every scenario above, in that order.
+    All,
+    /// A tiny run of every scenario on every backend given: checks the generator (fails on
+    /// a lost notification or an error), asserts no timing.
+    Smoke,
+}
+
+/// Options of `cargo xtask bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// The scenario.
+    #[arg(value_enum)]
+    scenario: Scenario,
+
+    /// Storage backend(s) to run against (repeatable or comma-separated).
+    #[arg(long = "backend", value_delimiter = ',', default_value = "memory")]
+    backends: Vec<String>,
+
+    /// Devices to connect (default: per scenario, see README "Performance").
+    #[arg(long)]
+    connections: Option<usize>,
+
+    /// Connects/s (idle, connect) or PUTs/s (notify, cluster); for overload the
+    /// sustainable rate, of which 10× is offered.
+    #[arg(long)]
+    rate: Option<f64>,
+
+    /// Length of the measured phase, seconds.
+    #[arg(long)]
+    secs: Option<f64>,
+
+    /// Worker processes generating load (default: 2, more when sockets need them).
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+
+    /// The simplepush binary to measure, instead of building one.
+    #[arg(long, value_name = "PATH")]
+    binary: Option<PathBuf>,
+
+    /// Build (or pick) the debug binary instead of the release one.
+    #[arg(long)]
+    debug: bool,
+
+    /// Skip the baseline runs.
+    #[arg(long)]
+    no_baseline: bool,
+
+    /// `[store] fsync` of sqlite and rocksdb (the server's default is true).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    fsync: bool,
+
+    /// The overload node's `max_inflight_requests`.
+    #[arg(long, default_value_t = 256)]
+    overload_inflight: usize,
+}
+
+/// Every backend the bench knows, by its `--store` name.
+pub const BACKENDS: [&str; 4] = ["memory", "sqlite", "rocksdb", "memcache"];
+
+/// Runs `cargo xtask bench`.
+pub fn run(args: &BenchArgs) -> Result<()> {
+    for backend in &args.backends {
+        if !BACKENDS.contains(&backend.as_str()) {
+            bail!("unknown backend {backend:?}: one of {BACKENDS:?}");
+        }
+    }
+    let smoke = args.scenario == Scenario::Smoke;
+    let binary = match &args.binary {
+        Some(path) => path.clone(),
+        None => build(&args.backends, args.scenario, args.debug)?,
+    };
+    let bench = Bench {
+        binary,
+        baseline: !args.no_baseline,
+        fsync: args.fsync,
+        strict: smoke,
+    };
+    let scenarios: &[Scenario] = match args.scenario {
+        Scenario::All | Scenario::Smoke => &[
+            Scenario::Idle,
+            Scenario::Connect,
+            Scenario::Notify,
+            Scenario::Overload,
+            Scenario::Cluster,
+        ],
+        one => std::slice::from_ref(match one {
+            Scenario::Idle => &Scenario::Idle,
+            Scenario::Connect => &Scenario::Connect,
+            Scenario::Notify => &Scenario::Notify,
+            Scenario::Overload => &Scenario::Overload,
+            _ => &Scenario::Cluster,
+        }),
+    };
+    let mut outcomes = Vec::new();
+    for &scenario in scenarios {
+        if scenario == Scenario::Cluster {
+            // One cluster run; it needs the memcache feature.
+            if smoke && !args.backends.iter().any(|b| b == "memcache") {
+                continue;
+            }
+            let outcome = bench
+                .cluster(&params(args, scenario, smoke))
+                .context("scenario cluster")?;
+            println!("{}\n{}", outcome.table(), outcome.json_line());
+            outcomes.push(outcome);
+            continue;
+        }
+        for name in &args.backends {
+            let backend = Backend::start(name)?;
+            let p = params(args, scenario, smoke);
+            let outcome = match scenario {
+                Scenario::Idle => bench.idle(&backend, &p),
+                Scenario::Connect => bench.connect(&backend, &p),
+                Scenario::Notify => bench.notify(&backend, &p),
+                _ => bench.overload(&backend, &p, args.overload_inflight),
+            }
+            .with_context(|| format!("scenario {scenario:?} on {name}"))?;
+            println!("{}\n{}", outcome.table(), outcome.json_line());
+            outcomes.push(outcome);
+        }
+    }
+    println!("\nbench: {} scenario run(s) finished", outcomes.len());
+    Ok(())
+}
+
+/// The parameters of `scenario`: the flags, else the scenario's defaults (tiny for smoke).
+fn params(args: &BenchArgs, scenario: Scenario, smoke: bool) -> Params {
+    let (connections, rate, secs) = match (scenario, smoke) {
+        (Scenario::Idle, true) => (50, 500.0, 1.0),
+        (Scenario::Overload, true) => (50, 2000.0, 1.0),
+        (_, true) => (50, 200.0, 1.0),
+        (Scenario::Idle, false) => (19_000, 5000.0, 10.0),
+        (Scenario::Connect, false) => (10_000, 20_000.0, 0.0),
+        (Scenario::Notify, false) => (1000, 10_000.0, 10.0),
+        (Scenario::Overload, false) => (1000, 100_000.0, 3.0),
+        (_, false) => (1000, 5000.0, 10.0),
+    };
+    let rate = match (scenario, args.rate) {
+        (Scenario::Overload, Some(sustainable)) => sustainable * 10.0,
+        (_, Some(rate)) => rate,
+        (_, None) => rate,
+    };
+    Params {
+        connections: args.connections.unwrap_or(connections),
+        rate,
+        secs: args.secs.unwrap_or(secs),
+        workers: args.workers,
+    }
+}
+
+/// Builds simplepush with the features the backends (and the cluster) need and returns
+/// the binary's path.
+fn build(backends: &[String], scenario: Scenario, debug: bool) -> Result<PathBuf> {
+    let mut features: Vec<&str> = backends
+        .iter()
+        .map(String::as_str)
+        .filter(|b| *b != "memory")
+        .collect();
+    if matches!(scenario, Scenario::Cluster | Scenario::All) && !features.contains(&"memcache") {
+        features.push("memcache");
+    }
+    features.sort_unstable();
+    features.dedup();
+    let mut command = Command::new(sys::cargo());
+    command.args(["build", "-p", "simplepush"]);
+    if !debug {
+        command.arg("--release");
+    }
+    if !features.is_empty() {
+        command.args(["--features", &features.join(",")]);
+    }
+    println!("$ {command:?}");
+    let status = command
+        .current_dir(sys::workspace_root())
+        .status()
+        .context("running cargo build")?;
+    if !status.success() {
+        bail!("building simplepush failed ({status})");
+    }
+    Ok(binary_path(debug))
+}
+
+/// Where cargo puts the simplepush binary: `$CARGO_TARGET_DIR` (relative to the
+/// workspace) or `target/`, then `release/` or `debug/`.
+pub fn binary_path(debug: bool) -> PathBuf {
+    let root = sys::workspace_root();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|dir| {
+            if dir.is_absolute() {
+                dir
+            } else {
+                root.join(dir)
+            }
+        })
+        .unwrap_or_else(|| root.join("target"));
+    target
+        .join(if debug { "debug" } else { "release" })
+        .join("simplepush")
+}
+
+/// `cargo xtask bench smoke` with an already built binary (the last step of
+/// `cargo xtask test`): every scenario, tiny, on `backends`.
+pub fn smoke(binary: &Path, backends: &[&str]) -> Result<()> {
+    let args = BenchArgs {
+        scenario: Scenario::Smoke,
+        backends: backends.iter().map(|b| (*b).to_owned()).collect(),
+        connections: None,
+        rate: None,
+        secs: None,
+        workers: 2,
+        binary: Some(binary.to_owned()),
+        debug: true,
+        no_baseline: false,
+        fsync: true,
+        overload_inflight: 8,
+    };
+    run(&args)
+}

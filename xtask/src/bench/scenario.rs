@@ -1,0 +1,566 @@
+//! The scenarios: each starts its server(s) and workers, measures, stops everything
+//! (guards) and returns an [`Outcome`], comparing with the baseline where one applies.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use super::fleet::{Fleet, MAX_SOCKETS_PER_WORKER};
+use super::report::{Metric, Outcome};
+use super::target::ServerProc;
+use super::worker::{ConnectReport, Job, PutReport};
+use crate::memcached::Cluster;
+
+/// Parameters of one scenario run.
+#[derive(Debug, Clone)]
+pub struct Params {
+    /// Devices to connect.
+    pub connections: usize,
+    /// Connects per second (idle, connect) or PUTs per second (notify, overload, cluster).
+    pub rate: f64,
+    /// Length of the measured phase, seconds.
+    pub secs: f64,
+    /// Worker processes (0: enough for the sockets, at least 2 for load).
+    pub workers: usize,
+}
+
+/// What every scenario needs: the binary, the backend, and the switches.
+pub struct Bench {
+    /// The `simplepush` binary.
+    pub binary: PathBuf,
+    /// Whether to also measure the baseline.
+    pub baseline: bool,
+    /// `[store] fsync` for sqlite and rocksdb.
+    pub fsync: bool,
+    /// Fail when a device or a notification is lost (smoke).
+    pub strict: bool,
+}
+
+/// A backend under test, with the memcached servers it needs.
+pub struct Backend {
+    /// `memory`, `sqlite`, `rocksdb` or `memcache`.
+    pub name: String,
+    memcached: Option<Cluster>,
+}
+
+impl Backend {
+    /// Prepares `name`: starts two memcached servers for `memcache`.
+    pub fn start(name: &str) -> Result<Backend> {
+        let memcached = if name == "memcache" {
+            Some(Cluster::start(2)?)
+        } else {
+            None
+        };
+        Ok(Backend {
+            name: name.to_owned(),
+            memcached,
+        })
+    }
+
+    fn servers(&self) -> String {
+        let list = self
+            .memcached
+            .as_ref()
+            .map(Cluster::env_value)
+            .unwrap_or_default();
+        let quoted: Vec<String> = list
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(|s| format!("\"{s}\""))
+            .collect();
+        format!("[{}]", quoted.join(", "))
+    }
+}
+
+/// The server config of a benchmark node.
+fn config(bench: &Bench, backend: &Backend, extra_server: &str) -> String {
+    let mut text = format!(
+        "[server]\nws_addr = \"127.0.0.1:0\"\nendpoint_addr = \"127.0.0.1:0\"\n{extra_server}\
+         [protocol]\nmin_ping_interval = \"0\"\n\
+         [store]\nbackend = \"{}\"\npath = \"data\"\nfsync = {}\n",
+        backend.name, bench.fsync
+    );
+    if backend.memcached.is_some() {
+        text.push_str(&format!("servers = {}\n", backend.servers()));
+        text.push_str("[router]\naddr = \"127.0.0.1:0\"\nsecret = \"bench-secret\"\n");
+    }
+    text.push_str("[log]\nlevel = \"warn\"\n");
+    text
+}
+
+impl Bench {
+    fn start_server(&self, backend: &Backend, extra: &str) -> Result<ServerProc> {
+        ServerProc::simplepush(&self.binary, &config(self, backend, extra))
+    }
+
+    /// `idle`: RSS per connection and CPU while idle.
+    pub fn idle(&self, backend: &Backend, p: &Params) -> Result<Outcome> {
+        let base = self.maybe(|| idle_run(&mut ServerProc::baseline()?, p, true, false))?;
+        let mut server = self.start_server(backend, "")?;
+        let run = idle_run(&mut server, p, false, self.strict)?;
+        let per_conn = run.rss_delta_kib * 1024.0 / run.connected.max(1) as f64;
+        let base_per_conn = base
+            .as_ref()
+            .map(|b| b.rss_delta_kib * 1024.0 / b.connected.max(1) as f64);
+        let mut metrics = vec![
+            Metric::new("connected", run.connected as f64, "")
+                .vs(base.as_ref().map(|b| b.connected as f64)),
+            Metric::new("rss_per_conn_bytes", per_conn.round(), "B")
+                .vs(base_per_conn.map(f64::round))
+                .goal(
+                    "<= 2048 B at 19,000",
+                    per_conn <= 2048.0 && run.connected >= 19_000,
+                ),
+            Metric::new("rss_before_kib", run.rss_before_kib, "KiB"),
+            Metric::new(
+                "rss_after_kib",
+                run.rss_before_kib + run.rss_delta_kib,
+                "KiB",
+            ),
+            Metric::new("idle_cpu_percent", run.idle_cpu_percent, "%")
+                .vs(base.as_ref().map(|b| b.idle_cpu_percent)),
+        ];
+        metrics.push(Metric::new("connect_failed", run.failed as f64, ""));
+        Ok(Outcome {
+            scenario: "idle",
+            backend: backend.name.clone(),
+            params: vec![
+                ("connections", p.connections as f64),
+                ("connect_rate", p.rate),
+                ("idle_secs", p.secs),
+            ],
+            metrics,
+        })
+    }
+
+    /// `connect`: hello + register rate and latency.
+    pub fn connect(&self, backend: &Backend, p: &Params) -> Result<Outcome> {
+        let base = self.maybe(|| connect_run(&mut ServerProc::baseline()?, p, true, false))?;
+        let mut server = self.start_server(backend, "")?;
+        let run = connect_run(&mut server, p, false, self.strict)?;
+        let b = base.as_ref();
+        let lat = run.report.latency.summary();
+        let blat = b.map(|b| b.report.latency.summary());
+        Ok(Outcome {
+            scenario: "connect",
+            backend: backend.name.clone(),
+            params: vec![
+                ("connections", p.connections as f64),
+                ("offered_rate", p.rate),
+            ],
+            metrics: vec![
+                Metric::new("connected", run.report.connected as f64, ""),
+                Metric::new("connect_failed", run.report.failed as f64, ""),
+                Metric::new("rate_per_sec", run.rate.round(), "/s")
+                    .vs(b.map(|b| b.rate.round()))
+                    .goal(">= 10,000/s", run.rate >= 10_000.0),
+                Metric::new("p50_us", lat.p50_us as f64, "µs").vs(blat.map(|l| l.p50_us as f64)),
+                Metric::new("p99_us", lat.p99_us as f64, "µs").vs(blat.map(|l| l.p99_us as f64)),
+                Metric::new("p999_us", lat.p999_us as f64, "µs").vs(blat.map(|l| l.p999_us as f64)),
+                Metric::new("server_cpu_us_per_connect", run.cpu_us_per.round(), "µs")
+                    .vs(b.map(|b| b.cpu_us_per.round())),
+            ],
+        })
+    }
+
+    /// `notify`: PUT → notification → ack at a fixed rate.
+    pub fn notify(&self, backend: &Backend, p: &Params) -> Result<Outcome> {
+        let base = self.maybe(|| {
+            let mut server = ServerProc::baseline()?;
+            let (ws, put_to) = (server.ws, server.endpoint);
+            put_run(&mut [&mut server], ws, put_to, p, true, false)
+        })?;
+        let mut server = self.start_server(backend, "")?;
+        let (ws, put_to) = (server.ws, server.endpoint);
+        let run = put_run(&mut [&mut server], ws, put_to, p, false, self.strict)?;
+        let lat = run.report.notify_latency.summary();
+        let put = run.report.ok_latency.summary();
+        let b = base.as_ref();
+        // The baseline has no notification: its PUT round trip is the comparison.
+        let bput = b.map(|b| b.report.ok_latency.summary());
+        let mut metrics = put_metrics(&run);
+        metrics.extend([
+            Metric::new("notify_p50_us", lat.p50_us as f64, "µs").vs(bput.map(|l| l.p50_us as f64)),
+            Metric::new("notify_p99_us", lat.p99_us as f64, "µs")
+                .vs(bput.map(|l| l.p99_us as f64))
+                .goal(
+                    "< 5000 µs at 10,000/s",
+                    lat.p99_us < 5000 && p.rate >= 10_000.0,
+                ),
+            Metric::new("notify_p999_us", lat.p999_us as f64, "µs")
+                .vs(bput.map(|l| l.p999_us as f64)),
+            Metric::new("put_p99_us", put.p99_us as f64, "µs").vs(bput.map(|l| l.p99_us as f64)),
+            Metric::new(
+                "server_cpu_us_per_notification",
+                round1(run.cpu_us_per),
+                "µs",
+            )
+            .vs(b.map(|b| round1(b.cpu_us_per)))
+            .goal("<= 25 µs", run.cpu_us_per <= 25.0),
+        ]);
+        Ok(Outcome {
+            scenario: "notify",
+            backend: backend.name.clone(),
+            params: vec![
+                ("connections", p.connections as f64),
+                ("rate", p.rate),
+                ("secs", p.secs),
+            ],
+            metrics,
+        })
+    }
+
+    /// `overload`: PUTs at `p.rate` (10× the sustainable rate) against a node whose
+    /// in-flight limit is small enough to be reached.
+    pub fn overload(&self, backend: &Backend, p: &Params, max_inflight: usize) -> Result<Outcome> {
+        let extra = format!("max_inflight_requests = {max_inflight}\n");
+        let mut server = self.start_server(backend, &extra)?;
+        let (ws, put_to) = (server.ws, server.endpoint);
+        let rss_before = server.rss_kib()? as f64;
+        let run = put_run(&mut [&mut server], ws, put_to, p, false, false)?;
+        let rss_after = server.rss_kib()? as f64;
+        if self.strict && run.report.lost > 0 {
+            bail!(
+                "overload: {} accepted updates were never delivered",
+                run.report.lost
+            );
+        }
+        let r = &run.report;
+        let answered: u64 = r.statuses.values().sum();
+        let unavailable = r.statuses.get(&503).copied().unwrap_or(0);
+        let l503 = r.unavailable_latency.summary();
+        let mut metrics = put_metrics(&run);
+        metrics.extend([
+            Metric::new(
+                "share_503_percent",
+                round1(100.0 * unavailable as f64 / answered.max(1) as f64),
+                "%",
+            ),
+            Metric::new("p50_503_us", l503.p50_us as f64, "µs"),
+            Metric::new("p99_503_us", l503.p99_us as f64, "µs")
+                .goal("< 1000 µs", unavailable > 0 && l503.p99_us < 1000),
+            Metric::new("p99_2xx_us", r.ok_latency.summary().p99_us as f64, "µs"),
+            Metric::new("rss_before_kib", rss_before, "KiB"),
+            Metric::new("rss_after_kib", rss_after, "KiB"),
+        ]);
+        Ok(Outcome {
+            scenario: "overload",
+            backend: backend.name.clone(),
+            params: vec![
+                ("connections", p.connections as f64),
+                ("offered_rate", p.rate),
+                ("secs", p.secs),
+                ("max_inflight_requests", max_inflight as f64),
+            ],
+            metrics,
+        })
+    }
+
+    /// `cluster`: devices on node A, PUTs to node B; B routes every update to A.
+    pub fn cluster(&self, p: &Params) -> Result<Outcome> {
+        let backend = Backend::start("memcache")?;
+        let key = genkey(&self.binary)?;
+        let extra = format!("token_keys = [\"{key}\"]\n");
+        let mut a = self.start_server(&backend, &extra)?;
+        let mut b = self.start_server(&backend, &extra)?;
+        let (ws, put_to) = (a.ws, b.endpoint);
+        let run = put_run(&mut [&mut a, &mut b], ws, put_to, p, false, self.strict)?;
+        let lat = run.report.notify_latency.summary();
+        let routed = run.report.received as f64 / run.report.secs.max(1e-9);
+        let mut metrics = put_metrics(&run);
+        metrics.extend([
+            Metric::new("routed_per_sec", routed.round(), "/s"),
+            Metric::new("notify_p50_us", lat.p50_us as f64, "µs"),
+            Metric::new("notify_p99_us", lat.p99_us as f64, "µs"),
+            Metric::new("notify_p999_us", lat.p999_us as f64, "µs"),
+            Metric::new("cpu_us_per_notification_both", round1(run.cpu_us_per), "µs"),
+        ]);
+        Ok(Outcome {
+            scenario: "cluster",
+            backend: "memcache, 2 nodes".into(),
+            params: vec![
+                ("connections", p.connections as f64),
+                ("rate", p.rate),
+                ("secs", p.secs),
+            ],
+            metrics,
+        })
+    }
+
+    /// Runs `f` when the baseline is wanted.
+    fn maybe<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<Option<T>> {
+        if self.baseline {
+            f().context("baseline").map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+}
+
+fn round1(value: f64) -> f64 {
+    (value * 10.0).round() / 10.0
+}
+
+/// The metrics every PUT scenario shares.
+fn put_metrics(run: &PutRun) -> Vec<Metric> {
+    let r = &run.report;
+    let ok: u64 = r
+        .statuses
+        .iter()
+        .filter(|(s, _)| (200..300).contains(*s))
+        .map(|(_, n)| n)
+        .sum();
+    vec![
+        Metric::new("puts_sent", (r.scheduled - r.skipped) as f64, ""),
+        Metric::new("puts_skipped_by_generator", r.skipped as f64, ""),
+        Metric::new("put_2xx", ok as f64, ""),
+        Metric::new("put_errors", r.errors as f64, ""),
+        Metric::new(
+            "sent_per_sec",
+            ((r.scheduled - r.skipped) as f64 / r.secs.max(1e-9)).round(),
+            "/s",
+        ),
+        Metric::new("received", r.received as f64, ""),
+        Metric::new("lost", r.lost as f64, "").goal("0", r.lost == 0),
+        Metric::new("duplicates", r.duplicates as f64, ""),
+        Metric::new("dropped_devices", r.dropped_devices as f64, ""),
+    ]
+}
+
+/// How many workers to use: enough for the sockets, `wanted` if given.
+fn worker_count(connections: usize, wanted: usize) -> usize {
+    let needed = connections.div_ceil(MAX_SOCKETS_PER_WORKER).max(1);
+    wanted.max(needed)
+}
+
+fn connect_job(
+    ws: std::net::SocketAddr,
+    put_to: std::net::SocketAddr,
+    p: &Params,
+    baseline: bool,
+) -> Job {
+    Job {
+        index: 0,
+        ws,
+        put_to,
+        connections: p.connections,
+        connect_rate: p.rate,
+        connect_concurrency: 2000,
+        baseline,
+        put_rate: 0.0,
+        put_secs: 0.0,
+        max_inflight_puts: 1,
+        grace_secs: 0.0,
+    }
+}
+
+/// Sums the worker reports of the connect phase; fails when `strict` and one failed.
+fn merge_connects(reports: Vec<ConnectReport>, strict: bool) -> Result<ConnectReport> {
+    let mut total = ConnectReport::default();
+    for r in reports {
+        total.connected += r.connected;
+        total.failed += r.failed;
+        total.secs = total.secs.max(r.secs);
+        total.latency.merge(&r.latency);
+        if total.first_error.is_none() {
+            total.first_error = r.first_error;
+        }
+    }
+    if let Some(err) = &total.first_error {
+        eprintln!(
+            "bench: {} device(s) failed to connect; first: {err}",
+            total.failed
+        );
+        if strict {
+            bail!("{} device(s) failed to connect: {err}", total.failed);
+        }
+    }
+    Ok(total)
+}
+
+fn connect_timeout(p: &Params) -> Duration {
+    Duration::from_secs_f64(p.connections as f64 / p.rate.max(1.0) * 3.0 + 60.0)
+}
+
+struct IdleRun {
+    connected: usize,
+    failed: usize,
+    rss_before_kib: f64,
+    rss_delta_kib: f64,
+    idle_cpu_percent: f64,
+}
+
+fn idle_run(server: &mut ServerProc, p: &Params, baseline: bool, strict: bool) -> Result<IdleRun> {
+    // Let the server settle (allocator, runtime threads) before the baseline RSS.
+    std::thread::sleep(Duration::from_millis(500));
+    let rss_before = server.rss_kib()? as f64;
+    let job = connect_job(server.ws, server.endpoint, p, baseline);
+    let mut fleet = Fleet::start(&job, worker_count(p.connections, 1))?;
+    let report = merge_connects(fleet.collect("ready", connect_timeout(p))?, strict)?;
+    server.check_alive()?;
+    std::thread::sleep(Duration::from_secs(2));
+    let rss_after = server.rss_kib()? as f64;
+    let cpu0 = server.cpu_secs()?;
+    std::thread::sleep(Duration::from_secs_f64(p.secs));
+    let cpu1 = server.cpu_secs()?;
+    fleet.stop();
+    Ok(IdleRun {
+        connected: report.connected,
+        failed: report.failed,
+        rss_before_kib: rss_before,
+        rss_delta_kib: rss_after - rss_before,
+        idle_cpu_percent: round1(100.0 * (cpu1 - cpu0) / p.secs.max(1e-9)),
+    })
+}
+
+struct ConnectRun {
+    report: ConnectReport,
+    rate: f64,
+    cpu_us_per: f64,
+}
+
+fn connect_run(
+    server: &mut ServerProc,
+    p: &Params,
+    baseline: bool,
+    strict: bool,
+) -> Result<ConnectRun> {
+    let job = connect_job(server.ws, server.endpoint, p, baseline);
+    let cpu0 = server.cpu_secs()?;
+    let mut fleet = Fleet::start(&job, worker_count(p.connections, p.workers.max(2)))?;
+    let report = merge_connects(fleet.collect("ready", connect_timeout(p))?, strict)?;
+    let cpu1 = server.cpu_secs()?;
+    server.check_alive()?;
+    fleet.stop();
+    let rate = report.connected as f64 / report.secs.max(1e-9);
+    let cpu_us_per = (cpu1 - cpu0) * 1e6 / report.connected.max(1) as f64;
+    Ok(ConnectRun {
+        report,
+        rate,
+        cpu_us_per,
+    })
+}
+
+struct PutRun {
+    report: PutReport,
+    /// Server CPU (all `servers` together) per notification received, or per 2xx PUT for
+    /// the baseline.
+    cpu_us_per: f64,
+}
+
+/// Connects `p.connections` devices to `ws`, then PUTs at `p.rate` for `p.secs` to
+/// `put_to`; CPU is summed over `servers`.
+fn put_run(
+    servers: &mut [&mut ServerProc],
+    ws: std::net::SocketAddr,
+    put_to: std::net::SocketAddr,
+    p: &Params,
+    baseline: bool,
+    strict: bool,
+) -> Result<PutRun> {
+    let job = Job {
+        connect_rate: 5000.0,
+        put_rate: p.rate,
+        put_secs: p.secs,
+        // Enough for 100 ms of answers at the offered rate; beyond that the generator
+        // skips (and counts) rather than piling up sockets.
+        max_inflight_puts: ((p.rate * 0.1) as usize).clamp(64, 4000),
+        grace_secs: 5.0,
+        ..connect_job(
+            ws,
+            put_to,
+            &Params {
+                rate: 5000.0,
+                ..p.clone()
+            },
+            baseline,
+        )
+    };
+    let mut fleet = Fleet::start(&job, worker_count(p.connections, p.workers.max(2)))?;
+    let connects = merge_connects(
+        fleet.collect(
+            "ready",
+            connect_timeout(&Params {
+                rate: 5000.0,
+                ..p.clone()
+            }),
+        )?,
+        strict,
+    )?;
+    if connects.connected == 0 {
+        bail!("no device connected");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let cpu =
+        |servers: &[&mut ServerProc]| -> Result<f64> { servers.iter().map(|s| s.cpu_secs()).sum() };
+    let cpu0 = cpu(servers)?;
+    fleet.tell("go")?;
+    let reports: Vec<PutReport> =
+        fleet.collect("done", Duration::from_secs_f64(p.secs * 3.0 + 60.0))?;
+    let cpu1 = cpu(servers)?;
+    for server in servers.iter_mut() {
+        server.check_alive()?;
+    }
+    fleet.stop();
+    let mut total = PutReport::default();
+    for r in reports {
+        total.scheduled += r.scheduled;
+        total.skipped += r.skipped;
+        total.errors += r.errors;
+        for (status, n) in r.statuses {
+            *total.statuses.entry(status).or_default() += n;
+        }
+        total.ok_latency.merge(&r.ok_latency);
+        total.unavailable_latency.merge(&r.unavailable_latency);
+        total.notify_latency.merge(&r.notify_latency);
+        total.received += r.received;
+        total.lost += r.lost;
+        total.duplicates += r.duplicates;
+        total.dropped_devices += r.dropped_devices;
+        total.secs = total.secs.max(r.secs);
+        if total.first_error.is_none() {
+            total.first_error = r.first_error;
+        }
+    }
+    if let Some(err) = &total.first_error {
+        eprintln!("bench: {} PUT(s) got no answer; first: {err}", total.errors);
+    }
+    if strict {
+        if total.lost > 0 {
+            bail!(
+                "{} accepted update(s) never reached their device",
+                total.lost
+            );
+        }
+        if total.errors > 0 || total.received == 0 && !baseline {
+            bail!(
+                "PUTs failed ({} errors, {} notifications received)",
+                total.errors,
+                total.received
+            );
+        }
+    }
+    let per = if baseline {
+        total.ok_latency.count()
+    } else {
+        total.received
+    };
+    let cpu_us_per = (cpu1 - cpu0) * 1e6 / per.max(1) as f64;
+    Ok(PutRun {
+        report: total,
+        cpu_us_per,
+    })
+}
+
+/// A fresh token key from `simplepush genkey`, shared by the nodes of a cluster.
+fn genkey(binary: &Path) -> Result<String> {
+    let output = std::process::Command::new(binary)
+        .arg("genkey")
+        .output()
+        .context("simplepush genkey")?;
+    if !output.status.success() {
+        bail!("simplepush genkey failed: {output:?}");
+    }
+    Ok(String::from_utf8(output.stdout)?.trim().to_owned())
+}

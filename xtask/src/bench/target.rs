@@ -1,0 +1,259 @@
+//! The processes a benchmark measures: `simplepush` nodes and the bare baseline server,
+//! each started on free loopback ports, read through /proc, and killed when dropped.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+/// How long a server may take to print its listening line.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A private scratch directory, removed when dropped.
+#[derive(Debug)]
+pub struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    /// A fresh directory under the system temp dir.
+    pub fn new(label: &str) -> Result<ScratchDir> {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let name = format!(
+            "simplepush-bench-{}-{}-{label}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let path = std::env::temp_dir().join(name);
+        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(ScratchDir(path))
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A measured server process (simplepush or the baseline), killed and reaped on drop.
+#[derive(Debug)]
+pub struct ServerProc {
+    child: Child,
+    /// Websocket listener.
+    pub ws: SocketAddr,
+    /// Endpoint (PUT) listener.
+    pub endpoint: SocketAddr,
+    /// Router listener of a cluster node.
+    pub router: Option<SocketAddr>,
+    log: PathBuf,
+    // Dropped after the child is killed (field order).
+    _dir: ScratchDir,
+}
+
+impl ServerProc {
+    /// Starts `simplepush --config <dir>/bench.toml` with `config` as that file.
+    pub fn simplepush(binary: &Path, config: &str) -> Result<ServerProc> {
+        let dir = ScratchDir::new("server")?;
+        let file = dir.path().join("bench.toml");
+        std::fs::write(&file, config).context("writing the server config")?;
+        let mut command = Command::new(binary);
+        command.arg("--config").arg(&file);
+        Self::start(command, dir)
+    }
+
+    /// Starts the baseline (`cargo xtask bench-baseline`, this same executable).
+    pub fn baseline() -> Result<ServerProc> {
+        let dir = ScratchDir::new("baseline")?;
+        let mut command = Command::new(std::env::current_exe().context("own executable")?);
+        command.arg("bench-baseline");
+        Self::start(command, dir)
+    }
+
+    fn start(mut command: Command, dir: ScratchDir) -> Result<ServerProc> {
+        let log = dir.path().join("server.log");
+        let stderr = std::fs::File::create(&log).context("creating the server log")?;
+        let mut child = command
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .with_context(|| format!("starting {command:?}"))?;
+        let stdout = child.stdout.take().context("server stdout")?;
+        let mut server = ServerProc {
+            child,
+            ws: SocketAddr::from(([127, 0, 0, 1], 0)),
+            endpoint: SocketAddr::from(([127, 0, 0, 1], 0)),
+            router: None,
+            log,
+            _dir: dir,
+        };
+        let (tx, rx) = mpsc::channel();
+        // Keeps draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let _ = tx.send(lines.next().and_then(Result::ok));
+            for _ in lines {}
+        });
+        let line = match rx.recv_timeout(START_TIMEOUT) {
+            Ok(Some(line)) => line,
+            Ok(None) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+                bail!("server exited before listening:\n{}", server.log_tail())
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                bail!(
+                    "server did not listen within {START_TIMEOUT:?}:\n{}",
+                    server.log_tail()
+                )
+            }
+        };
+        let (ws, endpoint, router) = parse_listening_line(&line)?;
+        server.ws = ws;
+        server.endpoint = endpoint;
+        server.router = router;
+        Ok(server)
+    }
+
+    /// The process id, for /proc.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Fails with the log tail when the server has exited.
+    pub fn check_alive(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("server exited ({status}):\n{}", self.log_tail());
+        }
+        Ok(())
+    }
+
+    /// The last lines the server logged.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// Resident memory now, in KiB (VmRSS of /proc/PID/status).
+    pub fn rss_kib(&self) -> Result<u64> {
+        rss_kib(self.pid())
+    }
+
+    /// CPU time used so far (user + system), in seconds.
+    pub fn cpu_secs(&self) -> Result<f64> {
+        cpu_secs(self.pid())
+    }
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Parses `simplepush listening ws=ADDR endpoint=ADDR [router=ADDR]`.
+pub fn parse_listening_line(line: &str) -> Result<(SocketAddr, SocketAddr, Option<SocketAddr>)> {
+    let mut ws = None;
+    let mut endpoint = None;
+    let mut router = None;
+    let mut words = line.split_whitespace();
+    if words.next() != Some("simplepush") || words.next() != Some("listening") {
+        bail!("unexpected startup line {line:?}");
+    }
+    for word in words {
+        let (key, value) = word.split_once('=').context("word without =")?;
+        let addr: SocketAddr = value
+            .parse()
+            .with_context(|| format!("address in {line:?}"))?;
+        match key {
+            "ws" => ws = Some(addr),
+            "endpoint" => endpoint = Some(addr),
+            "router" => router = Some(addr),
+            _ => {}
+        }
+    }
+    match (ws, endpoint) {
+        (Some(ws), Some(endpoint)) => Ok((ws, endpoint, router)),
+        _ => bail!("no ws= or endpoint= in {line:?}"),
+    }
+}
+
+/// VmRSS of process `pid`, KiB.
+pub fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    parse_vm_rss(&status).context("no VmRSS in /proc/PID/status")
+}
+
+fn parse_vm_rss(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// utime + stime of process `pid` (all its threads), seconds.
+pub fn cpu_secs(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let ticks = parse_cpu_ticks(&stat).context("bad /proc/PID/stat")?;
+    Ok(ticks as f64 / clock_ticks_per_sec())
+}
+
+/// utime (field 14) + stime (field 15); the command name (field 2) may hold spaces, so
+/// fields are counted from its closing parenthesis.
+fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // rest starts at field 3 (state): utime is field 14, index 11.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// `getconf CLK_TCK`, 100 when it cannot be asked.
+fn clock_ticks_per_sec() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|out| String::from_utf8(out.stdout).ok())
+            .and_then(|text| text.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{parse_cpu_ticks, parse_listening_line, parse_vm_rss, rss_kib};
+
+    #[test]
+    fn parses_the_listening_line() {
+        let (ws, endpoint, router) =
+            parse_listening_line("simplepush listening ws=127.0.0.1:1 endpoint=127.0.0.1:2")
+                .unwrap();
+        assert_eq!((ws.port(), endpoint.port(), router), (1, 2, None));
+        let (_, _, router) = parse_listening_line(
+            "simplepush listening ws=127.0.0.1:1 endpoint=127.0.0.1:2 router=127.0.0.1:3",
+        )
+        .unwrap();
+        assert_eq!(router.unwrap().port(), 3);
+        assert!(parse_listening_line("hello").is_err());
+    }
+
+    #[test]
+    fn parses_proc_files() {
+        let stat = "42 (a b) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0 20 0 4 0";
+        assert_eq!(parse_cpu_ticks(stat), Some(300));
+        assert_eq!(parse_vm_rss("Name: x\nVmRSS:\t  1234 kB\n"), Some(1234));
+        assert!(rss_kib(std::process::id()).unwrap() > 0);
+    }
+}

@@ -89,6 +89,12 @@ pub struct ProtocolConfig {
     /// A device that answers nothing this long after our Ping is dropped.
     #[serde(with = "humane")]
     pub pong_timeout: Duration,
+    /// A write to a device that takes longer than this drops the device.
+    #[serde(with = "humane")]
+    pub write_timeout: Duration,
+    /// Live updates queued for a device that is not reading; beyond, its socket is
+    /// closed (the updates are stored and flushed at its next hello).
+    pub max_queued_updates: usize,
     /// Live channels per uaid.
     pub max_channels: usize,
     /// Largest `data` an app server may send, in bytes.
@@ -106,6 +112,8 @@ impl Default for ProtocolConfig {
             message_ttl: Duration::from_secs(3 * 24 * 3600),
             ping_interval: Duration::from_secs(300),
             pong_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(10),
+            max_queued_updates: 256,
             max_channels: 200,
             max_data_bytes: 4096,
             max_message_bytes: 64 * 1024,
@@ -301,6 +309,8 @@ mod tests {
         assert_eq!(config.protocol.message_ttl, Duration::from_secs(259_200));
         assert_eq!(config.protocol.ping_interval, Duration::from_secs(300));
         assert_eq!(config.protocol.pong_timeout, Duration::from_secs(30));
+        assert_eq!(config.protocol.write_timeout, Duration::from_secs(10));
+        assert_eq!(config.protocol.max_queued_updates, 256);
         assert_eq!(config.protocol.max_channels, 200);
         assert_eq!(config.protocol.max_data_bytes, 4096);
         assert_eq!(config.protocol.max_message_bytes, 65536);

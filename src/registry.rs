@@ -13,10 +13,6 @@ use tokio::time::Instant;
 
 const SHARDS: usize = 64;
 
-/// Updates queued for a device that is not reading beyond this close its socket: the
-/// updates are stored anyway and flushed at its next hello.
-pub const OUTBOX_LIMIT: usize = 256;
-
 /// Locks a mutex whose data stays consistent even if a holder panicked (every change
 /// under these locks is a single collection operation).
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -41,6 +37,9 @@ pub struct Mail {
 #[derive(Debug)]
 pub struct Peer {
     id: u64,
+    /// Updates queued beyond this mean the device is not reading: its socket is closed
+    /// (the updates are stored anyway and flushed at its next hello).
+    outbox_limit: u32,
     mail: Mutex<Mail>,
     wake: Notify,
 }
@@ -54,7 +53,7 @@ impl Peer {
         if mail.replaced || mail.overflowed {
             return false;
         }
-        if mail.updates.len() >= OUTBOX_LIMIT {
+        if mail.updates.len() >= self.outbox_limit as usize {
             mail.overflowed = true;
             mail.updates = VecDeque::new();
             drop(mail);
@@ -93,14 +92,9 @@ impl Peer {
 #[derive(Debug)]
 pub struct Registry {
     shards: Vec<Mutex<HashMap<Uaid, Arc<Peer>>>>,
+    outbox_limit: u32,
     next_id: AtomicU64,
     connections: Arc<AtomicUsize>,
-}
-
-impl Default for Registry {
-    fn default() -> Self {
-        Self::new()
-    }
 }
 
 /// Counts one open socket until dropped.
@@ -114,10 +108,11 @@ impl Drop for ConnectionGuard {
 }
 
 impl Registry {
-    /// An empty registry.
-    pub fn new() -> Registry {
+    /// An empty registry whose sessions queue at most `outbox_limit` live updates.
+    pub fn new(outbox_limit: usize) -> Registry {
         Registry {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            outbox_limit: u32::try_from(outbox_limit).unwrap_or(u32::MAX).max(1),
             next_id: AtomicU64::new(1),
             connections: Arc::new(AtomicUsize::new(0)),
         }
@@ -133,6 +128,7 @@ impl Registry {
     pub fn peer(&self) -> Arc<Peer> {
         Arc::new(Peer {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            outbox_limit: self.outbox_limit,
             mail: Mutex::new(Mail::default()),
             wake: Notify::new(),
         })
@@ -186,7 +182,7 @@ mod tests {
 
     #[test]
     fn newest_claim_wins_and_replaces_the_older() {
-        let registry = Registry::new();
+        let registry = Registry::new(8);
         let uaid = Uaid::from("u");
         let (old, new) = (registry.peer(), registry.peer());
         registry.claim(&uaid, &old);
@@ -201,8 +197,8 @@ mod tests {
 
     #[test]
     fn a_device_that_does_not_read_overflows_instead_of_growing() {
-        let peer = Registry::new().peer();
-        for v in 0..OUTBOX_LIMIT as u64 {
+        let peer = Registry::new(16).peer();
+        for v in 0..16 {
             assert!(peer.deliver(ChannelId::from("c"), update(v), Instant::now()));
         }
         assert!(!peer.deliver(ChannelId::from("c"), update(0), Instant::now()));
@@ -213,7 +209,7 @@ mod tests {
 
     #[test]
     fn connection_guard_counts_open_sockets() {
-        let registry = Registry::new();
+        let registry = Registry::new(8);
         let a = registry.connect();
         let b = registry.connect();
         assert_eq!(registry.connections(), 2);

@@ -136,7 +136,7 @@ impl Server {
             metrics,
             request_ids: AtomicU64::new(1),
             store,
-            registry: Registry::new(),
+            registry: Registry::new(config.protocol.max_queued_updates),
             tokens: TokenCodec::new(token_keys)?,
             protocol: config.protocol.clone(),
             endpoint_url,

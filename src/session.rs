@@ -28,8 +28,6 @@ use crate::registry::{ConnectionGuard, Peer};
 /// The websocket of one device.
 pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
 
-/// A write that takes longer than this means the device is gone.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long to wait for the device to answer our close frame.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -260,7 +258,7 @@ impl Session {
             Keepalive::Dead => Err(End::Gone),
             Keepalive::Ping => {
                 let ping = self.socket.send(Message::Ping(Default::default()));
-                match timeout(WRITE_TIMEOUT, ping).await {
+                match timeout(self.app.protocol.write_timeout, ping).await {
                     Ok(Ok(())) => Ok(()),
                     _ => Err(End::Gone),
                 }
@@ -315,7 +313,8 @@ impl Session {
     }
 
     async fn send(&mut self, text: String) -> Step {
-        match timeout(WRITE_TIMEOUT, self.socket.send(Message::text(text))).await {
+        let write_timeout = self.app.protocol.write_timeout;
+        match timeout(write_timeout, self.socket.send(Message::text(text))).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) | Err(_) => Err(End::Gone),
         }

@@ -168,40 +168,27 @@ where
     // Whatever this request logs carries its id (never the token: it names a device).
     let id = app.request_ids.fetch_add(1, Ordering::Relaxed);
     let span = tracing::info_span!("request", id, method = %method);
-    handle_request(app, method, token, query, content_type, body)
-        .instrument(span)
-        .await
-}
-
-async fn handle_request<S, B>(
-    app: Arc<App>,
-    method: Method,
-    token: String,
-    query: String,
-    content_type: Option<String>,
-    body: S,
-) -> Response
-where
-    S: Stream<Item = Result<B, warp::Error>> + Unpin,
-    B: Buf,
-{
-    let response = match method {
-        Method::PUT => {
-            let response = put(&app, &token, &query, content_type.as_deref(), body).await;
-            let status = match &response {
-                Ok(response) => response.status(),
-                Err(error) => error.status,
-            };
-            app.metrics
-                .updates
-                .with_label_values(&[status.as_str()])
-                .inc();
-            response
-        }
-        Method::OPTIONS => Ok(json_response(StatusCode::OK, &serde_json::json!({}))),
-        _ => Err(HttpError::new(StatusCode::METHOD_NOT_ALLOWED, "use PUT")),
-    };
-    response.unwrap_or_else(HttpError::into_response)
+    async move {
+        let response = match method {
+            Method::PUT => {
+                let response = put(&app, &token, &query, content_type.as_deref(), body).await;
+                let status = match &response {
+                    Ok(response) => response.status(),
+                    Err(error) => error.status,
+                };
+                app.metrics
+                    .updates
+                    .with_label_values(&[status.as_str()])
+                    .inc();
+                response
+            }
+            Method::OPTIONS => Ok(json_response(StatusCode::OK, &serde_json::json!({}))),
+            _ => Err(HttpError::new(StatusCode::METHOD_NOT_ALLOWED, "use PUT")),
+        };
+        response.unwrap_or_else(HttpError::into_response)
+    }
+    .instrument(span)
+    .await
 }
 
 async fn put<S, B>(

@@ -191,17 +191,10 @@ fn parse_hello(fields: &Fields) -> Result<Command, ErrorFrame> {
         Some(Value::String(s)) => Some(s.clone()),
         Some(_) => return Err(fail("uaid is not a string")),
     };
-    let channel_ids = match fields.get("channelids") {
-        None => None,
-        Some(Value::Array(items)) => Some(
-            items
-                .iter()
-                .map(|item| item.as_str().map(str::to_owned))
-                .collect::<Option<Vec<_>>>()
-                .ok_or_else(|| fail("channelIDs must be an array of strings"))?,
-        ),
-        Some(_) => return Err(fail("channelIDs is not an array")),
-    };
+    let channel_ids = array_field(fields, "channelids", string_item).map_err(|e| match e {
+        Malformed::NotArray => fail("channelIDs is not an array"),
+        Malformed::BadItem => fail("channelIDs must be an array of strings"),
+    })?;
     Ok(Command::Hello { uaid, channel_ids })
 }
 
@@ -224,30 +217,16 @@ fn parse_channel(fields: &Fields) -> Result<String, ErrorFrame> {
 
 fn parse_ack(fields: &Fields) -> Result<Command, ErrorFrame> {
     let fail = |reason: &str| echoing(fields, "updates", "updates", ErrorFrame::new(401, reason));
-    let updates = match fields.get("updates") {
-        None => None,
-        Some(Value::Array(items)) => Some(
-            items
-                .iter()
-                .map(parse_acked_update)
-                .collect::<Option<Vec<_>>>()
-                .ok_or_else(|| {
-                    fail("each of updates must be {\"channelID\": string, \"version\": integer}")
-                })?,
-        ),
-        Some(_) => return Err(fail("updates is not an array")),
-    };
-    let expired = match fields.get("expired") {
-        None => None,
-        Some(Value::Array(items)) => Some(
-            items
-                .iter()
-                .map(|item| item.as_str().map(str::to_owned))
-                .collect::<Option<Vec<_>>>()
-                .ok_or_else(|| fail("expired must be an array of strings"))?,
-        ),
-        Some(_) => return Err(fail("expired is not an array")),
-    };
+    let updates = array_field(fields, "updates", parse_acked_update).map_err(|e| match e {
+        Malformed::NotArray => fail("updates is not an array"),
+        Malformed::BadItem => {
+            fail("each of updates must be {\"channelID\": string, \"version\": integer}")
+        }
+    })?;
+    let expired = array_field(fields, "expired", string_item).map_err(|e| match e {
+        Malformed::NotArray => fail("expired is not an array"),
+        Malformed::BadItem => fail("expired must be an array of strings"),
+    })?;
     if updates.is_none() && expired.is_none() {
         return Err(fail("ack needs updates or expired"));
     }
@@ -255,6 +234,36 @@ fn parse_ack(fields: &Fields) -> Result<Command, ErrorFrame> {
         updates: updates.unwrap_or_default(),
         expired: expired.unwrap_or_default(),
     })
+}
+
+/// How an array field is malformed.
+enum Malformed {
+    /// The field is not an array.
+    NotArray,
+    /// An item is not what the field holds.
+    BadItem,
+}
+
+/// An optional array field (absent or null: `None`) whose every item `item` accepts.
+fn array_field<T>(
+    fields: &Fields,
+    key: &str,
+    item: impl Fn(&Value) -> Option<T>,
+) -> Result<Option<Vec<T>>, Malformed> {
+    match fields.get(key) {
+        None => Ok(None),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(item)
+            .collect::<Option<Vec<_>>>()
+            .map(Some)
+            .ok_or(Malformed::BadItem),
+        Some(_) => Err(Malformed::NotArray),
+    }
+}
+
+fn string_item(item: &Value) -> Option<String> {
+    item.as_str().map(str::to_owned)
 }
 
 fn parse_acked_update(item: &Value) -> Option<(String, u64)> {

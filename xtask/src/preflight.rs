@@ -7,7 +7,6 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use crate::matrix::Leg;
 use crate::sys;
 
 /// A system tool some legs need, and the Debian package that provides it.
@@ -50,20 +49,17 @@ const CHROMIUM: Requirement = Requirement {
     present: || sys::find_on_path("chromium").is_some(),
 };
 
-/// Makes sure what `legs` need is installed, printing what it checks and does.
+/// Makes sure what every leg needs is installed, printing what it checks and does.
 ///
 /// Every leg needs libclang and a C++ compiler: `--workspace` builds every member, the
 /// simplepush-rocksdb crate included, whatever the root package's features; every leg
-/// runs the dashboard's browser test, which needs Chromium. memcached is
-/// needed only by the legs that test the memcache backend.
+/// runs the dashboard's browser test, which needs Chromium, and xtask's own tests, which
+/// start memcached.
 ///
 /// Missing packages are installed with `apt-get` when running as root; otherwise the error
 /// names the exact command to run.
-pub fn run(legs: &[Leg]) -> Result<()> {
-    let mut needed = vec![LIBCLANG, CXX, CHROMIUM];
-    if legs.iter().any(|leg| leg.needs_memcached()) {
-        needed.push(MEMCACHED);
-    }
+pub fn run() -> Result<()> {
+    let needed = vec![LIBCLANG, CXX, CHROMIUM, MEMCACHED];
 
     let missing: Vec<Requirement> = needed.into_iter().filter(|req| !(req.present)()).collect();
     if missing.is_empty() {

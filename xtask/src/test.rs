@@ -39,13 +39,6 @@ struct RunState {
 /// Runs the matrix described by `args`, prints the summary, and fails if a step failed.
 pub fn run(args: &TestArgs) -> Result<()> {
     let steps = matrix::plan(&args.legs, !args.no_clippy, !args.no_fuzz);
-    let legs: Vec<Leg> = steps
-        .iter()
-        .filter_map(|step| match step {
-            Step::Test(leg) => Some(*leg),
-            _ => None,
-        })
-        .collect();
 
     let mut report = Report::default();
     let mut state = RunState::default();
@@ -57,7 +50,7 @@ pub fn run(args: &TestArgs) -> Result<()> {
         }
         println!("\n==> {}", step.label());
         let started = Instant::now();
-        let result = run_step(step, &legs, &mut state);
+        let result = run_step(step, &mut state);
         let took = started.elapsed();
         let outcome = if result.is_ok() {
             Outcome::Ok
@@ -84,9 +77,9 @@ pub fn run(args: &TestArgs) -> Result<()> {
     }
 }
 
-fn run_step(step: Step, legs: &[Leg], state: &mut RunState) -> Result<()> {
+fn run_step(step: Step, state: &mut RunState) -> Result<()> {
     match step {
-        Step::Preflight => preflight::run(legs),
+        Step::Preflight => preflight::run(),
         Step::Fmt => cargo(&["fmt", "--all", "--", "--check"], &[]),
         Step::StartMemcached => {
             let cluster = Cluster::start(2)?;

@@ -9,7 +9,7 @@ mod common;
 use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use common::{End, Memcached, Reply, Server, WAIT, chid, hex_id, http, updates};
+use common::{End, Memcached, Reply, Server, WAIT, chid, hex_id, http, http_with, updates};
 use serde_json::{Value, json};
 
 /// Memcached servers and cluster nodes sharing them, a token key and a router secret.
@@ -90,30 +90,14 @@ async fn router_request(
     authorization: Option<&str>,
     body: Option<String>,
 ) -> Reply {
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(WAIT)
-        .build()
-        .unwrap();
-    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-    let mut request = client.request(method, url);
+    let mut headers = Vec::new();
     if let Some(authorization) = authorization {
-        request = request.header("authorization", authorization);
+        headers.push(("authorization", authorization));
     }
-    if let Some(body) = body {
-        request = request
-            .header("content-type", "application/json")
-            .body(body);
+    if body.is_some() {
+        headers.push(("content-type", "application/json"));
     }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let body = response.text().await.unwrap();
-    Reply {
-        status,
-        headers,
-        body,
-    }
+    http_with(method, url, &headers, body.as_deref()).await
 }
 
 /// A well-formed routed update, so that only the secret and the uaid decide the answer.

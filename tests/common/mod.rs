@@ -384,6 +384,21 @@ pub async fn http(
     content_type: Option<&str>,
     body: Option<&str>,
 ) -> Reply {
+    let headers: Vec<(&str, &str)> = content_type
+        .map(|c| ("content-type", c))
+        .into_iter()
+        .collect();
+    http_with(method, url, &headers, body).await
+}
+
+/// Sends one HTTP request with these headers (no proxy, no redirects) and reads the
+/// whole reply.
+pub async fn http_with(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Reply {
     let client = reqwest::Client::builder()
         .no_proxy()
         .timeout(WAIT)
@@ -391,8 +406,8 @@ pub async fn http(
         .unwrap();
     let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
     let mut request = client.request(method, url);
-    if let Some(content_type) = content_type {
-        request = request.header("content-type", content_type);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
     }
     if let Some(body) = body {
         request = request.body(body.to_owned());

@@ -256,14 +256,9 @@ async fn unknown_message_type_gets_401_invalid_command_and_close_1000() {
     let server = Server::start().await;
     let (mut device, _) = server.device().await;
     device.send(json!({"messageType": "BoGus"})).await;
-    let frame = device.recv().await;
-    assert_error_frame(
-        &frame,
-        401,
-        "Invalid Command",
-        &[("messageType", json!("bogus"))],
-    );
-    assert_eq!(device.recv_close().await, 1000);
+    device
+        .expect_refusal(401, "Invalid Command", &[("messageType", json!("bogus"))])
+        .await;
 }
 
 #[tokio::test]
@@ -271,14 +266,9 @@ async fn empty_message_type_gets_401_and_close_1000() {
     let server = Server::start().await;
     let (mut device, _) = server.device().await;
     device.send(json!({"messageType": ""})).await;
-    let frame = device.recv().await;
-    assert_error_frame(
-        &frame,
-        401,
-        "Invalid Command",
-        &[("messageType", json!(""))],
-    );
-    assert_eq!(device.recv_close().await, 1000);
+    device
+        .expect_refusal(401, "Invalid Command", &[("messageType", json!(""))])
+        .await;
 }
 
 #[tokio::test]
@@ -311,17 +301,16 @@ async fn register_before_hello_gets_401_echoing_channel_id() {
     device
         .send(json!({"messageType": "register", "channelID": channel}))
         .await;
-    let frame = device.recv().await;
-    assert_error_frame(
-        &frame,
-        401,
-        "Invalid Command",
-        &[
-            ("messageType", json!("register")),
-            ("channelID", json!(channel)),
-        ],
-    );
-    assert_eq!(device.recv_close().await, 1000);
+    device
+        .expect_refusal(
+            401,
+            "Invalid Command",
+            &[
+                ("messageType", json!("register")),
+                ("channelID", json!(channel)),
+            ],
+        )
+        .await;
 }
 
 #[tokio::test]
@@ -332,17 +321,16 @@ async fn unregister_before_hello_gets_401_echoing_channel_id() {
     device
         .send(json!({"messageType": "unregister", "channelID": channel}))
         .await;
-    let frame = device.recv().await;
-    assert_error_frame(
-        &frame,
-        401,
-        "Invalid Command",
-        &[
-            ("messageType", json!("unregister")),
-            ("channelID", json!(channel)),
-        ],
-    );
-    assert_eq!(device.recv_close().await, 1000);
+    device
+        .expect_refusal(
+            401,
+            "Invalid Command",
+            &[
+                ("messageType", json!("unregister")),
+                ("channelID", json!(channel)),
+            ],
+        )
+        .await;
 }
 
 #[tokio::test]
@@ -353,14 +341,13 @@ async fn ack_before_hello_gets_401_echoing_updates() {
     device
         .send(json!({"messageType": "ack", "updates": acked}))
         .await;
-    let frame = device.recv().await;
-    assert_error_frame(
-        &frame,
-        401,
-        "Invalid Command",
-        &[("messageType", json!("ack")), ("updates", acked)],
-    );
-    assert_eq!(device.recv_close().await, 1000);
+    device
+        .expect_refusal(
+            401,
+            "Invalid Command",
+            &[("messageType", json!("ack")), ("updates", acked)],
+        )
+        .await;
 }
 
 #[tokio::test]
@@ -480,14 +467,13 @@ async fn unregister_without_channel_id_gets_401() {
     let server = Server::start().await;
     let (mut device, _) = server.device().await;
     device.send(json!({"messageType": "unregister"})).await;
-    let frame = device.recv().await;
-    assert_error_frame(
-        &frame,
-        401,
-        "Invalid Command",
-        &[("messageType", json!("unregister"))],
-    );
-    assert_eq!(device.recv_close().await, 1000);
+    device
+        .expect_refusal(
+            401,
+            "Invalid Command",
+            &[("messageType", json!("unregister"))],
+        )
+        .await;
 }
 
 #[tokio::test]
@@ -495,14 +481,9 @@ async fn ack_with_neither_updates_nor_expired_gets_401() {
     let server = Server::start().await;
     let (mut device, _) = server.device().await;
     device.send(json!({"messageType": "ack"})).await;
-    let frame = device.recv().await;
-    assert_error_frame(
-        &frame,
-        401,
-        "Invalid Command",
-        &[("messageType", json!("ack"))],
-    );
-    assert_eq!(device.recv_close().await, 1000);
+    device
+        .expect_refusal(401, "Invalid Command", &[("messageType", json!("ack"))])
+        .await;
 }
 
 #[tokio::test]
@@ -540,17 +521,16 @@ async fn pings_faster_than_min_ping_interval_get_401_too_many_pings_and_close() 
     device.send_text("{}").await;
     assert_eq!(device.recv_text().await, "{}");
     device.send(json!({"messageType": "PING"})).await;
-    let frame = device.recv().await;
-    assert_error_frame(
-        &frame,
-        401,
-        "Invalid Command",
-        &[
-            ("messageType", json!("ping")),
-            ("reason", json!("too many pings")),
-        ],
-    );
-    assert_eq!(device.recv_close().await, 1000);
+    device
+        .expect_refusal(
+            401,
+            "Invalid Command",
+            &[
+                ("messageType", json!("ping")),
+                ("reason", json!("too many pings")),
+            ],
+        )
+        .await;
 }
 
 #[tokio::test]
@@ -573,14 +553,9 @@ async fn ack_with_non_array_expired_gets_401() {
     device
         .send(json!({"messageType": "ack", "expired": "x"}))
         .await;
-    let frame = device.recv().await;
-    assert_error_frame(
-        &frame,
-        401,
-        "Invalid Command",
-        &[("messageType", json!("ack"))],
-    );
-    assert_eq!(device.recv_close().await, 1000);
+    device
+        .expect_refusal(401, "Invalid Command", &[("messageType", json!("ack"))])
+        .await;
 }
 
 #[tokio::test]
@@ -617,17 +592,16 @@ async fn storage_unavailable_gets_503_service_unavailable_and_close() {
     device
         .send(json!({"messageType": "register", "channelID": channel}))
         .await;
-    let frame = device.recv().await;
-    assert_error_frame(
-        &frame,
-        503,
-        "Service Unavailable",
-        &[
-            ("messageType", json!("register")),
-            ("channelID", json!(channel)),
-        ],
-    );
-    assert_eq!(device.recv_close().await, 1000);
+    device
+        .expect_refusal(
+            503,
+            "Service Unavailable",
+            &[
+                ("messageType", json!("register")),
+                ("channelID", json!(channel)),
+            ],
+        )
+        .await;
 }
 
 #[tokio::test]
@@ -650,17 +624,16 @@ async fn registering_more_than_max_channels_gets_503_and_close() {
     device
         .send(json!({"messageType": "register", "channelID": fourth}))
         .await;
-    let frame = device.recv().await;
-    assert_error_frame(
-        &frame,
-        503,
-        "Service Unavailable",
-        &[
-            ("messageType", json!("register")),
-            ("channelID", json!(fourth)),
-        ],
-    );
-    assert_eq!(device.recv_close().await, 1000);
+    device
+        .expect_refusal(
+            503,
+            "Service Unavailable",
+            &[
+                ("messageType", json!("register")),
+                ("channelID", json!(fourth)),
+            ],
+        )
+        .await;
 }
 
 // ---- §4 hello ------------------------------------------------------------------------

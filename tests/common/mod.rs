@@ -641,6 +641,14 @@ impl Device {
         .await;
     }
 
+    /// Expects an error frame (PROTOCOL.md §3) with `status`, `error` and the `echoed`
+    /// fields next, then the server's close with 1000.
+    pub async fn expect_refusal(&mut self, status: u16, error: &str, echoed: &[(&str, Value)]) {
+        let frame = self.recv().await;
+        assert_error_frame(&frame, status, error, echoed);
+        assert_eq!(self.recv_close().await, 1000, "close after {frame}");
+    }
+
     /// Expects a notification frame next and returns it.
     pub async fn recv_notification(&mut self) -> Value {
         let frame = self.recv().await;

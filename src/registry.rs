@@ -1,17 +1,29 @@
 //! The devices connected to this node: uaid → the session holding its socket. Endpoint
-//! requests use it to deliver live; a hello uses it so the newest socket wins.
+//! requests use it to deliver live; a hello uses it so the newest socket wins. It also
+//! keeps time for every session: one sweeper wakes the sessions whose deadline passed, so
+//! an idle socket holds no timer (and no shutdown listener) of its own.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
+use futures_util::task::AtomicWaker;
 use simplepush_store::{ChannelId, Uaid, Update};
-use tokio::sync::Notify;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 const SHARDS: usize = 64;
+
+/// How often the sweeper looks for sessions whose deadline passed: the precision of
+/// every session timer (hello timeout, retry, keepalive).
+pub const TICK: Duration = Duration::from_millis(50);
+
+/// A deadline meaning "none".
+const NEVER: u64 = u64::MAX;
 
 /// Locks a mutex whose data stays consistent even if a holder panicked (every change
 /// under these locks is a single collection operation).
@@ -40,8 +52,31 @@ pub struct Peer {
     /// Updates queued beyond this mean the device is not reading: its socket is closed
     /// (the updates are stored anyway and flushed at its next hello).
     outbox_limit: u32,
+    /// [`Signals`] raised since the session last looked.
+    signals: AtomicU8,
+    /// When the session wants [`Signals::TIMER`]: milliseconds since the registry's
+    /// epoch, or [`NEVER`].
+    deadline: AtomicU64,
+    waker: AtomicWaker,
     mail: Mutex<Mail>,
-    wake: Notify,
+}
+
+/// Why a session was woken: a set of bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Signals(u8);
+
+impl Signals {
+    /// Mail arrived (updates, replaced, overflowed): see [`Peer::take`].
+    pub const MAIL: Signals = Signals(1);
+    /// Its deadline passed.
+    pub const TIMER: Signals = Signals(2);
+    /// The server is shutting down.
+    pub const SHUTDOWN: Signals = Signals(4);
+
+    /// Whether every bit of `other` is set.
+    pub fn contains(self, other: Signals) -> bool {
+        self.0 & other.0 == other.0
+    }
 }
 
 impl Peer {
@@ -57,13 +92,32 @@ impl Peer {
             mail.overflowed = true;
             mail.updates = VecDeque::new();
             drop(mail);
-            self.wake.notify_one();
+            self.signal(Signals::MAIL);
             return false;
         }
         mail.updates.push_back((channel, update, received));
         drop(mail);
-        self.wake.notify_one();
+        self.signal(Signals::MAIL);
         true
+    }
+
+    /// Raises `signals` and wakes the session.
+    fn signal(&self, signals: Signals) {
+        self.signals.fetch_or(signals.0, Ordering::AcqRel);
+        self.waker.wake();
+    }
+
+    /// Completes with the signals raised since the last call (at least one).
+    pub fn poll_signals(&self, cx: &mut Context<'_>) -> Poll<Signals> {
+        let raised = self.signals.swap(0, Ordering::AcqRel);
+        if raised != 0 {
+            return Poll::Ready(Signals(raised));
+        }
+        self.waker.register(cx.waker());
+        match self.signals.swap(0, Ordering::AcqRel) {
+            0 => Poll::Pending,
+            raised => Poll::Ready(Signals(raised)),
+        }
     }
 
     /// This socket's id: unique on this node, for logs.
@@ -74,17 +128,12 @@ impl Peer {
     /// Tells the session a newer socket took over its uaid.
     pub fn replace(&self) {
         lock(&self.mail).replaced = true;
-        self.wake.notify_one();
+        self.signal(Signals::MAIL);
     }
 
     /// Takes everything delivered so far (the session calls this when woken).
     pub fn take(&self) -> Mail {
         std::mem::take(&mut *lock(&self.mail))
-    }
-
-    /// Completes when something was delivered since the last [`Peer::take`].
-    pub async fn woken(&self) {
-        self.wake.notified().await
     }
 }
 
@@ -92,6 +141,13 @@ impl Peer {
 #[derive(Debug)]
 pub struct Registry {
     shards: Vec<Mutex<HashMap<Uaid, Arc<Peer>>>>,
+    /// Every open session by id, with or without a uaid: the sweeper's and shutdown's
+    /// list.
+    sessions: Vec<Mutex<HashMap<u64, Arc<Peer>>>>,
+    /// Deadlines count milliseconds from here.
+    epoch: Instant,
+    /// Set once the server shuts down: new sessions start with [`Signals::SHUTDOWN`].
+    shutting_down: AtomicBool,
     outbox_limit: u32,
     next_id: AtomicU64,
     connections: Arc<AtomicUsize>,
@@ -112,6 +168,9 @@ impl Registry {
     pub fn new(outbox_limit: usize) -> Registry {
         Registry {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            sessions: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            epoch: Instant::now(),
+            shutting_down: AtomicBool::new(false),
             outbox_limit: u32::try_from(outbox_limit).unwrap_or(u32::MAX).max(1),
             next_id: AtomicU64::new(1),
             connections: Arc::new(AtomicUsize::new(0)),
@@ -124,14 +183,88 @@ impl Registry {
         lock(&self.shards[(hasher.finish() as usize) % SHARDS])
     }
 
-    /// A handle for a new socket (not yet reachable: see [`Registry::claim`]).
+    fn sessions_shard(&self, id: u64) -> MutexGuard<'_, HashMap<u64, Arc<Peer>>> {
+        lock(&self.sessions[(id as usize) % SHARDS])
+    }
+
+    /// A handle for a new socket, kept until [`Registry::retire`]; not yet reachable by
+    /// uaid (see [`Registry::claim`]).
     pub fn peer(&self) -> Arc<Peer> {
-        Arc::new(Peer {
+        let peer = Arc::new(Peer {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             outbox_limit: self.outbox_limit,
+            signals: AtomicU8::new(0),
+            deadline: AtomicU64::new(NEVER),
+            waker: AtomicWaker::new(),
             mail: Mutex::new(Mail::default()),
-            wake: Notify::new(),
-        })
+        });
+        let mut sessions = self.sessions_shard(peer.id);
+        sessions.insert(peer.id, peer.clone());
+        // Read under the shard lock that `shut_down` also takes: either it sees this
+        // session or this sees its flag.
+        if self.shutting_down.load(Ordering::SeqCst) {
+            peer.signal(Signals::SHUTDOWN);
+        }
+        peer
+    }
+
+    /// Forgets a session whose socket is closed.
+    pub fn retire(&self, peer: &Peer) {
+        self.sessions_shard(peer.id).remove(&peer.id);
+    }
+
+    /// Asks for [`Signals::TIMER`] once `deadline` has passed (`None`: never).
+    pub fn set_deadline(&self, peer: &Peer, deadline: Option<Instant>) {
+        let millis = deadline.map_or(NEVER, |at| {
+            // Rounded up: the session never wakes before its deadline.
+            let since = at.saturating_duration_since(self.epoch);
+            let millis = since.as_millis() + u128::from(since.subsec_nanos() % 1_000_000 != 0);
+            u64::try_from(millis).unwrap_or(NEVER - 1)
+        });
+        peer.deadline.store(millis, Ordering::Relaxed);
+    }
+
+    /// Wakes every session whose deadline is `now` or earlier.
+    pub fn sweep(&self, now: Instant) {
+        let now = u64::try_from(now.saturating_duration_since(self.epoch).as_millis())
+            .unwrap_or(NEVER - 1);
+        for shard in &self.sessions {
+            for peer in lock(shard).values() {
+                let deadline = peer.deadline.load(Ordering::Relaxed);
+                // Unless the session moved its deadline meanwhile: then it is awake.
+                if deadline <= now
+                    && peer
+                        .deadline
+                        .compare_exchange(deadline, NEVER, Ordering::Relaxed, Ordering::Relaxed)
+                        .is_ok()
+                {
+                    peer.signal(Signals::TIMER);
+                }
+            }
+        }
+    }
+
+    /// Tells every session, and every later one, that the server shuts down.
+    pub fn shut_down(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        for shard in &self.sessions {
+            for peer in lock(shard).values() {
+                peer.signal(Signals::SHUTDOWN);
+            }
+        }
+    }
+
+    /// Keeps every session's time until `shutdown`, then tells them all to close.
+    pub async fn keep_time(&self, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                now = tick.tick() => self.sweep(now),
+            }
+        }
+        self.shut_down();
     }
 
     /// Counts an open socket until the guard is dropped.
@@ -205,6 +338,46 @@ mod tests {
         let mail = peer.take();
         assert!(mail.overflowed);
         assert!(mail.updates.is_empty());
+    }
+
+    /// The signals raised so far, without waiting.
+    fn raised(peer: &Peer) -> Option<Signals> {
+        let waker = futures_util::task::noop_waker();
+        match peer.poll_signals(&mut Context::from_waker(&waker)) {
+            Poll::Ready(signals) => Some(signals),
+            Poll::Pending => None,
+        }
+    }
+
+    #[test]
+    fn the_sweeper_wakes_a_session_once_its_deadline_passed_and_never_before() {
+        let registry = Registry::new(8);
+        let (peer, other) = (registry.peer(), registry.peer());
+        let deadline = registry.epoch + Duration::from_micros(2_500);
+        registry.set_deadline(&peer, Some(deadline));
+        registry.set_deadline(&other, None);
+        registry.sweep(registry.epoch + Duration::from_millis(2));
+        assert_eq!(raised(&peer), None, "2 ms is before 2.5 ms");
+        registry.sweep(registry.epoch + Duration::from_millis(3));
+        assert_eq!(raised(&peer), Some(Signals::TIMER));
+        assert_eq!(raised(&other), None, "no deadline, no timer");
+        registry.sweep(deadline + Duration::from_secs(1));
+        assert_eq!(raised(&peer), None, "a deadline fires once");
+        registry.retire(&peer);
+        registry.set_deadline(&peer, Some(deadline));
+        registry.sweep(deadline);
+        assert_eq!(raised(&peer), None, "a retired session is not swept");
+    }
+
+    #[test]
+    fn shutdown_reaches_every_session_and_every_later_one() {
+        let registry = Registry::new(8);
+        let before = registry.peer();
+        assert!(before.deliver(ChannelId::from("c"), update(1), Instant::now()));
+        registry.shut_down();
+        let signals = raised(&before).unwrap();
+        assert!(signals.contains(Signals::SHUTDOWN) && signals.contains(Signals::MAIL));
+        assert_eq!(raised(&registry.peer()), Some(Signals::SHUTDOWN));
     }
 
     #[test]

@@ -212,6 +212,8 @@ impl Server {
                 shutdown.clone()
             ),
             router,
+            // Session timers, and at shutdown the signal that closes every session.
+            app.registry.keep_time(shutdown.clone()),
         );
         app.sessions.close();
         if tokio::time::timeout(SESSION_DRAIN, app.sessions.wait())

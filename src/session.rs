@@ -2,6 +2,7 @@
 //! updates live, re-sends what it has not acknowledged, and closes with the code
 //! PROTOCOL.md names. One task per socket; its only timer is reset, never spawned.
 
+use std::future::poll_fn;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,10 +11,13 @@ use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use simplepush_store::{ChannelId, RegisterOutcome, StoreError, Uaid, Update};
-use tokio::time::{Instant, sleep_until, timeout};
+use tokio::io::AsyncWriteExt;
+use tokio::time::{Instant, timeout};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, error::CapacityError};
 use tracing::Instrument;
 
@@ -23,7 +27,7 @@ use crate::protocol::{
     self, Command, ErrorFrame, HelloReply, Notification, Refusal, RegisterReply, UnregisterReply,
     UpdateEntry, is_uuid_shaped,
 };
-use crate::registry::{ConnectionGuard, Peer};
+use crate::registry::{ConnectionGuard, Peer, Signals};
 
 /// The websocket of one device.
 pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
@@ -76,50 +80,68 @@ impl End {
 
 /// What woke the session up.
 enum Event {
-    Shutdown,
-    Mail,
-    Timer,
+    Signals(Signals),
     Frame(Option<Result<Message, WsError>>),
 }
 
-/// Serves one device until its socket closes; `_connected` counts it meanwhile.
-pub async fn run(app: Arc<App>, socket: Socket, _connected: ConnectionGuard) {
+fn keepalive_config(app: &App) -> KeepaliveConfig {
+    KeepaliveConfig {
+        interval: app.protocol.ping_interval,
+        timeout: app.protocol.pong_timeout,
+    }
+}
+
+/// Serves one device until its socket closes; `connected` counts it meanwhile.
+///
+/// Not an `async fn`: its arguments would then stay in the future beside the session
+/// they move into, and an idle socket would carry the websocket twice.
+pub fn run(
+    app: Arc<App>,
+    socket: Socket,
+    connected: ConnectionGuard,
+) -> impl Future<Output = ()> + Send + 'static {
     let peer = app.registry.peer();
     let span = tracing::info_span!("conn", id = peer.id());
     let started = Instant::now();
-    let app_protocol = app.protocol.clone();
+    let keepalive = KeepaliveTimer::new(started, keepalive_config(&app));
     let mut session = Session {
         app,
         socket,
         peer,
+        span,
+        started,
         uaid: None,
         last_ping: None,
         retry_at: None,
-        keepalive: KeepaliveTimer::new(
-            started,
-            app_protocol.ping_interval,
-            app_protocol.pong_timeout,
-        ),
+        keepalive,
         messages: 0,
+        _connected: connected,
     };
-    let end = session.serve().instrument(span.clone()).await;
-    let messages = session.messages;
-    Box::pin(session.close(end)).instrument(span.clone()).await;
-    // One line per connection; never the uaid at info level.
-    span.in_scope(|| {
-        tracing::info!(
-            duration_ms = started.elapsed().as_millis() as u64,
-            messages,
-            reason = ?end,
-            "connection closed"
-        )
-    });
+    async move {
+        let end = session.serve().await;
+        let span = session.span.clone();
+        let messages = session.messages;
+        Box::pin(session.close(end)).instrument(span.clone()).await;
+        // One line per connection; never the uaid at info level.
+        span.in_scope(|| {
+            tracing::info!(
+                duration_ms = started.elapsed().as_millis() as u64,
+                messages,
+                reason = ?end,
+                "connection closed"
+            )
+        });
+    }
 }
 
 struct Session {
     app: Arc<App>,
     socket: Socket,
     peer: Arc<Peer>,
+    /// What this session logs is in this span (entered only while it handles something).
+    span: tracing::Span,
+    /// When the socket was accepted.
+    started: Instant,
     /// Set by the first successful hello.
     uaid: Option<Uaid>,
     /// When the last accepted ping arrived.
@@ -130,6 +152,14 @@ struct Session {
     keepalive: KeepaliveTimer,
     /// Messages received from the device.
     messages: u64,
+    /// Counts this socket among the node's connections.
+    _connected: ConnectionGuard,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.app.registry.retire(&self.peer);
+    }
 }
 
 /// What the keepalive asks for when its time comes.
@@ -145,30 +175,34 @@ enum Keepalive {
 
 /// Sends a websocket Ping after `interval` of silence and gives up on the peer when
 /// nothing arrives within `timeout` of it. Hearing a frame never touches the timer: the
-/// deadline is recomputed only when it fires.
+/// deadline is recomputed only when it fires. The durations come from the config on each
+/// call (every session keeps only its instants).
 #[derive(Debug)]
 struct KeepaliveTimer {
-    interval: Duration,
-    timeout: Duration,
     last_heard: Instant,
     next: Instant,
     awaiting_pong: bool,
 }
 
+/// `ping_interval` (zero: keepalive off) and `pong_timeout`.
+#[derive(Debug, Clone, Copy)]
+struct KeepaliveConfig {
+    interval: Duration,
+    timeout: Duration,
+}
+
 impl KeepaliveTimer {
-    fn new(now: Instant, interval: Duration, timeout: Duration) -> Self {
+    fn new(now: Instant, config: KeepaliveConfig) -> Self {
         KeepaliveTimer {
-            interval,
-            timeout,
             last_heard: now,
-            next: now + interval,
+            next: now + config.interval,
             awaiting_pong: false,
         }
     }
 
     /// When the keepalive next needs a look, if it is on.
-    fn due(&self) -> Option<Instant> {
-        (!self.interval.is_zero()).then_some(self.next)
+    fn due(&self, config: KeepaliveConfig) -> Option<Instant> {
+        (!config.interval.is_zero()).then_some(self.next)
     }
 
     /// The peer sent something.
@@ -177,20 +211,20 @@ impl KeepaliveTimer {
         self.awaiting_pong = false;
     }
 
-    fn check(&mut self, now: Instant) -> Keepalive {
-        if self.interval.is_zero() || now < self.next {
+    fn check(&mut self, now: Instant, config: KeepaliveConfig) -> Keepalive {
+        if config.interval.is_zero() || now < self.next {
             return Keepalive::Wait;
         }
         if self.awaiting_pong {
             return Keepalive::Dead;
         }
-        let quiet_until = self.last_heard + self.interval;
+        let quiet_until = self.last_heard + config.interval;
         if now < quiet_until {
             self.next = quiet_until;
             return Keepalive::Wait;
         }
         self.awaiting_pong = true;
-        self.next = now + self.timeout;
+        self.next = now + config.timeout;
         Keepalive::Ping
     }
 }
@@ -200,39 +234,33 @@ type Step = Result<(), End>;
 
 impl Session {
     async fn serve(&mut self) -> End {
-        let hello_deadline = Instant::now() + self.app.protocol.hello_timeout;
-        let mut deadline = hello_deadline;
-        let timer = sleep_until(deadline);
-        tokio::pin!(timer);
         loop {
+            // The registry's sweeper raises TIMER once this passes: no timer per socket.
             let wanted = [
-                self.uaid.is_none().then_some(hello_deadline),
+                self.uaid.is_none().then(|| self.hello_deadline()),
                 self.retry_at,
-                self.keepalive.due(),
+                self.keepalive.due(keepalive_config(&self.app)),
             ]
             .into_iter()
             .flatten()
             .min();
-            if let Some(wanted) = wanted.filter(|w| *w != deadline) {
-                deadline = wanted;
-                timer.as_mut().reset(deadline);
-            }
+            self.app.registry.set_deadline(&self.peer, wanted);
+            let peer = &*self.peer;
             let event = tokio::select! {
                 biased;
-                () = self.app.shutdown.cancelled() => Event::Shutdown,
-                () = self.peer.woken() => Event::Mail,
-                () = &mut timer, if wanted.is_some() => Event::Timer,
+                signals = poll_fn(|cx| peer.poll_signals(cx)) => Event::Signals(signals),
                 frame = self.socket.next() => Event::Frame(frame),
             };
-            // The handlers' futures are boxed: they live only while a message is being
-            // handled, so an idle session keeps just this loop's small state.
+            // The handlers' futures are boxed and carry the span: they live only while
+            // something is being handled, so an idle session keeps just this loop.
+            let span = self.span.clone();
             let step = match event {
-                Event::Shutdown => Err(End::Shutdown),
-                Event::Mail => Box::pin(self.deliver_mail()).await,
-                Event::Timer => Box::pin(self.on_timer(hello_deadline)).await,
+                Event::Signals(signals) => {
+                    Box::pin(self.on_signals(signals).instrument(span)).await
+                }
                 Event::Frame(frame) => {
                     self.keepalive.heard(Instant::now());
-                    Box::pin(self.on_frame(frame)).await
+                    Box::pin(self.on_frame(frame).instrument(span)).await
                 }
             };
             if let Err(end) = step {
@@ -241,10 +269,29 @@ impl Session {
         }
     }
 
+    /// A socket that has not said hello by then is closed.
+    fn hello_deadline(&self) -> Instant {
+        self.started + self.app.protocol.hello_timeout
+    }
+
+    /// Shutdown, then mail, then timers.
+    async fn on_signals(&mut self, signals: Signals) -> Step {
+        if signals.contains(Signals::SHUTDOWN) {
+            return Err(End::Shutdown);
+        }
+        if signals.contains(Signals::MAIL) {
+            self.deliver_mail().await?;
+        }
+        if signals.contains(Signals::TIMER) {
+            self.on_timer().await?;
+        }
+        Ok(())
+    }
+
     /// Whatever of the hello timeout, the retry and the keepalive is due.
-    async fn on_timer(&mut self, hello_deadline: Instant) -> Step {
+    async fn on_timer(&mut self) -> Step {
         let now = Instant::now();
-        if self.uaid.is_none() && now >= hello_deadline {
+        if self.uaid.is_none() && now >= self.hello_deadline() {
             return Err(End::HelloTimeout);
         }
         if self.retry_at.is_some_and(|at| now >= at) {
@@ -253,7 +300,7 @@ impl Session {
                 self.app.metrics.retries.inc();
             }
         }
-        match self.keepalive.check(now) {
+        match self.keepalive.check(now, keepalive_config(&self.app)) {
             Keepalive::Wait => Ok(()),
             Keepalive::Dead => Err(End::Gone),
             Keepalive::Ping => {
@@ -312,9 +359,24 @@ impl Session {
         Err(End::AfterError)
     }
 
+    /// Sends a text frame. The frame is formatted here and written straight to the
+    /// socket, so tungstenite's output buffer never grows to hold it: an idle session
+    /// then keeps no copy of its largest reply.
     async fn send(&mut self, text: String) -> Step {
         let write_timeout = self.app.protocol.write_timeout;
-        match timeout(write_timeout, self.socket.send(Message::text(text))).await {
+        let mut bytes = Vec::with_capacity(text.len() + 10);
+        let frame = Frame::message(text, OpCode::Data(Data::Text), true);
+        if frame.format(&mut bytes).is_err() {
+            return Err(End::Gone);
+        }
+        let write = async {
+            // Whatever tungstenite still holds (say, a pong) goes out first.
+            self.socket.flush().await.map_err(std::io::Error::other)?;
+            let io = self.socket.get_mut();
+            io.write_all(&bytes).await?;
+            io.flush().await
+        };
+        match timeout(write_timeout, write).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) | Err(_) => Err(End::Gone),
         }
@@ -581,22 +643,29 @@ mod tests {
     fn keepalive_pings_after_silence_and_gives_up_without_answer() {
         let start = Instant::now();
         let (interval, wait) = (Duration::from_secs(60), Duration::from_secs(10));
-        let mut keepalive = KeepaliveTimer::new(start, interval, wait);
-        assert_eq!(keepalive.due(), Some(start + interval));
+        let config = KeepaliveConfig {
+            interval,
+            timeout: wait,
+        };
+        let mut keepalive = KeepaliveTimer::new(start, config);
+        assert_eq!(keepalive.due(config), Some(start + interval));
         assert_eq!(
-            keepalive.check(start + Duration::from_secs(59)),
+            keepalive.check(start + Duration::from_secs(59), config),
             Keepalive::Wait
         );
         keepalive.heard(start + Duration::from_secs(30));
-        assert_eq!(keepalive.check(start + interval), Keepalive::Wait);
-        assert_eq!(keepalive.due(), Some(start + Duration::from_secs(90)));
+        assert_eq!(keepalive.check(start + interval, config), Keepalive::Wait);
+        assert_eq!(keepalive.due(config), Some(start + Duration::from_secs(90)));
         assert_eq!(
-            keepalive.check(start + Duration::from_secs(90)),
+            keepalive.check(start + Duration::from_secs(90), config),
             Keepalive::Ping
         );
-        assert_eq!(keepalive.due(), Some(start + Duration::from_secs(100)));
         assert_eq!(
-            keepalive.check(start + Duration::from_secs(100)),
+            keepalive.due(config),
+            Some(start + Duration::from_secs(100))
+        );
+        assert_eq!(
+            keepalive.check(start + Duration::from_secs(100), config),
             Keepalive::Dead
         );
     }
@@ -604,27 +673,37 @@ mod tests {
     #[test]
     fn keepalive_answered_pings_keep_the_peer() {
         let start = Instant::now();
-        let mut keepalive =
-            KeepaliveTimer::new(start, Duration::from_secs(60), Duration::from_secs(10));
+        let config = KeepaliveConfig {
+            interval: Duration::from_secs(60),
+            timeout: Duration::from_secs(10),
+        };
+        let mut keepalive = KeepaliveTimer::new(start, config);
         assert_eq!(
-            keepalive.check(start + Duration::from_secs(60)),
+            keepalive.check(start + Duration::from_secs(60), config),
             Keepalive::Ping
         );
         keepalive.heard(start + Duration::from_secs(61));
         assert_eq!(
-            keepalive.check(start + Duration::from_secs(70)),
+            keepalive.check(start + Duration::from_secs(70), config),
             Keepalive::Wait
         );
-        assert_eq!(keepalive.due(), Some(start + Duration::from_secs(121)));
+        assert_eq!(
+            keepalive.due(config),
+            Some(start + Duration::from_secs(121))
+        );
     }
 
     #[test]
     fn keepalive_zero_interval_is_off() {
         let start = Instant::now();
-        let mut keepalive = KeepaliveTimer::new(start, Duration::ZERO, Duration::from_secs(10));
-        assert_eq!(keepalive.due(), None);
+        let config = KeepaliveConfig {
+            interval: Duration::ZERO,
+            timeout: Duration::from_secs(10),
+        };
+        let mut keepalive = KeepaliveTimer::new(start, config);
+        assert_eq!(keepalive.due(config), None);
         assert_eq!(
-            keepalive.check(start + Duration::from_secs(3600)),
+            keepalive.check(start + Duration::from_secs(3600), config),
             Keepalive::Wait
         );
     }

@@ -19,9 +19,9 @@ use crate::session;
 const SUBPROTOCOL: &str = "push-notification";
 
 /// Bytes read from a socket at a time, and so the read buffer every idle socket keeps.
-/// SimplePush messages are a few hundred bytes; larger ones still arrive whole (the
-/// buffer grows for them).
-const READ_CHUNK: usize = 256;
+/// Most SimplePush commands (register, ack, ping, a short hello) fit; larger ones still
+/// arrive whole (the buffer grows for them).
+const READ_CHUNK: usize = 128;
 
 /// Whether the comma-separated header `name` lists `token` (case-insensitively).
 fn lists(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
@@ -86,7 +86,7 @@ pub fn accept(
     let accept_key = derive_accept_key(key.as_bytes());
     let config = socket_config(app.protocol.max_message_bytes);
     let sessions = app.sessions.clone();
-    sessions.spawn(async move {
+    sessions.clone().spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
                 let socket = WebSocketStream::from_raw_socket(
@@ -95,7 +95,9 @@ pub fn accept(
                     Some(config),
                 )
                 .await;
-                session::run(app, socket, connected).await;
+                // A task of its own: an idle session's memory is then the session alone,
+                // not also this handshake's state.
+                sessions.spawn(session::run(app, socket, connected));
             }
             Err(error) => tracing::debug!(%error, "websocket upgrade failed"),
         }

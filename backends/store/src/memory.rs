@@ -2,7 +2,7 @@
 //! a restart.
 
 use std::collections::HashMap;
-use std::collections::hash_map::{DefaultHasher, Entry};
+use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::sync::{Mutex, MutexGuard};
 
@@ -16,8 +16,10 @@ const SHARDS: usize = 64;
 /// Everything kept for one device.
 #[derive(Debug, Default)]
 struct Device {
-    /// Live channels, each with its pending update if any.
-    channels: HashMap<ChannelId, Option<Update>>,
+    /// Live channels sorted by id, each with its pending update if any. A sorted vector,
+    /// not a map: most devices have a channel or two, and a map's smallest table holds
+    /// four entries.
+    channels: Vec<(ChannelId, Option<Update>)>,
     /// The cluster node the device was last seen on.
     node: Option<String>,
 }
@@ -25,6 +27,29 @@ struct Device {
 impl Device {
     fn is_empty(&self) -> bool {
         self.channels.is_empty() && self.node.is_none()
+    }
+
+    fn find(&self, channel: &ChannelId) -> Result<usize, usize> {
+        self.channels.binary_search_by(|(id, _)| id.cmp(channel))
+    }
+
+    fn slot(&mut self, channel: &ChannelId) -> Option<&mut Option<Update>> {
+        let index = self.find(channel).ok()?;
+        Some(&mut self.channels[index].1)
+    }
+
+    /// Adds `channel` (absent) at `index`, growing by one while the device is small.
+    fn insert(&mut self, index: usize, channel: &ChannelId) {
+        if self.channels.len() < 4 {
+            self.channels.reserve_exact(1);
+        }
+        self.channels.insert(index, (channel.clone(), None));
+    }
+
+    fn remove(&mut self, channel: &ChannelId) {
+        if let Ok(index) = self.find(channel) {
+            self.channels.remove(index);
+        }
     }
 }
 
@@ -63,16 +88,14 @@ impl MemoryStore {
     /// empty.
     fn with_device<T>(&self, uaid: &Uaid, missing: T, f: impl FnOnce(&mut Device) -> T) -> T {
         let mut shard = self.shard(uaid);
-        match shard.entry(uaid.clone()) {
-            Entry::Occupied(mut entry) => {
-                let answer = f(entry.get_mut());
-                if entry.get().is_empty() {
-                    entry.remove();
-                }
-                answer
-            }
-            Entry::Vacant(_) => missing,
+        let Some(device) = shard.get_mut(uaid) else {
+            return missing;
+        };
+        let answer = f(device);
+        if device.is_empty() {
+            shard.remove(uaid);
         }
+        answer
     }
 }
 
@@ -96,21 +119,25 @@ impl Store for MemoryStore {
         max_channels: usize,
     ) -> Result<RegisterOutcome, StoreError> {
         let mut shard = self.shard(uaid);
-        let device = shard.entry(uaid.clone()).or_default();
-        if device.channels.contains_key(channel) {
+        let device = match shard.get_mut(uaid) {
+            Some(device) => device,
+            None => shard.entry(uaid.clone()).or_default(),
+        };
+        let Err(index) = device.find(channel) else {
             return Ok(RegisterOutcome::Registered);
-        }
+        };
         if device.channels.len() >= max_channels {
+            if device.is_empty() {
+                shard.remove(uaid);
+            }
             return Ok(RegisterOutcome::TooManyChannels);
         }
-        device.channels.insert(channel.clone(), None);
+        device.insert(index, channel);
         Ok(RegisterOutcome::Registered)
     }
 
     async fn unregister(&self, uaid: &Uaid, channel: &ChannelId) -> Result<(), StoreError> {
-        self.with_device(uaid, (), |device| {
-            device.channels.remove(channel);
-        });
+        self.with_device(uaid, (), |device| device.remove(channel));
         Ok(())
     }
 
@@ -122,7 +149,7 @@ impl Store for MemoryStore {
         now: u64,
     ) -> Result<PutOutcome, StoreError> {
         Ok(self.with_device(uaid, PutOutcome::Gone, |device| {
-            match device.channels.get_mut(channel) {
+            match device.slot(channel) {
                 None => PutOutcome::Gone,
                 Some(slot) => {
                     let replace = slot
@@ -156,7 +183,7 @@ impl Store for MemoryStore {
 
     async fn ack(&self, uaid: &Uaid, channel: &ChannelId, version: u64) -> Result<(), StoreError> {
         self.with_device(uaid, (), |device| {
-            if let Some(slot) = device.channels.get_mut(channel)
+            if let Some(slot) = device.slot(channel)
                 && slot
                     .as_ref()
                     .is_some_and(|pending| pending.version <= version)
@@ -174,7 +201,7 @@ impl Store for MemoryStore {
         now: u64,
     ) -> Result<(), StoreError> {
         self.with_device(uaid, (), |device| {
-            if let Some(slot) = device.channels.get_mut(channel)
+            if let Some(slot) = device.slot(channel)
                 && slot.as_ref().is_some_and(|pending| pending.is_expired(now))
             {
                 *slot = None;
@@ -189,7 +216,20 @@ impl Store for MemoryStore {
     }
 
     async fn set_node(&self, uaid: &Uaid, node: &str) -> Result<(), StoreError> {
-        self.shard(uaid).entry(uaid.clone()).or_default().node = Some(node.to_owned());
+        let mut shard = self.shard(uaid);
+        let node = Some(node.to_owned());
+        match shard.get_mut(uaid) {
+            Some(device) => device.node = node,
+            None => {
+                shard.insert(
+                    uaid.clone(),
+                    Device {
+                        node,
+                        ..Device::default()
+                    },
+                );
+            }
+        }
         Ok(())
     }
 

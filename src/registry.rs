@@ -3,8 +3,8 @@
 //! keeps time for every session: one sweeper wakes the sessions whose deadline passed, so
 //! an idle socket holds no timer (and no shutdown listener) of its own.
 
+use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -37,7 +37,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Debug, Default)]
 pub struct Mail {
     /// Updates to deliver live, oldest first, each with when its request arrived.
-    pub updates: VecDeque<(ChannelId, Update, Instant)>,
+    pub updates: Vec<(ChannelId, Update, Instant)>,
     /// A newer socket for the same uaid said hello: close with 4000.
     pub replaced: bool,
     /// The outbox overflowed: the device is not reading.
@@ -90,12 +90,12 @@ impl Peer {
         }
         if mail.updates.len() >= self.outbox_limit as usize {
             mail.overflowed = true;
-            mail.updates = VecDeque::new();
+            mail.updates = Vec::new();
             drop(mail);
             self.signal(Signals::MAIL);
             return false;
         }
-        mail.updates.push_back((channel, update, received));
+        mail.updates.push((channel, update, received));
         drop(mail);
         self.signal(Signals::MAIL);
         true

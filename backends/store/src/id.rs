@@ -1,10 +1,13 @@
 //! Identifier newtypes, so a uaid is never passed where a channel id belongs.
 
 use std::fmt;
+use std::sync::Arc;
 
 /// A device id. Minted by the server (32 lower-case hex) or kept as the device sent it.
+/// Shared, not copied: the session, the registry and the memory store each hold one for
+/// every connected device.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Uaid(String);
+pub struct Uaid(Arc<str>);
 
 /// A channel id, minted by the device; stored and echoed exactly as sent.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -15,7 +18,7 @@ macro_rules! string_id {
         impl $name {
             /// Wraps an id; the caller has validated its shape.
             pub fn new(id: impl Into<String>) -> Self {
-                Self(id.into())
+                Self(id.into().into())
             }
 
             /// The id as text.
@@ -32,13 +35,13 @@ macro_rules! string_id {
 
         impl From<&str> for $name {
             fn from(s: &str) -> Self {
-                Self(s.to_owned())
+                Self(s.into())
             }
         }
 
         impl From<String> for $name {
             fn from(s: String) -> Self {
-                Self(s)
+                Self(s.into())
             }
         }
     };

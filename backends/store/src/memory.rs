@@ -21,7 +21,7 @@ struct Device {
     /// four entries.
     channels: Vec<(ChannelId, Option<Update>)>,
     /// The cluster node the device was last seen on.
-    node: Option<String>,
+    node: Option<Box<str>>,
 }
 
 impl Device {
@@ -217,7 +217,7 @@ impl Store for MemoryStore {
 
     async fn set_node(&self, uaid: &Uaid, node: &str) -> Result<(), StoreError> {
         let mut shard = self.shard(uaid);
-        let node = Some(node.to_owned());
+        let node = Some(Box::from(node));
         match shard.get_mut(uaid) {
             Some(device) => device.node = node,
             None => {
@@ -234,7 +234,10 @@ impl Store for MemoryStore {
     }
 
     async fn node(&self, uaid: &Uaid) -> Result<Option<String>, StoreError> {
-        Ok(self.shard(uaid).get(uaid).and_then(|d| d.node.clone()))
+        Ok(self
+            .shard(uaid)
+            .get(uaid)
+            .and_then(|d| d.node.as_deref().map(str::to_owned)))
     }
 
     async fn clear_node(&self, uaid: &Uaid, node: &str) -> Result<bool, StoreError> {

@@ -843,6 +843,52 @@ async fn no_hello_within_hello_timeout_closes_socket() {
     device.ping().await;
 }
 
+#[tokio::test]
+async fn a_silent_device_is_pinged_after_ping_interval_and_kept_while_it_answers() {
+    let server = Server::builder()
+        .protocol("ping_interval", "\"1s\"")
+        .protocol("pong_timeout", "\"1s\"")
+        .start()
+        .await;
+    let (mut device, _) = server.device().await;
+    let started = Instant::now();
+    assert!(device.recv_ping_within(Duration::from_secs(4)).await);
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(900),
+        "pinged after {elapsed:?}"
+    );
+    // Reading answers each Ping with a Pong: several intervals later the socket is alive.
+    assert!(device.recv_ping_within(Duration::from_secs(4)).await);
+    assert!(device.recv_ping_within(Duration::from_secs(4)).await);
+    device.ping().await;
+    assert_eq!(server.status().await["clients"], json!(1));
+}
+
+#[tokio::test]
+async fn a_device_that_never_answers_a_ping_is_dropped_after_pong_timeout() {
+    let server = Server::builder()
+        .protocol("ping_interval", "\"1s\"")
+        .protocol("pong_timeout", "\"1s\"")
+        .start()
+        .await;
+    let (device, _) = server.device().await;
+    server.wait_for_clients(1).await;
+    // Never reading, the device never answers: ping after ~1 s, dropped ~1 s later.
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(8);
+    while server.status().await["clients"] != json!(0) {
+        assert!(Instant::now() < deadline, "a dead peer was kept");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(1800),
+        "dropped after {elapsed:?}, before ping_interval + pong_timeout"
+    );
+    drop(device);
+}
+
 // ---- §4 register ---------------------------------------------------------------------
 
 #[tokio::test]

@@ -544,6 +544,20 @@ impl Device {
         }
     }
 
+    /// Whether a websocket Ping arrives within `wait` (panics on a data frame or an end).
+    /// Reading is also what makes the client answer it with a Pong.
+    pub async fn recv_ping_within(&mut self, wait: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => return false,
+                Ok(Some(Ok(Message::Ping(_)))) => return true,
+                Ok(Some(Ok(Message::Pong(_) | Message::Frame(_)))) => continue,
+                Ok(other) => panic!("expected a websocket Ping, got {other:?}"),
+            }
+        }
+    }
+
     /// The next text frame as it was sent.
     pub async fn recv_text(&mut self) -> String {
         match self.next_frame(WAIT).await {

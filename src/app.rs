@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 use crate::cluster::Cluster;
 use crate::config::ProtocolConfig;
 use crate::metrics::Metrics;
+use crate::overload::QueueDelay;
 use crate::registry::Registry;
 use crate::token::TokenCodec;
 
@@ -33,6 +34,8 @@ pub struct App {
     pub max_connections: usize,
     /// Endpoint requests allowed in flight at once; beyond that, 503.
     pub inflight: Semaphore,
+    /// The runtime's scheduling delay; endpoint requests get 503 while it is too long.
+    pub queue_delay: Arc<QueueDelay>,
     /// Cancelled when the server shuts down.
     pub shutdown: CancellationToken,
     /// Numbers HTTP requests for logs.

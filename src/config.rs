@@ -48,6 +48,11 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Endpoint requests processed at once; beyond it they get 503 with Retry-After.
     pub max_inflight_requests: usize,
+    /// While the runtime's scheduling delay (smoothed) is longer than this, endpoint
+    /// PUTs get 503 with Retry-After before any work: a CPU-bound server answers the
+    /// excess quickly instead of everything slowly. 0 disables it.
+    #[serde(with = "humane")]
+    pub max_queue_delay: Duration,
 }
 
 impl Default for ServerConfig {
@@ -63,6 +68,7 @@ impl Default for ServerConfig {
             backlog: 4096,
             max_connections: 0,
             max_inflight_requests: 8192,
+            max_queue_delay: Duration::from_secs(1),
         }
     }
 }
@@ -303,6 +309,11 @@ mod tests {
         assert_eq!(config.server.ws_addr, defaults.server.ws_addr);
         assert_eq!(config.server.endpoint_addr, defaults.server.endpoint_addr);
         assert_eq!(config.server.backlog, defaults.server.backlog);
+        assert_eq!(config.server.max_queue_delay, Duration::from_secs(1));
+        assert_eq!(
+            config.server.max_queue_delay,
+            defaults.server.max_queue_delay
+        );
         assert_eq!(config.protocol.hello_timeout, Duration::from_secs(30));
         assert_eq!(config.protocol.min_ping_interval, Duration::from_secs(20));
         assert_eq!(config.protocol.retry_interval, Duration::from_secs(60));
@@ -341,6 +352,9 @@ mod tests {
         assert_eq!(config.protocol.hello_timeout, Duration::from_millis(1500));
         assert_eq!(config.protocol.min_ping_interval, Duration::ZERO);
         assert_eq!(config.protocol.message_ttl, Duration::from_secs(2 * 86400));
+        let config =
+            Config::from_toml("[server]\nmax_queue_delay = \"0\"\n", Path::new("x.toml")).unwrap();
+        assert_eq!(config.server.max_queue_delay, Duration::ZERO);
         let err = Config::from_toml("[protocol]\nretry_interval = \"soon\"\n", Path::new("x"))
             .unwrap_err()
             .to_string();

@@ -15,6 +15,7 @@ use warp::reply::Response;
 
 use crate::app::{App, now_secs};
 use crate::error::{HttpError, json_response};
+use crate::metrics::{SHED_INFLIGHT, SHED_QUEUE_DELAY};
 
 /// A request body must arrive within this time (a slow sender holds a request slot).
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -202,7 +203,22 @@ where
     S: Stream<Item = Result<B, warp::Error>> + Unpin,
     B: Buf,
 {
+    // Shedding comes before any work (body, token, store): a refusal must stay cheap
+    // for the server to get out of overload by answering it.
+    if app.queue_delay.overloaded() {
+        app.metrics
+            .requests_shed
+            .with_label_values(&[SHED_QUEUE_DELAY])
+            .inc();
+        return Err(HttpError::unavailable(
+            "server overloaded (queue delay), try again later",
+        ));
+    }
     let Ok(_permit) = app.inflight.try_acquire() else {
+        app.metrics
+            .requests_shed
+            .with_label_values(&[SHED_INFLIGHT])
+            .inc();
         return Err(HttpError::unavailable("too many requests in flight"));
     };
     let max_data = app.protocol.max_data_bytes;

@@ -14,6 +14,7 @@
 //! - [`store`]: opens the configured backend. [`error`]: failures to statuses.
 //! - [`tls`]: optional TLS on the public listeners.
 //! - [`metrics`]: Prometheus metrics and the store's timing wrapper.
+//! - [`overload`]: sheds endpoint requests while the runtime's queue delay is too long.
 //! - [`dashboard`]: `/dashboard/`, a live page over `/metrics` and `/realstatus/`.
 //! - [`cluster`]: node-to-node routing when nodes share memcached.
 //! - [`cli`]: the `client` and `push` subcommands, to try a server end to end.
@@ -29,6 +30,7 @@ pub mod error;
 pub mod health;
 pub mod listener;
 pub mod metrics;
+pub mod overload;
 pub mod protocol;
 pub mod registry;
 pub mod routes;

@@ -19,6 +19,11 @@ const BUCKETS: &[f64] = &[
     1.0, 2.5, 5.0,
 ];
 
+/// `requests_shed_total` reason: the in-flight limit was reached.
+pub const SHED_INFLIGHT: &str = "inflight";
+/// `requests_shed_total` reason: the runtime's queue delay was over its limit.
+pub const SHED_QUEUE_DELAY: &str = "queue_delay";
+
 /// Every metric the server keeps.
 pub struct Metrics {
     registry: Registry,
@@ -27,6 +32,9 @@ pub struct Metrics {
     pub commands: IntCounterVec,
     /// Endpoint requests answered, by `status` (200 live, 202 stored, 4xx/5xx rejected).
     pub updates: IntCounterVec,
+    /// Endpoint requests refused with 503 before any work, by `reason` (`inflight`: the
+    /// in-flight limit; `queue_delay`: the runtime's scheduling delay).
+    pub requests_shed: IntCounterVec,
     /// Notifications sent again because they were not acknowledged in time.
     pub retries: IntCounter,
     /// Updates forwarded to another node, by `result` (hit: delivered there, miss).
@@ -66,6 +74,11 @@ impl Metrics {
             "updates_total",
             "Endpoint requests answered, by status.",
             "status",
+        );
+        let requests_shed = counter(
+            "requests_shed_total",
+            "Endpoint requests refused with 503 before any work, by reason.",
+            "reason",
         );
         let routed = counter(
             "routed_total",
@@ -111,6 +124,7 @@ impl Metrics {
             connections,
             commands,
             updates,
+            requests_shed,
             retries,
             routed,
             store_seconds,
@@ -136,6 +150,9 @@ impl Metrics {
         }
         for status in ["200", "202", "400", "404", "410", "413", "503"] {
             self.updates.with_label_values(&[status]);
+        }
+        for reason in [SHED_INFLIGHT, SHED_QUEUE_DELAY] {
+            self.requests_shed.with_label_values(&[reason]);
         }
     }
 }

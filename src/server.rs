@@ -17,6 +17,7 @@ use crate::app::App;
 use crate::cluster::Cluster;
 use crate::config::{Backend, Config};
 use crate::metrics::{MeteredStore, Metrics};
+use crate::overload::QueueDelay;
 use crate::registry::Registry;
 use crate::tls::{self, TlsError};
 use crate::token::{KeyError, TokenCodec};
@@ -143,6 +144,7 @@ impl Server {
             cors: config.server.cors,
             max_connections: max_connections(config.server.max_connections),
             inflight: Semaphore::new(config.server.max_inflight_requests),
+            queue_delay: Arc::new(QueueDelay::new(config.server.max_queue_delay)),
             shutdown,
             cluster,
             sessions: TaskTracker::new(),
@@ -187,6 +189,11 @@ impl Server {
             tls,
         } = self;
         let shutdown = app.shutdown.clone();
+        // Its own task, so that it waits in the run queue like any request does.
+        let sampler = tokio::spawn({
+            let (queue_delay, shutdown) = (app.queue_delay.clone(), shutdown.clone());
+            async move { queue_delay.run(shutdown).await }
+        });
         let router = async {
             if let Some(router) = router {
                 listener::serve(
@@ -215,6 +222,9 @@ impl Server {
             // Session timers, and at shutdown the signal that closes every session.
             app.registry.keep_time(shutdown.clone()),
         );
+        if let Err(error) = sampler.await {
+            tracing::error!(%error, "the queue delay sampler failed");
+        }
         app.sessions.close();
         if tokio::time::timeout(SESSION_DRAIN, app.sessions.wait())
             .await

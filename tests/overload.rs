@@ -1,13 +1,18 @@
-//! Overload of the endpoint (PROTOCOL.md §5): with a small `max_inflight_requests`, ten
-//! times that many concurrent PUTs. The server stays up, sheds the excess with 503 and
-//! `Retry-After`, stores every update it accepted, keeps serving devices, and answers
-//! normally once the storm is over. No latency is asserted (that is for benchmarks).
+//! Overload of the endpoint (PROTOCOL.md §5), by each of its two guards: a small
+//! `max_inflight_requests` with ten times that many concurrent PUTs, and a tiny
+//! `max_queue_delay` with a storm that keeps the server's runtime behind. The server
+//! stays up, sheds the excess with 503 and `Retry-After`, stores every update it
+//! accepted, keeps serving devices, and answers normally once the storm is over. No
+//! latency is asserted (that is for benchmarks).
 
 mod common;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
-use common::{Server, WAIT, chid, updates};
+use common::{Server, WAIT, chid, http, updates};
 use futures_util::future::join_all;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -20,8 +25,26 @@ const STORM: usize = 10 * CAPACITY;
 /// PUTs each of them sends in the second storm.
 const PUTS_EACH: u64 = 25;
 
+/// `max_queue_delay` of the queue-delay test: an idle runtime runs its timers well
+/// within it, a debug build answering hundreds of connections at once does not.
+const TINY_QUEUE_DELAY: &str = "\"2ms\"";
+/// Storm tasks of the queue-delay test, each with its own client (connection pool)...
+const STORM_TASKS: usize = 4;
+/// ...and this many PUTs in flight, each on its own connection.
+const STORM_CONCURRENCY: usize = 50;
+/// The storm goes on until the server has shed this many PUTs by queue delay.
+const SHED_WANTED: u64 = 50;
+/// A storm or a recovery that takes longer than this has failed.
+const PATIENCE: Duration = Duration::from_secs(60);
+
 /// PUTs `version` and returns the status; a 503 must carry `Retry-After` and a JSON body.
 async fn put(client: &reqwest::Client, url: &str, version: u64) -> u16 {
+    put_reason(client, url, version).await.0
+}
+
+/// PUTs `version`; returns the status and, for a 503, its reason. A 503 must carry
+/// `Retry-After` and a JSON body.
+async fn put_reason(client: &reqwest::Client, url: &str, version: u64) -> (u16, String) {
     let response = client
         .put(url)
         .body(format!("version={version}"))
@@ -44,14 +67,23 @@ async fn put(client: &reqwest::Client, url: &str, version: u64) -> u16 {
             serde_json::from_str(&response.text().await.unwrap()).unwrap();
         assert_eq!(body["status"], json!(503), "{body}");
         assert_eq!(body["error"], json!("Service Unavailable"), "{body}");
+        let reason = body["reason"].as_str().unwrap_or_default().to_owned();
+        assert!(!reason.is_empty(), "{body}");
+        return (status, reason);
     }
-    status
+    (status, String::new())
 }
 
 fn client() -> reqwest::Client {
+    client_with_timeout(WAIT)
+}
+
+/// A client for a storm: a loaded machine may take longer than [`WAIT`] to answer one
+/// of hundreds of requests.
+fn client_with_timeout(timeout: Duration) -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
-        .timeout(WAIT)
+        .timeout(timeout)
         .build()
         .unwrap()
 }
@@ -111,8 +143,11 @@ fn accepted(greatest: &mut BTreeMap<String, u64>, channel: &str, version: u64) {
 
 #[tokio::test]
 async fn ten_times_the_inflight_limit_is_shed_with_503_and_everyone_else_is_served() {
+    // Only the in-flight guard: this test's PUTs must not be shed by queue delay when
+    // the machine is busy (the other test here runs a storm at the same time).
     let server = Server::builder()
         .set("server", "max_inflight_requests", &CAPACITY.to_string())
+        .set("server", "max_queue_delay", "\"0\"")
         .start()
         .await;
     let client = client();
@@ -244,6 +279,180 @@ async fn ten_times_the_inflight_limit_is_shed_with_503_and_everyone_else_is_serv
     let (last_channel, last_endpoint) = &channels[0];
     server.put_version(last_endpoint, 1_000_000, 202).await;
     accepted(&mut greatest, last_channel, 1_000_000);
+    assert_eq!(server.status().await["status"], json!("OK"));
+
+    // Every update answered 202 was stored: the offline device gets, per channel, the
+    // greatest version it was sent and nothing it was refused.
+    let mut offline = server.connect().await;
+    let ids: Vec<&str> = channels.iter().map(|(c, _)| c.as_str()).collect();
+    let reply = offline
+        .hello_with(json!({"messageType": "hello", "uaid": offline_uaid, "channelIDs": ids}))
+        .await;
+    assert_eq!(reply["uaid"], json!(offline_uaid));
+    let expected: Vec<_> = greatest
+        .into_iter()
+        .map(|(channel, version)| (channel, version, None))
+        .collect();
+    assert_eq!(updates(&offline.recv_notification().await), expected);
+    offline.close().await;
+    device.close().await;
+}
+
+/// `simplepush_requests_shed_total` for `reason`, from the server's `/metrics`.
+async fn shed_total(server: &Server, reason: &str) -> u64 {
+    let reply = http("GET", &server.endpoint_url("/metrics"), None, None).await;
+    assert_eq!(reply.status, 200, "/metrics: {}", reply.body);
+    let label = format!("reason=\"{reason}\"");
+    let line = reply
+        .body
+        .lines()
+        .find(|line| line.starts_with("simplepush_requests_shed_total{") && line.contains(&label))
+        .unwrap_or_else(|| panic!("no shed counter for {reason} in\n{}", reply.body));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+/// PUTs `version` until it is accepted (200 or 202), as a well-behaved app server
+/// does, only without waiting out `Retry-After`; returns the status and the 503s.
+async fn put_until_accepted(client: &reqwest::Client, url: &str, version: u64) -> (u16, u64) {
+    let deadline = Instant::now() + PATIENCE;
+    let mut shed = 0;
+    loop {
+        match put(client, url, version).await {
+            503 => shed += 1,
+            status => return (status, shed),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "PUT version={version} never got through"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runtime_behind_by_more_than_max_queue_delay_sheds_with_503_and_recovers() {
+    let server = Server::builder()
+        .set("server", "max_queue_delay", TINY_QUEUE_DELAY)
+        .start()
+        .await;
+    let client = client();
+
+    // An offline device whose channels take the storm, and a connected one.
+    let (mut offline, offline_uaid) = server.device().await;
+    let mut channels = Vec::new();
+    for _ in 0..8 {
+        let channel = chid();
+        let endpoint = server.reachable(&offline.register(&channel).await);
+        channels.push((channel, endpoint));
+    }
+    offline.close().await;
+    let (mut device, _) = server.device().await;
+    let live_channel = chid();
+    let live_endpoint = server.reachable(&device.register(&live_channel).await);
+    server.wait_for_clients(1).await;
+    assert_eq!(shed_total(&server, "queue_delay").await, 0);
+
+    // The storm: hundreds of PUTs in flight at once, each answered at once by a debug
+    // build on a machine it shares with them, keep the server's runtime behind. It
+    // goes on until the server has shed enough of them; every 503 it gets must be one.
+    let stop = Arc::new(AtomicBool::new(false));
+    let shed = Arc::new(AtomicU64::new(0));
+    let next_version = Arc::new(AtomicU64::new(100_000));
+    let channels = Arc::new(channels);
+    let storm: Vec<_> = (0..STORM_TASKS)
+        .map(|task| {
+            let (stop, shed, next_version, channels) = (
+                stop.clone(),
+                shed.clone(),
+                next_version.clone(),
+                channels.clone(),
+            );
+            tokio::spawn(async move {
+                let client = client_with_timeout(PATIENCE);
+                let loops = (0..STORM_CONCURRENCY).map(|i| {
+                    let (client, stop, shed) = (&client, &stop, &shed);
+                    let (next_version, channels) = (&next_version, &channels);
+                    async move {
+                        let mut accepted = Vec::new();
+                        let (_, endpoint) = &channels[(task + i) % channels.len()];
+                        while !stop.load(Ordering::Relaxed) {
+                            let version = next_version.fetch_add(1, Ordering::Relaxed);
+                            match put_reason(client, endpoint, version).await {
+                                (202, _) => accepted.push(((task + i) % channels.len(), version)),
+                                (503, reason) => {
+                                    assert!(reason.contains("overloaded"), "503 reason {reason}");
+                                    shed.fetch_add(1, Ordering::Relaxed);
+                                }
+                                (status, _) => panic!("storm PUT got {status}"),
+                            }
+                        }
+                        accepted
+                    }
+                });
+                join_all(loops)
+                    .await
+                    .into_iter()
+                    .flatten()
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    // Meanwhile a well-behaved app server retries until its update reaches the device.
+    let well_behaved = put_until_accepted(&client, &live_endpoint, 1);
+    let enough_shed = async {
+        let deadline = Instant::now() + PATIENCE;
+        while shed.load(Ordering::Relaxed) < SHED_WANTED {
+            assert!(
+                Instant::now() < deadline,
+                "the storm never put the server {TINY_QUEUE_DELAY} behind: {} shed",
+                shed.load(Ordering::Relaxed)
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        stop.store(true, Ordering::Relaxed);
+    };
+    let ((status, well_behaved_shed), ()) = tokio::join!(well_behaved, enough_shed);
+    assert_eq!(
+        status, 200,
+        "the well-behaved PUT reaches the connected device"
+    );
+    let mut greatest: BTreeMap<String, u64> = BTreeMap::new();
+    let mut accepted_count = 0;
+    for task in storm {
+        for (channel, version) in task.await.unwrap() {
+            accepted(&mut greatest, &channels[channel].0, version);
+            accepted_count += 1;
+        }
+    }
+    let storm_shed = shed.load(Ordering::Relaxed);
+    eprintln!(
+        "storm: {accepted_count} accepted, {storm_shed} shed; the well-behaved PUT was shed \
+         {well_behaved_shed} times"
+    );
+    assert_eq!(
+        updates(&device.recv_notification().await),
+        vec![(live_channel.clone(), 1, None)]
+    );
+
+    // After the storm the server catches up and accepts again. (On a busy machine a
+    // runtime can stay a tiny 2 ms behind for a while: retry as an app server would.)
+    let (status, after_shed) = put_until_accepted(&client, &live_endpoint, 2).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        updates(&device.recv_notification().await),
+        vec![(live_channel.clone(), 2, None)]
+    );
+    device.ping().await;
+    let (last_channel, last_endpoint) = &channels[0];
+    let (status, last_shed) = put_until_accepted(&client, last_endpoint, 1_000_000).await;
+    assert_eq!(status, 202);
+    accepted(&mut greatest, last_channel, 1_000_000);
+
+    // Every shed request was counted once, under its reason; none by the in-flight
+    // limit, which was never near.
+    let seen = storm_shed + well_behaved_shed + after_shed + last_shed;
+    assert_eq!(shed_total(&server, "queue_delay").await, seen);
+    assert_eq!(shed_total(&server, "inflight").await, 0);
     assert_eq!(server.status().await["status"], json!("OK"));
 
     // Every update answered 202 was stored: the offline device gets, per channel, the

@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 
 use super::fleet::{Fleet, MAX_SOCKETS_PER_WORKER};
 use super::report::{Metric, Outcome};
+use super::stats::Latency;
 use super::target::ServerProc;
 use super::worker::{ConnectReport, Job, PutReport};
 use crate::memcached::Cluster;
@@ -41,7 +42,7 @@ pub struct Bench {
 pub struct Backend {
     /// `memory`, `sqlite`, `rocksdb` or `memcache`.
     pub name: String,
-    memcached: Option<Cluster>,
+    pub(crate) memcached: Option<Cluster>,
 }
 
 impl Backend {
@@ -90,7 +91,7 @@ fn config(bench: &Bench, backend: &Backend, extra_server: &str) -> String {
 }
 
 impl Bench {
-    fn start_server(&self, backend: &Backend, extra: &str) -> Result<ServerProc> {
+    pub(crate) fn start_server(&self, backend: &Backend, extra: &str) -> Result<ServerProc> {
         ServerProc::simplepush(&self.binary, &config(self, backend, extra))
     }
 
@@ -212,18 +213,28 @@ impl Bench {
     }
 
     /// `overload`: PUTs at `p.rate` (10× the sustainable rate) against a node whose
-    /// in-flight limit is small enough to be reached.
+    /// in-flight limit is small enough to be reached. A [`Probe`] (one well-behaved app
+    /// server and its device, outside the saturated workers) measures what the server
+    /// answers someone who is not part of the storm, during it and after it.
     pub fn overload(&self, backend: &Backend, p: &Params, max_inflight: usize) -> Result<Outcome> {
         let extra = format!("max_inflight_requests = {max_inflight}\n");
         let mut server = self.start_server(backend, &extra)?;
         let (ws, put_to) = (server.ws, server.endpoint);
         let rss_before = server.rss_kib()? as f64;
-        let run = put_run(&mut [&mut server], ws, put_to, p, false, false)?;
+        let probe = Probe::start(ws, put_to)?;
+        let run = put_run(&mut [&mut server], ws, put_to, p, false, false);
+        let during = probe.finish();
+        let run = run?;
+        let during = during?;
+        // The storm is over: the same app server again, alone.
+        let after = Probe::start(ws, put_to)?;
+        std::thread::sleep(PROBE_AFTER);
+        let after = after.finish()?;
         let rss_after = server.rss_kib()? as f64;
-        if self.strict && run.report.lost > 0 {
+        if self.strict && run.report.lost + during.lost + after.lost > 0 {
             bail!(
                 "overload: {} accepted updates were never delivered",
-                run.report.lost
+                run.report.lost + during.lost + after.lost
             );
         }
         let r = &run.report;
@@ -241,6 +252,35 @@ impl Bench {
             Metric::new("p99_503_us", l503.p99_us as f64, "µs")
                 .goal("< 1000 µs", unavailable > 0 && l503.p99_us < 1000),
             Metric::new("p99_2xx_us", r.ok_latency.summary().p99_us as f64, "µs"),
+            Metric::new("shed_queue_delay", after.shed_queue_delay as f64, ""),
+            Metric::new("shed_inflight", after.shed_inflight as f64, ""),
+        ]);
+        let probe_2xx = during.ok.summary();
+        let probe_503 = during.unavailable.summary();
+        let probe_notify = during.notify.summary();
+        let answered = during.ok.count() + during.unavailable.count();
+        metrics.extend([
+            Metric::new("probe_puts", during.sent as f64, ""),
+            Metric::new(
+                "probe_503_percent",
+                round1(100.0 * probe_503.count as f64 / answered.max(1) as f64),
+                "%",
+            ),
+            Metric::new("probe_p50_2xx_us", probe_2xx.p50_us as f64, "µs"),
+            Metric::new("probe_p99_2xx_us", probe_2xx.p99_us as f64, "µs"),
+            Metric::new("probe_p50_503_us", probe_503.p50_us as f64, "µs"),
+            Metric::new("probe_p99_503_us", probe_503.p99_us as f64, "µs"),
+            Metric::new("probe_notify_p99_us", probe_notify.p99_us as f64, "µs"),
+            Metric::new("probe_errors", during.errors as f64, ""),
+            Metric::new("probe_lost", (during.lost + after.lost) as f64, "")
+                .goal("0", during.lost + after.lost == 0),
+            Metric::new(
+                "after_2xx_percent",
+                round1(100.0 * after.ok.count() as f64 / after.sent.max(1) as f64),
+                "%",
+            )
+            .goal("100 %", after.sent > 0 && after.ok.count() == after.sent),
+            Metric::new("after_p99_2xx_us", after.ok.summary().p99_us as f64, "µs"),
             Metric::new("rss_before_kib", rss_before, "KiB"),
             Metric::new("rss_after_kib", rss_after, "KiB"),
         ]);
@@ -298,7 +338,224 @@ impl Bench {
     }
 }
 
-fn round1(value: f64) -> f64 {
+/// A probe PUT is sent this often (a well-behaved app server, not a storm).
+const PROBE_PERIOD: Duration = Duration::from_millis(20);
+/// How long the probe runs alone once the storm is over.
+const PROBE_AFTER: Duration = Duration::from_secs(1);
+/// Time limit of one probe step (connect, PUT, notification).
+const PROBE_WAIT: Duration = Duration::from_secs(10);
+
+/// What the probe saw.
+#[derive(Debug, Default)]
+struct ProbeReport {
+    /// PUTs sent.
+    sent: u64,
+    /// PUTs without an answer, with an unexpected status, or a 503 without Retry-After.
+    errors: u64,
+    /// Latency of 200/202 answers.
+    ok: Latency,
+    /// Latency of 503 answers.
+    unavailable: Latency,
+    /// From a PUT answered 200 to its notification on the device.
+    notify: Latency,
+    /// Updates answered 200 or 202 whose notification never came.
+    lost: u64,
+    /// `simplepush_requests_shed_total` by reason, read from `/metrics` at the end.
+    shed_queue_delay: u64,
+    shed_inflight: u64,
+}
+
+/// One well-behaved app server PUTting to its own connected device every
+/// [`PROBE_PERIOD`], on a thread of its own: it is not one of the saturated workers, so
+/// its latencies are the server's, not the load generator's own queueing.
+struct Probe {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Result<ProbeReport>>,
+}
+
+impl Probe {
+    /// Connects the probe's device and starts PUTting.
+    fn start(ws: std::net::SocketAddr, endpoint: std::net::SocketAddr) -> Result<Probe> {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("bench-probe".into())
+            .spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .context("probe runtime")?
+                    .block_on(probe_run(ws, endpoint, &flag))
+            })
+            .context("starting the probe thread")?;
+        Ok(Probe { stop, thread })
+    }
+
+    /// Stops PUTting and returns what was seen.
+    fn finish(self) -> Result<ProbeReport> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("the probe thread panicked"))?
+    }
+}
+
+async fn probe_run(
+    ws: std::net::SocketAddr,
+    endpoint: std::net::SocketAddr,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Result<ProbeReport> {
+    use futures_util::{SinkExt, StreamExt};
+    use serde_json::{Value, json};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let (mut device, _) = tokio::time::timeout(
+        PROBE_WAIT,
+        tokio_tungstenite::connect_async(format!("ws://{ws}/")),
+    )
+    .await
+    .context("probe device: connect timed out")?
+    .context("probe device: connect")?;
+    let mut ask = async |message: Value, kind: &str| -> Result<Value> {
+        device.send(Message::text(message.to_string())).await?;
+        loop {
+            let frame = tokio::time::timeout(PROBE_WAIT, device.next())
+                .await
+                .with_context(|| format!("probe device: no {kind} reply"))?
+                .with_context(|| format!("probe device: closed before the {kind} reply"))??;
+            if let Message::Text(text) = frame {
+                let reply: Value = serde_json::from_str(text.as_str())?;
+                if reply["messageType"] == json!(kind) {
+                    return Ok(reply);
+                }
+            }
+        }
+    };
+    ask(
+        json!({"messageType": "hello", "uaid": "", "channelIDs": []}),
+        "hello",
+    )
+    .await?;
+    let channel = probe_channel();
+    let reply = ask(
+        json!({"messageType": "register", "channelID": channel}),
+        "register",
+    )
+    .await?;
+    let push_endpoint = reply["pushEndpoint"]
+        .as_str()
+        .with_context(|| format!("probe device: register answered {reply}"))?;
+    let path = push_endpoint
+        .find("/update/")
+        .map(|at| &push_endpoint[at..])
+        .with_context(|| format!("pushEndpoint without /update/: {push_endpoint}"))?;
+    let url = format!("http://{endpoint}{path}");
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(PROBE_WAIT)
+        .tcp_nodelay(true)
+        .build()?;
+    let mut report = ProbeReport::default();
+    let mut ticks = tokio::time::interval(PROBE_PERIOD);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut version = 0u64;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        ticks.tick().await;
+        version += 1;
+        report.sent += 1;
+        let sent = std::time::Instant::now();
+        let response = match client
+            .put(&url)
+            .body(format!("version={version}"))
+            .send()
+            .await
+        {
+            Ok(response) => response,
+            Err(_) => {
+                report.errors += 1;
+                continue;
+            }
+        };
+        let status = response.status().as_u16();
+        let retry_after = response.headers().contains_key("retry-after");
+        let _ = response.bytes().await;
+        let micros = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
+        match status {
+            200 | 202 => report.ok.record(micros),
+            503 if retry_after => {
+                report.unavailable.record(micros);
+                continue;
+            }
+            _ => {
+                report.errors += 1;
+                continue;
+            }
+        }
+        // Accepted: the device must get it (stored first, so also when it was 202).
+        let delivered = tokio::time::timeout(PROBE_WAIT, async {
+            while let Some(Ok(frame)) = device.next().await {
+                let Message::Text(text) = frame else { continue };
+                let Ok(frame) = serde_json::from_str::<Value>(text.as_str()) else {
+                    continue;
+                };
+                let updates = frame["updates"].as_array().cloned().unwrap_or_default();
+                for update in &updates {
+                    let seen = update["version"].as_u64().unwrap_or(0);
+                    let ack = json!({"messageType": "ack", "updates": [update]});
+                    let _ = device.send(Message::text(ack.to_string())).await;
+                    if seen >= version {
+                        return true;
+                    }
+                }
+            }
+            false
+        })
+        .await
+        .unwrap_or(false);
+        if delivered {
+            report
+                .notify
+                .record(u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX));
+        } else {
+            report.lost += 1;
+        }
+    }
+    let _ = device.close(None).await;
+    if let Ok(response) = client
+        .get(format!("http://{endpoint}/metrics"))
+        .send()
+        .await
+        && let Ok(text) = response.text().await
+    {
+        report.shed_queue_delay = shed_count(&text, "queue_delay");
+        report.shed_inflight = shed_count(&text, "inflight");
+    }
+    Ok(report)
+}
+
+/// A fresh random channelID for a probe (32 hex digits, like the workers' devices).
+fn probe_channel() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let half = |salt: u64| {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u64(salt);
+        hasher.finish()
+    };
+    format!("{:016x}{:016x}", half(0), half(1))
+}
+
+/// `simplepush_requests_shed_total{reason=...}` in a `/metrics` text (0 when absent).
+fn shed_count(metrics: &str, reason: &str) -> u64 {
+    let label = format!("reason=\"{reason}\"");
+    metrics
+        .lines()
+        .filter(|line| line.starts_with("simplepush_requests_shed_total{") && line.contains(&label))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|n| n as u64)
+        .sum()
+}
+
+pub(crate) fn round1(value: f64) -> f64 {
     (value * 10.0).round() / 10.0
 }
 
@@ -329,12 +586,12 @@ fn put_metrics(run: &PutRun) -> Vec<Metric> {
 }
 
 /// How many workers to use: enough for the sockets, `wanted` if given.
-fn worker_count(connections: usize, wanted: usize) -> usize {
+pub(crate) fn worker_count(connections: usize, wanted: usize) -> usize {
     let needed = connections.div_ceil(MAX_SOCKETS_PER_WORKER).max(1);
     wanted.max(needed)
 }
 
-fn connect_job(
+pub(crate) fn connect_job(
     ws: std::net::SocketAddr,
     put_to: std::net::SocketAddr,
     p: &Params,
@@ -356,7 +613,7 @@ fn connect_job(
 }
 
 /// Sums the worker reports of the connect phase; fails when `strict` and one failed.
-fn merge_connects(reports: Vec<ConnectReport>, strict: bool) -> Result<ConnectReport> {
+pub(crate) fn merge_connects(reports: Vec<ConnectReport>, strict: bool) -> Result<ConnectReport> {
     let mut total = ConnectReport::default();
     for r in reports {
         total.connected += r.connected;
@@ -379,7 +636,7 @@ fn merge_connects(reports: Vec<ConnectReport>, strict: bool) -> Result<ConnectRe
     Ok(total)
 }
 
-fn connect_timeout(p: &Params) -> Duration {
+pub(crate) fn connect_timeout(p: &Params) -> Duration {
     Duration::from_secs_f64(p.connections as f64 / p.rate.max(1.0) * 3.0 + 60.0)
 }
 
@@ -554,7 +811,7 @@ fn put_run(
 }
 
 /// A fresh token key from `simplepush genkey`, shared by the nodes of a cluster.
-fn genkey(binary: &Path) -> Result<String> {
+pub(crate) fn genkey(binary: &Path) -> Result<String> {
     let output = std::process::Command::new(binary)
         .arg("genkey")
         .output()
@@ -563,4 +820,28 @@ fn genkey(binary: &Path) -> Result<String> {
         bail!("simplepush genkey failed: {output:?}");
     }
     Ok(String::from_utf8(output.stdout)?.trim().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shed_counts_are_read_by_reason_and_absent_ones_are_zero() {
+        let metrics = "# TYPE simplepush_requests_shed_total counter\n\
+            simplepush_requests_shed_total{reason=\"inflight\",backend=\"memory\"} 3\n\
+            simplepush_requests_shed_total{reason=\"queue_delay\",backend=\"memory\"} 1234\n\
+            simplepush_updates_total{status=\"503\",backend=\"memory\"} 1237\n";
+        assert_eq!(shed_count(metrics, "queue_delay"), 1234);
+        assert_eq!(shed_count(metrics, "inflight"), 3);
+        assert_eq!(shed_count("simplepush_updates_total 5\n", "queue_delay"), 0);
+    }
+
+    #[test]
+    fn probe_channels_are_fresh_32_hex_digits() {
+        let (a, b) = (probe_channel(), probe_channel());
+        assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()), "{a}");
+        assert_ne!(a, b);
+    }
 }

@@ -277,6 +277,11 @@ impl Config {
 }
 
 /// Durations as humane strings ("30s", "5m", "3d"); "0" means zero.
+/// Parses a humane duration ("30s", "5m", "3d"; "0" is zero), as the config file does.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humane::parse(text)
+}
+
 mod humane {
     use std::time::Duration;
 

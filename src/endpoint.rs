@@ -10,7 +10,7 @@ use tracing::Instrument;
 use bytes::{Buf, Bytes};
 use futures_util::{Stream, StreamExt};
 use simplepush_store::{PutOutcome, Update};
-use warp::http::{Method, StatusCode};
+use warp::http::{HeaderValue, Method, StatusCode, header};
 use warp::reply::Response;
 
 use crate::app::{App, now_secs};
@@ -56,7 +56,8 @@ enum BodyKind {
 }
 
 fn body_kind(content_type: Option<&str>) -> Result<BodyKind, HttpError> {
-    let Some(content_type) = content_type else {
+    // An empty Content-Type says no more than an absent one.
+    let Some(content_type) = content_type.filter(|c| !c.trim().is_empty()) else {
         return Ok(BodyKind::Form);
     };
     let essence = content_type
@@ -184,7 +185,14 @@ where
                 response
             }
             Method::OPTIONS => Ok(json_response(StatusCode::OK, &serde_json::json!({}))),
-            _ => Err(HttpError::new(StatusCode::METHOD_NOT_ALLOWED, "use PUT")),
+            _ => {
+                let mut response =
+                    HttpError::new(StatusCode::METHOD_NOT_ALLOWED, "use PUT").into_response();
+                response
+                    .headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static("PUT, OPTIONS"));
+                Ok(response)
+            }
         };
         response.unwrap_or_else(HttpError::into_response)
     }

@@ -27,6 +27,7 @@ pub mod config;
 pub mod dashboard;
 pub mod endpoint;
 pub mod error;
+pub mod flags;
 pub mod health;
 pub mod listener;
 pub mod metrics;

@@ -5,12 +5,12 @@
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use simplepush::config::{Backend, Config, LogFormat};
+use simplepush::config::{Config, LogFormat};
+use simplepush::flags::ConfigFlags;
 use simplepush::server::Server;
 use tokio_util::sync::CancellationToken;
 
@@ -53,27 +53,8 @@ struct ServeArgs {
     /// Config file (TOML, see config.sample.toml). Default: ./config.toml when present.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Devices' websocket listener address ([server] ws_addr).
-    #[arg(long, value_name = "ADDR")]
-    ws_addr: Option<SocketAddr>,
-    /// App servers' listener address ([server] endpoint_addr).
-    #[arg(long, value_name = "ADDR")]
-    endpoint_addr: Option<SocketAddr>,
-    /// Base URL of every pushEndpoint ([server] endpoint_url).
-    #[arg(long, value_name = "URL")]
-    endpoint_url: Option<String>,
-    /// Store backend ([store] backend).
-    #[arg(long = "store", value_name = "BACKEND", value_enum)]
-    store: Option<Backend>,
-    /// Data directory of sqlite and rocksdb ([store] path).
-    #[arg(long, value_name = "DIR")]
-    store_path: Option<PathBuf>,
-    /// Log filter, e.g. "info" or "simplepush=debug" ([log] level).
-    #[arg(long, value_name = "FILTER")]
-    log_level: Option<String>,
-    /// Log format ([log] format).
-    #[arg(long, value_name = "FORMAT", value_enum)]
-    log_format: Option<LogFormat>,
+    #[command(flatten)]
+    flags: ConfigFlags,
 }
 
 impl ServeArgs {
@@ -85,27 +66,7 @@ impl ServeArgs {
             None if default_file.exists() => Config::load(default_file)?,
             None => Config::default(),
         };
-        if let Some(addr) = self.ws_addr {
-            config.server.ws_addr = addr;
-        }
-        if let Some(addr) = self.endpoint_addr {
-            config.server.endpoint_addr = addr;
-        }
-        if let Some(url) = self.endpoint_url {
-            config.server.endpoint_url = Some(url);
-        }
-        if let Some(backend) = self.store {
-            config.store.backend = backend;
-        }
-        if let Some(path) = self.store_path {
-            config.store.path = path;
-        }
-        if let Some(level) = self.log_level {
-            config.log.level = level;
-        }
-        if let Some(format) = self.log_format {
-            config.log.format = format;
-        }
+        self.flags.apply(&mut config);
         Ok(config)
     }
 }

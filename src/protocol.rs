@@ -32,6 +32,8 @@ pub enum Command {
         updates: Vec<(String, u64)>,
         /// Channel ids whose expiry is acknowledged.
         expired: Vec<String>,
+        /// `updates` exactly as sent, if sent: what an error frame echoes.
+        sent_updates: Option<Value>,
     },
 }
 
@@ -220,12 +222,12 @@ fn parse_ack(fields: &Fields) -> Result<Command, ErrorFrame> {
     let updates = array_field(fields, "updates", parse_acked_update).map_err(|e| match e {
         Malformed::NotArray => fail("updates is not an array"),
         Malformed::BadItem => {
-            fail("each of updates must be {\"channelID\": string, \"version\": integer}")
+            fail("each of updates must be {\"channelID\": UUID string, \"version\": integer}")
         }
     })?;
-    let expired = array_field(fields, "expired", string_item).map_err(|e| match e {
+    let expired = array_field(fields, "expired", uuid_item).map_err(|e| match e {
         Malformed::NotArray => fail("expired is not an array"),
-        Malformed::BadItem => fail("expired must be an array of strings"),
+        Malformed::BadItem => fail("expired must be an array of channelIDs (UUID strings)"),
     })?;
     if updates.is_none() && expired.is_none() {
         return Err(fail("ack needs updates or expired"));
@@ -233,6 +235,7 @@ fn parse_ack(fields: &Fields) -> Result<Command, ErrorFrame> {
     Ok(Command::Ack {
         updates: updates.unwrap_or_default(),
         expired: expired.unwrap_or_default(),
+        sent_updates: fields.get("updates").cloned(),
     })
 }
 
@@ -266,12 +269,19 @@ fn string_item(item: &Value) -> Option<String> {
     item.as_str().map(str::to_owned)
 }
 
+/// A channelID item: a UUID-shaped string (any other can name no channel).
+fn uuid_item(item: &Value) -> Option<String> {
+    item.as_str()
+        .filter(|id| is_uuid_shaped(id))
+        .map(str::to_owned)
+}
+
 fn parse_acked_update(item: &Value) -> Option<(String, u64)> {
     let Value::Object(object) = item else {
         return None;
     };
     let fields = Fields::new(object.clone());
-    let channel = fields.get("channelid")?.as_str()?.to_owned();
+    let channel = uuid_item(fields.get("channelid")?)?;
     let version = fields.get("version")?.as_u64()?;
     Some((channel, version))
 }
@@ -515,14 +525,19 @@ mod tests {
 
     #[test]
     fn ack_parses_updates_and_expired() {
-        let cmd = parse_str(
-            r#"{"messageType":"ack","updates":[{"CHANNELID":"a","Version":3}],"expired":["b"]}"#,
+        let (a, b) = (
+            "5a0fc5d5-3f0a-4f4c-9c5b-2e3c1a2b3c4d",
+            "6a0fc5d53f0a4f4c9c5b2e3c1a2b3c4d",
+        );
+        let text = format!(
+            r#"{{"messageType":"ack","updates":[{{"CHANNELID":"{a}","Version":3}}],"expired":["{b}"]}}"#
         );
         assert_eq!(
-            cmd,
+            parse_str(&text),
             Ok(Command::Ack {
-                updates: vec![("a".into(), 3)],
-                expired: vec!["b".into()]
+                updates: vec![(a.into(), 3)],
+                expired: vec![b.into()],
+                sent_updates: Some(json!([{"CHANNELID": a, "Version": 3}])),
             })
         );
         let cmd = parse_str(r#"{"messageType":"ack","expired":[]}"#);
@@ -530,7 +545,8 @@ mod tests {
             cmd,
             Ok(Command::Ack {
                 updates: vec![],
-                expired: vec![]
+                expired: vec![],
+                sent_updates: None,
             })
         );
     }
@@ -547,6 +563,13 @@ mod tests {
         refused(r#"{"messageType":"ack","updates":[{"channelID":"a","version":1.5}]}"#);
         refused(r#"{"messageType":"ack","updates":{}}"#);
         refused(r#"{"messageType":"ack","expired":[1]}"#);
+        // Only a UUID can name a channel.
+        let frame = refused(r#"{"messageType":"ack","updates":[{"channelID":"xyz","version":1}]}"#);
+        assert_eq!(
+            frame.echo.get("updates"),
+            Some(&json!([{"channelID":"xyz","version":1}]))
+        );
+        refused(r#"{"messageType":"ack","expired":["xyz"]}"#);
     }
 
     #[test]

@@ -17,9 +17,12 @@ fn with_app(app: Arc<App>) -> impl Filter<Extract = (Arc<App>,), Error = Infalli
     warp::any().map(move || app.clone())
 }
 
-/// `/status`, `/status/`, `/realstatus`, `/realstatus/`.
+/// `/status`, `/status/`, `/realstatus`, `/realstatus/`; GET or HEAD (load balancers
+/// often check with HEAD; the body is then left out).
 pub fn health(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::get()
+        .or(warp::head())
+        .unify()
         .and(warp::path::full())
         .and(with_app(app))
         .and_then(|path: warp::path::FullPath, app: Arc<App>| async move {

@@ -349,7 +349,11 @@ impl Session {
             Ok(Command::Hello { uaid, channel_ids }) => self.hello(uaid, channel_ids).await,
             Ok(Command::Register { channel_id }) => self.register(channel_id).await,
             Ok(Command::Unregister { channel_id }) => self.unregister(channel_id).await,
-            Ok(Command::Ack { updates, expired }) => self.ack(updates, expired).await,
+            Ok(Command::Ack {
+                updates,
+                expired,
+                sent_updates,
+            }) => self.ack(updates, expired, sent_updates).await,
         }
     }
 
@@ -463,17 +467,23 @@ impl Session {
     }
 
     /// The uaid, or the 401 for a command sent before hello.
-    fn said_hello(&self, message_type: &str, echo: (&str, Value)) -> Result<Uaid, ErrorFrame> {
+    fn said_hello(
+        &self,
+        message_type: &str,
+        echo: Option<(&str, Value)>,
+    ) -> Result<Uaid, ErrorFrame> {
         self.uaid.clone().ok_or_else(|| {
-            ErrorFrame::new(401, "hello first")
-                .for_type(message_type)
-                .echo(echo.0, echo.1)
+            let error = ErrorFrame::new(401, "hello first").for_type(message_type);
+            match echo {
+                Some((key, value)) => error.echo(key, value),
+                None => error,
+            }
         })
     }
 
     async fn register(&mut self, channel_id: String) -> Step {
         let echo = ("channelID", Value::String(channel_id.clone()));
-        let uaid = match self.said_hello("register", echo.clone()) {
+        let uaid = match self.said_hello("register", Some(echo.clone())) {
             Ok(uaid) => uaid,
             Err(error) => return self.fail(error).await,
         };
@@ -499,7 +509,7 @@ impl Session {
 
     async fn unregister(&mut self, channel_id: String) -> Step {
         let echo = ("channelID", Value::String(channel_id.clone()));
-        let uaid = match self.said_hello("unregister", echo.clone()) {
+        let uaid = match self.said_hello("unregister", Some(echo.clone())) {
             Ok(uaid) => uaid,
             Err(error) => return self.fail(error).await,
         };
@@ -512,14 +522,14 @@ impl Session {
         self.send(reply).await
     }
 
-    async fn ack(&mut self, updates: Vec<(String, u64)>, expired: Vec<String>) -> Step {
-        let echo = || {
-            let entries = updates
-                .iter()
-                .map(|(c, v)| serde_json::json!({"channelID": c, "version": v}))
-                .collect();
-            ("updates", Value::Array(entries))
-        };
+    /// `sent_updates`: the `updates` field exactly as sent, which a refusal echoes.
+    async fn ack(
+        &mut self,
+        updates: Vec<(String, u64)>,
+        expired: Vec<String>,
+        sent_updates: Option<Value>,
+    ) -> Step {
+        let echo = || sent_updates.clone().map(|value| ("updates", value));
         let uaid = match self.said_hello("ack", echo()) {
             Ok(uaid) => uaid,
             Err(error) => return self.fail(error).await,
@@ -542,10 +552,11 @@ impl Session {
             );
         }
         if let Err(e) = result {
-            let (key, value) = echo();
-            return self
-                .fail(store_error_frame(&e).for_type("ack").echo(key, value))
-                .await;
+            let mut error = store_error_frame(&e).for_type("ack");
+            if let Some((key, value)) = echo() {
+                error = error.echo(key, value);
+            }
+            return self.fail(error).await;
         }
         self.flush().await.map(drop)
     }

@@ -23,14 +23,16 @@ const SUBPROTOCOL: &str = "push-notification";
 /// arrive whole (the buffer grows for them).
 const READ_CHUNK: usize = 128;
 
-/// Whether the comma-separated header `name` lists `token` (case-insensitively).
-fn lists(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+/// The entry of the comma-separated header `name` that is `token` (case-insensitively),
+/// exactly as the client spelled it.
+fn listed<'h>(headers: &'h HeaderMap, name: header::HeaderName, token: &str) -> Option<&'h str> {
     headers
         .get_all(name)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+        .map(str::trim)
+        .find(|t| t.eq_ignore_ascii_case(token))
 }
 
 /// The socket settings for a device connection.
@@ -52,8 +54,8 @@ pub fn accept(
     on_upgrade: Option<OnUpgrade>,
 ) -> Response {
     if method != Method::GET
-        || !lists(&headers, header::CONNECTION, "upgrade")
-        || !lists(&headers, header::UPGRADE, "websocket")
+        || listed(&headers, header::CONNECTION, "upgrade").is_none()
+        || listed(&headers, header::UPGRADE, "websocket").is_none()
     {
         return HttpError::new(StatusCode::BAD_REQUEST, "expected a websocket upgrade")
             .into_response();
@@ -110,11 +112,11 @@ pub fn accept(
     if let Ok(value) = HeaderValue::from_str(&accept_key) {
         headers_out.insert(header::SEC_WEBSOCKET_ACCEPT, value);
     }
-    if lists(&headers, header::SEC_WEBSOCKET_PROTOCOL, SUBPROTOCOL) {
-        headers_out.insert(
-            header::SEC_WEBSOCKET_PROTOCOL,
-            HeaderValue::from_static(SUBPROTOCOL),
-        );
+    // Echoed as offered: clients compare the selected subprotocol byte for byte.
+    if let Some(offered) = listed(&headers, header::SEC_WEBSOCKET_PROTOCOL, SUBPROTOCOL)
+        && let Ok(value) = HeaderValue::from_str(offered)
+    {
+        headers_out.insert(header::SEC_WEBSOCKET_PROTOCOL, value);
     }
     response
 }

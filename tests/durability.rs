@@ -114,8 +114,9 @@ mod durable {
     /// Devices in the stream test, each with this many channels.
     const DEVICES: usize = 4;
     const CHANNELS: usize = 8;
-    /// PUTs answered before the kill: a few per channel, well inside the stream.
-    const ANSWERED_BEFORE_KILL: usize = 200;
+    /// PUTs answered before the kill: a few per channel, well inside the stream (every
+    /// one an fsync: a busy disk may take a while).
+    const ANSWERED_BEFORE_KILL: usize = 96;
     /// Upper bound of each channel's stream, far beyond what runs before the kill.
     const MAX_VERSION: u64 = 100_000;
 
@@ -198,7 +199,7 @@ mod durable {
                 ))
             })
             .collect();
-        tokio::time::timeout(4 * WAIT, enough.notified())
+        tokio::time::timeout(12 * WAIT, enough.notified())
             .await
             .expect("the PUT stream stalled");
         server.kill();

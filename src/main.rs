@@ -28,7 +28,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the server (the default when no command is given).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print a fresh random token key for `[server] token_keys`.
     Genkey,
     /// Be a device: connect, register channels, print each pushEndpoint and every
@@ -80,7 +80,7 @@ fn main() -> anyhow::Result<()> {
         }
         Some(Command::Client(options)) => return run_client(options),
         Some(Command::Push(request)) => return run_push(&request),
-        Some(Command::Serve(args)) => args,
+        Some(Command::Serve(args)) => *args,
         None => cli.serve,
     };
     let config = serve.config()?;

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::{
     Device, Reply, Server, WAIT, assert_error_frame, assert_keys, chid, hex_id, http, http_with,
-    unix_now, updates,
+    updates,
 };
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -187,11 +187,6 @@ impl Bare {
         bare.ws = words[2].strip_prefix("ws=").unwrap().parse().unwrap();
         bare.endpoint = words[3].strip_prefix("endpoint=").unwrap().parse().unwrap();
         bare
-    }
-
-    /// A URL on the endpoint listener, reached over loopback.
-    fn endpoint_url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{}", self.endpoint.port(), path)
     }
 }
 

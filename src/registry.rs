@@ -19,8 +19,9 @@ use tokio_util::sync::CancellationToken;
 const SHARDS: usize = 64;
 
 /// How often the sweeper looks for sessions whose deadline passed: the precision of
-/// every session timer (hello timeout, retry, keepalive).
-pub const TICK: Duration = Duration::from_millis(50);
+/// every session timer (hello timeout, retry, keepalive: all seconds or more). Each
+/// sweep reads one atomic per session (~20 ns each at 19,000 sessions).
+pub const TICK: Duration = Duration::from_millis(200);
 
 /// A deadline meaning "none".
 const NEVER: u64 = u64::MAX;

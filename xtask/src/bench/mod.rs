@@ -10,6 +10,7 @@
 
 mod baseline;
 mod fleet;
+mod hold;
 mod report;
 mod scenario;
 mod stats;
@@ -41,6 +42,9 @@ pub enum Scenario {
     Overload,
     /// Two nodes + two memcached: devices on A, PUTs to B, routed notifications per second.
     Cluster,
+    /// Many idle devices (default 200,000) spread over `--nodes` memcache nodes, held for
+    /// `--secs`: devices still connected, RSS per connection, memcached RSS, idle CPU.
+    Hold,
     /// Every scenario above, in that order.
     All,
     /// A tiny run of every scenario on every backend given: checks the generator (fails on
@@ -63,7 +67,7 @@ pub struct BenchArgs {
     #[arg(long)]
     connections: Option<usize>,
 
-    /// Connects/s (idle, connect) or PUTs/s (notify, cluster); for overload the
+    /// Connects/s (idle, connect, hold) or PUTs/s (notify, cluster); for overload the
     /// sustainable rate, of which 10× is offered.
     #[arg(long)]
     rate: Option<f64>,
@@ -95,6 +99,11 @@ pub struct BenchArgs {
     /// The overload node's `max_inflight_requests`.
     #[arg(long, default_value_t = 256)]
     overload_inflight: usize,
+
+    /// Simplepush nodes of `hold` (default: one per 18,000 devices, which keeps each
+    /// under the 20,000 open-file limit).
+    #[arg(long)]
+    nodes: Option<usize>,
 }
 
 /// Every backend the bench knows, by its `--store` name.
@@ -125,25 +134,32 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             Scenario::Notify,
             Scenario::Overload,
             Scenario::Cluster,
+            Scenario::Hold,
         ],
         one => std::slice::from_ref(match one {
             Scenario::Idle => &Scenario::Idle,
             Scenario::Connect => &Scenario::Connect,
             Scenario::Notify => &Scenario::Notify,
             Scenario::Overload => &Scenario::Overload,
+            Scenario::Hold => &Scenario::Hold,
             _ => &Scenario::Cluster,
         }),
     };
     let mut outcomes = Vec::new();
     for &scenario in scenarios {
-        if scenario == Scenario::Cluster {
-            // One cluster run; it needs the memcache feature.
+        if matches!(scenario, Scenario::Cluster | Scenario::Hold) {
+            // One run of nodes sharing memcached; it needs the memcache feature.
             if smoke && !args.backends.iter().any(|b| b == "memcache") {
                 continue;
             }
-            let outcome = bench
-                .cluster(&params(args, scenario, smoke))
-                .context("scenario cluster")?;
+            let p = params(args, scenario, smoke);
+            let outcome = if scenario == Scenario::Cluster {
+                bench.cluster(&p).context("scenario cluster")?
+            } else {
+                // Smoke spreads its few devices over two nodes, to check the spreading.
+                let nodes = args.nodes.or(smoke.then_some(2));
+                bench.hold(&p, nodes).context("scenario hold")?
+            };
             println!("{}\n{}", outcome.table(), outcome.json_line());
             outcomes.push(outcome);
             continue;
@@ -171,11 +187,13 @@ fn params(args: &BenchArgs, scenario: Scenario, smoke: bool) -> Params {
     let (connections, rate, secs) = match (scenario, smoke) {
         (Scenario::Idle, true) => (50, 500.0, 1.0),
         (Scenario::Overload, true) => (50, 2000.0, 1.0),
+        (Scenario::Hold, true) => (100, 500.0, 1.0),
         (_, true) => (50, 200.0, 1.0),
         (Scenario::Idle, false) => (19_000, 5000.0, 10.0),
         (Scenario::Connect, false) => (10_000, 20_000.0, 0.0),
         (Scenario::Notify, false) => (1000, 10_000.0, 10.0),
         (Scenario::Overload, false) => (1000, 100_000.0, 3.0),
+        (Scenario::Hold, false) => (200_000, 2000.0, 10.0),
         (_, false) => (1000, 5000.0, 10.0),
     };
     let rate = match (scenario, args.rate) {
@@ -199,7 +217,9 @@ fn build(backends: &[String], scenario: Scenario, debug: bool) -> Result<PathBuf
         .map(String::as_str)
         .filter(|b| *b != "memory")
         .collect();
-    if matches!(scenario, Scenario::Cluster | Scenario::All) && !features.contains(&"memcache") {
+    if matches!(scenario, Scenario::Cluster | Scenario::Hold | Scenario::All)
+        && !features.contains(&"memcache")
+    {
         features.push("memcache");
     }
     features.sort_unstable();
@@ -257,6 +277,7 @@ pub fn smoke(binary: &Path, backends: &[&str]) -> Result<()> {
         no_baseline: false,
         fsync: true,
         overload_inflight: 8,
+        nodes: None,
     };
     run(&args)
 }

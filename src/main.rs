@@ -2,6 +2,7 @@
 //! store and runs the server until SIGINT or SIGTERM.
 
 /// jemalloc: measured ~10 % less memory per idle connection than glibc malloc.
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -4,9 +4,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::{
@@ -17,9 +16,9 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::tungstenite::protocol::Role;
 
 // ---- private tools ---------------------------------------------------------------------
 
@@ -102,99 +101,6 @@ fn header_values(head: &str, name: &str) -> Vec<String> {
         .filter(|(key, _)| key.trim().eq_ignore_ascii_case(name))
         .map(|(_, value)| value.trim().to_owned())
         .collect()
-}
-
-/// A websocket client of its own, for servers not started by the harness.
-struct RawDevice(WebSocketStream<MaybeTlsStream<TcpStream>>);
-
-impl RawDevice {
-    async fn connect(addr: SocketAddr) -> RawDevice {
-        let url = format!("ws://127.0.0.1:{}/", addr.port());
-        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
-            .await
-            .expect("websocket connect timed out")
-            .expect("websocket connect failed");
-        RawDevice(ws)
-    }
-
-    async fn send(&mut self, value: Value) {
-        self.0.send(Message::text(value.to_string())).await.unwrap();
-    }
-
-    /// The next text frame, or `Err(close code)` when the socket closes instead.
-    async fn next(&mut self) -> Result<String, Option<u16>> {
-        loop {
-            let next = tokio::time::timeout(WAIT, self.0.next())
-                .await
-                .expect("nothing from the server in time");
-            match next {
-                Some(Ok(Message::Text(text))) => return Ok(text.as_str().to_owned()),
-                Some(Ok(Message::Close(Some(CloseFrame { code, .. })))) => {
-                    return Err(Some(code.into()));
-                }
-                Some(Ok(Message::Close(None))) | Some(Err(_)) | None => return Err(None),
-                Some(Ok(_)) => {}
-            }
-        }
-    }
-
-    async fn recv(&mut self) -> Value {
-        let text = self.next().await.expect("socket ended instead of a frame");
-        serde_json::from_str(&text).unwrap()
-    }
-}
-
-/// The `simplepush` binary started with exactly `args` (no config file, so every key
-/// not named there has its built-in default), in an empty directory. Killed on drop.
-struct Bare {
-    child: Child,
-    ws: SocketAddr,
-    endpoint: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Bare {
-    async fn start(args: &[&str]) -> Bare {
-        let dir = tempfile::tempdir().unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_simplepush"))
-            .args(args)
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel::<Option<String>>();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            let _ = tx.send(lines.next().and_then(Result::ok));
-            for _ in lines {}
-        });
-        let mut bare = Bare {
-            child,
-            ws: SocketAddr::from(([0, 0, 0, 0], 0)),
-            endpoint: SocketAddr::from(([0, 0, 0, 0], 0)),
-            _dir: dir,
-        };
-        let line = tokio::time::timeout(Duration::from_secs(20), rx)
-            .await
-            .expect("no listening line in time")
-            .unwrap()
-            .expect("server exited before its listening line");
-        let words: Vec<&str> = line.split(' ').collect();
-        assert_eq!(&words[..2], ["simplepush", "listening"], "{line}");
-        bare.ws = words[2].strip_prefix("ws=").unwrap().parse().unwrap();
-        bare.endpoint = words[3].strip_prefix("endpoint=").unwrap().parse().unwrap();
-        bare
-    }
-}
-
-impl Drop for Bare {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 // ---- §1, §6 listeners and health ------------------------------------------------------
@@ -779,23 +685,24 @@ async fn ack_of_unknown_channels_gets_no_reply_and_keeps_the_socket() {
     device.register(&chid()).await;
 }
 
-/// §8 `min_ping_interval = "20s"` by default (the harness turns it off, so this server
-/// runs without any config file).
+/// §8 `min_ping_interval = "20s"` by default (the harness turns it off; this server's
+/// config leaves the key out).
 #[tokio::test]
 async fn default_min_ping_interval_refuses_a_second_ping_at_once() {
-    let bare = Bare::start(&["--ws-addr", "127.0.0.1:0", "--endpoint-addr", "127.0.0.1:0"]).await;
-    let mut device = RawDevice::connect(bare.ws).await;
+    let server = builder()
+        .unset("protocol", "min_ping_interval")
+        .start()
+        .await;
+    let mut device = server.connect().await;
+    device.ping().await;
     device.send(json!({})).await;
-    assert_eq!(device.next().await, Ok("{}".to_owned()));
-    device.send(json!({})).await;
-    let frame = device.recv().await;
-    assert_error_frame(
-        &frame,
-        401,
-        "Invalid Command",
-        &[("reason", json!("too many pings"))],
-    );
-    assert_eq!(device.next().await, Err(Some(1000)));
+    device
+        .expect_refusal(
+            401,
+            "Invalid Command",
+            &[("reason", json!("too many pings"))],
+        )
+        .await;
 }
 
 /// §4 notification `data` is the app server's text: any Unicode and the characters JSON

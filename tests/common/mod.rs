@@ -60,6 +60,15 @@ impl Builder {
         self
     }
 
+    /// Leaves `key` out of `[section]`, so the server uses its built-in default (undoes a
+    /// setting of [`Server::builder`]).
+    pub fn unset(mut self, section: &str, key: &str) -> Self {
+        if let Some((_, entries)) = self.sections.iter_mut().find(|(s, _)| s == section) {
+            entries.retain(|(k, _)| k != key);
+        }
+        self
+    }
+
     /// Sets a `[protocol]` key to a TOML literal.
     pub fn protocol(self, key: &str, value: &str) -> Self {
         self.set("protocol", key, value)

@@ -135,6 +135,42 @@ fn was_answered(stream: &TcpStream) -> bool {
     }
 }
 
+/// A device with 8 registered channels that then goes offline: its uaid and its
+/// (channelID, reachable endpoint) pairs.
+async fn offline_device(server: &Server) -> (String, Vec<(String, String)>) {
+    let (mut device, uaid) = server.device().await;
+    let mut channels = Vec::new();
+    for _ in 0..8 {
+        let channel = chid();
+        let endpoint = server.reachable(&device.register(&channel).await);
+        channels.push((channel, endpoint));
+    }
+    device.close().await;
+    (uaid, channels)
+}
+
+/// Every update answered 202 was stored: the offline device, back, gets per channel the
+/// greatest version it was sent (`greatest`) and nothing it was refused.
+async fn assert_offline_device_gets(
+    server: &Server,
+    uaid: &str,
+    channels: &[(String, String)],
+    greatest: BTreeMap<String, u64>,
+) {
+    let mut device = server.connect().await;
+    let ids: Vec<&str> = channels.iter().map(|(c, _)| c.as_str()).collect();
+    let reply = device
+        .hello_with(json!({"messageType": "hello", "uaid": uaid, "channelIDs": ids}))
+        .await;
+    assert_eq!(reply["uaid"], json!(uaid));
+    let expected: Vec<_> = greatest
+        .into_iter()
+        .map(|(channel, version)| (channel, version, None))
+        .collect();
+    assert_eq!(updates(&device.recv_notification().await), expected);
+    device.close().await;
+}
+
 /// Records a version the server accepted for a channel (it keeps the greatest).
 fn accepted(greatest: &mut BTreeMap<String, u64>, channel: &str, version: u64) {
     let entry = greatest.entry(channel.to_owned()).or_default();
@@ -153,14 +189,7 @@ async fn ten_times_the_inflight_limit_is_shed_with_503_and_everyone_else_is_serv
     let client = client();
 
     // An offline device whose channels take the storm.
-    let (mut offline, offline_uaid) = server.device().await;
-    let mut channels = Vec::new();
-    for _ in 0..8 {
-        let channel = chid();
-        let endpoint = server.reachable(&offline.register(&channel).await);
-        channels.push((channel, endpoint));
-    }
-    offline.close().await;
+    let (offline_uaid, channels) = offline_device(&server).await;
     server.wait_for_clients(0).await;
     let mut greatest = BTreeMap::new();
 
@@ -281,20 +310,7 @@ async fn ten_times_the_inflight_limit_is_shed_with_503_and_everyone_else_is_serv
     accepted(&mut greatest, last_channel, 1_000_000);
     assert_eq!(server.status().await["status"], json!("OK"));
 
-    // Every update answered 202 was stored: the offline device gets, per channel, the
-    // greatest version it was sent and nothing it was refused.
-    let mut offline = server.connect().await;
-    let ids: Vec<&str> = channels.iter().map(|(c, _)| c.as_str()).collect();
-    let reply = offline
-        .hello_with(json!({"messageType": "hello", "uaid": offline_uaid, "channelIDs": ids}))
-        .await;
-    assert_eq!(reply["uaid"], json!(offline_uaid));
-    let expected: Vec<_> = greatest
-        .into_iter()
-        .map(|(channel, version)| (channel, version, None))
-        .collect();
-    assert_eq!(updates(&offline.recv_notification().await), expected);
-    offline.close().await;
+    assert_offline_device_gets(&server, &offline_uaid, &channels, greatest).await;
     device.close().await;
 }
 
@@ -338,14 +354,7 @@ async fn a_runtime_behind_by_more_than_max_queue_delay_sheds_with_503_and_recove
     let client = client();
 
     // An offline device whose channels take the storm, and a connected one.
-    let (mut offline, offline_uaid) = server.device().await;
-    let mut channels = Vec::new();
-    for _ in 0..8 {
-        let channel = chid();
-        let endpoint = server.reachable(&offline.register(&channel).await);
-        channels.push((channel, endpoint));
-    }
-    offline.close().await;
+    let (offline_uaid, channels) = offline_device(&server).await;
     let (mut device, _) = server.device().await;
     let live_channel = chid();
     let live_endpoint = server.reachable(&device.register(&live_channel).await);
@@ -455,19 +464,6 @@ async fn a_runtime_behind_by_more_than_max_queue_delay_sheds_with_503_and_recove
     assert_eq!(shed_total(&server, "inflight").await, 0);
     assert_eq!(server.status().await["status"], json!("OK"));
 
-    // Every update answered 202 was stored: the offline device gets, per channel, the
-    // greatest version it was sent and nothing it was refused.
-    let mut offline = server.connect().await;
-    let ids: Vec<&str> = channels.iter().map(|(c, _)| c.as_str()).collect();
-    let reply = offline
-        .hello_with(json!({"messageType": "hello", "uaid": offline_uaid, "channelIDs": ids}))
-        .await;
-    assert_eq!(reply["uaid"], json!(offline_uaid));
-    let expected: Vec<_> = greatest
-        .into_iter()
-        .map(|(channel, version)| (channel, version, None))
-        .collect();
-    assert_eq!(updates(&offline.recv_notification().await), expected);
-    offline.close().await;
+    assert_offline_device_gets(&server, &offline_uaid, &channels, greatest).await;
     device.close().await;
 }

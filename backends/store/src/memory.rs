@@ -119,10 +119,7 @@ impl Store for MemoryStore {
         max_channels: usize,
     ) -> Result<RegisterOutcome, StoreError> {
         let mut shard = self.shard(uaid);
-        let device = match shard.get_mut(uaid) {
-            Some(device) => device,
-            None => shard.entry(uaid.clone()).or_default(),
-        };
+        let device = shard.entry(uaid.clone()).or_default();
         let Err(index) = device.find(channel) else {
             return Ok(RegisterOutcome::Registered);
         };
@@ -216,20 +213,7 @@ impl Store for MemoryStore {
     }
 
     async fn set_node(&self, uaid: &Uaid, node: &str) -> Result<(), StoreError> {
-        let mut shard = self.shard(uaid);
-        let node = Some(Box::from(node));
-        match shard.get_mut(uaid) {
-            Some(device) => device.node = node,
-            None => {
-                shard.insert(
-                    uaid.clone(),
-                    Device {
-                        node,
-                        ..Device::default()
-                    },
-                );
-            }
-        }
+        self.shard(uaid).entry(uaid.clone()).or_default().node = Some(Box::from(node));
         Ok(())
     }
 

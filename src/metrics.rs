@@ -227,7 +227,12 @@ impl Store for MeteredStore {
         self.timed("pending", self.inner.pending(uaid, now)).await
     }
 
-    async fn ack(&self, uaid: &Uaid, channel: &ChannelId, version: u64) -> Result<(), StoreError> {
+    async fn ack(
+        &self,
+        uaid: &Uaid,
+        channel: &ChannelId,
+        version: u64,
+    ) -> Result<bool, StoreError> {
         self.timed("ack", self.inner.ack(uaid, channel, version))
             .await
     }
@@ -237,7 +242,7 @@ impl Store for MeteredStore {
         uaid: &Uaid,
         channel: &ChannelId,
         now: u64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let call = self.inner.ack_expired(uaid, channel, now);
         self.timed("ack_expired", call).await
     }

@@ -536,29 +536,32 @@ impl Session {
         };
         let store = self.app.store.clone();
         let now = now_secs();
-        let mut result = Ok(());
+        // Each answer says whether anything is left pending after it, so the last one
+        // decides whether to flush.
+        let mut left = Ok(false);
         for (channel, version) in &updates {
-            result = result.and(
-                store
-                    .ack(&uaid, &ChannelId::from(channel.as_str()), *version)
-                    .await,
-            );
+            let answer = store
+                .ack(&uaid, &ChannelId::from(channel.as_str()), *version)
+                .await;
+            left = left.and(answer);
         }
         for channel in &expired {
-            result = result.and(
-                store
-                    .ack_expired(&uaid, &ChannelId::from(channel.as_str()), now)
-                    .await,
-            );
+            let answer = store
+                .ack_expired(&uaid, &ChannelId::from(channel.as_str()), now)
+                .await;
+            left = left.and(answer);
         }
-        if let Err(e) = result {
-            let mut error = store_error_frame(&e).for_type("ack");
-            if let Some((key, value)) = echo() {
-                error = error.echo(key, value);
+        match left {
+            Ok(true) => self.flush().await.map(drop),
+            Ok(false) => Ok(()),
+            Err(e) => {
+                let mut error = store_error_frame(&e).for_type("ack");
+                if let Some((key, value)) = echo() {
+                    error = error.echo(key, value);
+                }
+                self.fail(error).await
             }
-            return self.fail(error).await;
         }
-        self.flush().await.map(drop)
     }
 
     /// Sends everything pending for the device in one notification, if anything is;

@@ -77,6 +77,24 @@ enum Edit<T> {
     Write(T),
 }
 
+/// The edit of an ack: drops the pending update of `channel` if `clear` says so, and
+/// answers whether any channel of `device` still has one.
+fn clear_if(device: &mut Device, channel: &str, clear: impl FnOnce(&Slot) -> bool) -> Edit<bool> {
+    let cleared = match device.channels.get_mut(channel) {
+        Some(slot) if slot.as_ref().is_some_and(clear) => {
+            *slot = None;
+            true
+        }
+        _ => false,
+    };
+    let left = device.channels.values().any(Option::is_some);
+    if cleared {
+        Edit::Write(left)
+    } else {
+        Edit::Keep(left)
+    }
+}
+
 impl MemcacheStore {
     /// Connects to the pool ("127.0.0.1:11211" or "memcache://host:port" forms accepted).
     ///
@@ -419,16 +437,15 @@ impl Store for MemcacheStore {
         Ok(self.device(uaid).await?.pending(now))
     }
 
-    async fn ack(&self, uaid: &Uaid, channel: &ChannelId, version: u64) -> Result<(), StoreError> {
+    async fn ack(
+        &self,
+        uaid: &Uaid,
+        channel: &ChannelId,
+        version: u64,
+    ) -> Result<bool, StoreError> {
         let channel = channel.as_str().to_owned();
         self.modify(uaid, move |device| {
-            match device.channels.get_mut(&channel) {
-                Some(slot) if slot.as_ref().is_some_and(|p| p.version() <= version) => {
-                    *slot = None;
-                    Edit::Write(())
-                }
-                _ => Edit::Keep(()),
-            }
+            clear_if(device, &channel, |pending| pending.version() <= version)
         })
         .await
     }
@@ -438,16 +455,10 @@ impl Store for MemcacheStore {
         uaid: &Uaid,
         channel: &ChannelId,
         now: u64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let channel = channel.as_str().to_owned();
         self.modify(uaid, move |device| {
-            match device.channels.get_mut(&channel) {
-                Some(slot) if slot.as_ref().is_some_and(|p| p.expired_at(now)) => {
-                    *slot = None;
-                    Edit::Write(())
-                }
-                _ => Edit::Keep(()),
-            }
+            clear_if(device, &channel, |pending| pending.expired_at(now))
         })
         .await
     }

@@ -273,29 +273,43 @@ impl Db {
         Ok(pending)
     }
 
-    /// Empties the pending slot of `channel` if what is pending satisfies `clear`.
+    /// Empties the pending slot of `channel` if what is pending satisfies `clear`;
+    /// answers whether any channel of `uaid` still has something pending.
     fn clear_pending_if(
         &self,
         uaid: &Uaid,
         channel: &ChannelId,
         clear: impl FnOnce(&Update) -> bool,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let _guard = self.lock(uaid);
         let channels = self.family(CHANNELS)?;
         let key = key::channel(uaid, channel)?;
-        let Some(value) = self
+        let value = self
             .db
             .get_pinned_cf(channels, &key)
-            .map_err(from_rocksdb)?
-        else {
-            return Ok(());
-        };
-        if record::decode_slot(&value)?.is_some_and(|pending| clear(&pending)) {
+            .map_err(from_rocksdb)?;
+        if let Some(value) = value
+            && record::decode_slot(&value)?.is_some_and(|pending| clear(&pending))
+        {
             self.db
                 .put_cf_opt(channels, &key, record::encode_slot(None), &self.write)
                 .map_err(from_rocksdb)?;
         }
-        Ok(())
+        self.any_pending(uaid)
+    }
+
+    /// Whether any channel of `uaid` has a pending update, expired or not.
+    fn any_pending(&self, uaid: &Uaid) -> Result<bool, StoreError> {
+        let mut found = false;
+        self.scan_channels(&key::uaid_prefix(uaid)?, |_, value| {
+            found = record::decode_slot(value)?.is_some();
+            Ok(if found {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            })
+        })?;
+        Ok(found)
     }
 
     fn drop_uaid(&self, uaid: &Uaid) -> Result<(), StoreError> {
@@ -406,7 +420,12 @@ impl Store for RocksStore {
         self.run(move |db| db.pending(&uaid, now)).await
     }
 
-    async fn ack(&self, uaid: &Uaid, channel: &ChannelId, version: u64) -> Result<(), StoreError> {
+    async fn ack(
+        &self,
+        uaid: &Uaid,
+        channel: &ChannelId,
+        version: u64,
+    ) -> Result<bool, StoreError> {
         let (uaid, channel) = (uaid.clone(), channel.clone());
         self.run(move |db| {
             db.clear_pending_if(&uaid, &channel, |pending| pending.version <= version)
@@ -419,7 +438,7 @@ impl Store for RocksStore {
         uaid: &Uaid,
         channel: &ChannelId,
         now: u64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let (uaid, channel) = (uaid.clone(), channel.clone());
         self.run(move |db| db.clear_pending_if(&uaid, &channel, |pending| pending.is_expired(now)))
             .await
@@ -582,7 +601,7 @@ mod tests {
                 .await
                 .map(drop)
         ));
-        assert!(corrupt(store.ack(&u, &c, 1).await));
+        assert!(corrupt(store.ack(&u, &c, 1).await.map(drop)));
         assert!(corrupt(store.node(&u).await.map(drop)));
         assert!(corrupt(
             store.clear_node(&u, "http://node-a").await.map(drop)

@@ -186,6 +186,15 @@ fn unsigned(row: &Row<'_>, column: usize) -> rusqlite::Result<u64> {
     u64::try_from(value).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(column, value))
 }
 
+/// Whether any channel of `uaid` has a pending update, expired or not.
+fn any_pending(conn: &Connection, uaid: &str) -> Result<bool, Error> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM channel WHERE uaid = ?1 AND version IS NOT NULL)",
+        )?
+        .query_row([uaid], |row| row.get(0))?)
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     fn name(&self) -> &'static str {
@@ -324,7 +333,12 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn ack(&self, uaid: &Uaid, channel: &ChannelId, version: u64) -> Result<(), StoreError> {
+    async fn ack(
+        &self,
+        uaid: &Uaid,
+        channel: &ChannelId,
+        version: u64,
+    ) -> Result<bool, StoreError> {
         let (uaid, channel) = (uaid.as_str().to_owned(), channel.as_str().to_owned());
         let version = saturating(version);
         self.write(move |conn| {
@@ -333,7 +347,7 @@ impl Store for SqliteStore {
                  WHERE uaid = ?1 AND channel = ?2 AND version <= ?3",
             )?
             .execute(params![uaid, channel, version])?;
-            Ok(())
+            any_pending(conn, &uaid)
         })
         .await
     }
@@ -343,7 +357,7 @@ impl Store for SqliteStore {
         uaid: &Uaid,
         channel: &ChannelId,
         now: u64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let (uaid, channel) = (uaid.as_str().to_owned(), channel.as_str().to_owned());
         let now = saturating(now);
         self.write(move |conn| {
@@ -352,7 +366,7 @@ impl Store for SqliteStore {
                  WHERE uaid = ?1 AND channel = ?2 AND expires_at <= ?3",
             )?
             .execute(params![uaid, channel, now])?;
-            Ok(())
+            any_pending(conn, &uaid)
         })
         .await
     }

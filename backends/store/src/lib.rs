@@ -72,16 +72,22 @@ pub trait Store: Send + Sync + 'static {
 
     /// Drops the pending update of `channel` if its version is `<= version`; a newer
     /// pending version stays. Unknown channels and nothing pending are fine.
-    async fn ack(&self, uaid: &Uaid, channel: &ChannelId, version: u64) -> Result<(), StoreError>;
+    ///
+    /// Answers whether `uaid` still has a pending update afterwards, in any channel,
+    /// expired or not: the caller flushes only then, without a [`Store::pending`] read
+    /// after every ack.
+    async fn ack(&self, uaid: &Uaid, channel: &ChannelId, version: u64)
+    -> Result<bool, StoreError>;
 
     /// Drops the pending update of `channel` if it has expired at `now` (the device
-    /// acknowledged the expiry). A pending update that has not expired stays.
+    /// acknowledged the expiry). A pending update that has not expired stays. Answers
+    /// as [`Store::ack`] does.
     async fn ack_expired(
         &self,
         uaid: &Uaid,
         channel: &ChannelId,
         now: u64,
-    ) -> Result<(), StoreError>;
+    ) -> Result<bool, StoreError>;
 
     /// Forgets `uaid` entirely: channels, pending updates and node record.
     async fn drop_uaid(&self, uaid: &Uaid) -> Result<(), StoreError>;

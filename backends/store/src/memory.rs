@@ -46,6 +46,17 @@ impl Device {
         self.channels.insert(index, (channel.clone(), None));
     }
 
+    /// Drops the pending update of `channel` if `clear` says so; answers whether any
+    /// channel still has one.
+    fn clear_if(&mut self, channel: &ChannelId, clear: impl FnOnce(&Update) -> bool) -> bool {
+        if let Some(slot) = self.slot(channel)
+            && slot.as_ref().is_some_and(clear)
+        {
+            *slot = None;
+        }
+        self.channels.iter().any(|(_, slot)| slot.is_some())
+    }
+
     fn remove(&mut self, channel: &ChannelId) {
         if let Ok(index) = self.find(channel) {
             self.channels.remove(index);
@@ -178,17 +189,15 @@ impl Store for MemoryStore {
         Ok(pending)
     }
 
-    async fn ack(&self, uaid: &Uaid, channel: &ChannelId, version: u64) -> Result<(), StoreError> {
-        self.with_device(uaid, (), |device| {
-            if let Some(slot) = device.slot(channel)
-                && slot
-                    .as_ref()
-                    .is_some_and(|pending| pending.version <= version)
-            {
-                *slot = None;
-            }
-        });
-        Ok(())
+    async fn ack(
+        &self,
+        uaid: &Uaid,
+        channel: &ChannelId,
+        version: u64,
+    ) -> Result<bool, StoreError> {
+        Ok(self.with_device(uaid, false, |device| {
+            device.clear_if(channel, |pending| pending.version <= version)
+        }))
     }
 
     async fn ack_expired(
@@ -196,15 +205,10 @@ impl Store for MemoryStore {
         uaid: &Uaid,
         channel: &ChannelId,
         now: u64,
-    ) -> Result<(), StoreError> {
-        self.with_device(uaid, (), |device| {
-            if let Some(slot) = device.slot(channel)
-                && slot.as_ref().is_some_and(|pending| pending.is_expired(now))
-            {
-                *slot = None;
-            }
-        });
-        Ok(())
+    ) -> Result<bool, StoreError> {
+        Ok(self.with_device(uaid, false, |device| {
+            device.clear_if(channel, |pending| pending.is_expired(now))
+        }))
     }
 
     async fn drop_uaid(&self, uaid: &Uaid) -> Result<(), StoreError> {

@@ -161,13 +161,42 @@ pub async fn largest_version_round_trips(store: TestStore) {
 pub async fn ack_of_older_version_keeps_newer(store: TestStore) {
     let (u, c) = registered(&store).await;
     put(&store, &u, &c, update(7)).await;
-    store.ack(&u, &c, 6).await.unwrap();
+    assert!(store.ack(&u, &c, 6).await.unwrap(), "7 is still pending");
     assert_eq!(pending_version(&store, &u, &c).await, Some(7));
-    store.ack(&u, &c, 7).await.unwrap();
+    assert!(!store.ack(&u, &c, 7).await.unwrap(), "nothing is left");
     assert_eq!(pending_version(&store, &u, &c).await, None);
     put(&store, &u, &c, update(8)).await;
-    store.ack(&u, &c, 100).await.unwrap();
+    assert!(!store.ack(&u, &c, 100).await.unwrap());
     assert!(pending(&store, &u).await.is_empty());
+}
+
+/// An ack answers whether the device has anything left pending in any channel, an
+/// expired update included.
+pub async fn ack_answers_whether_anything_is_left(store: TestStore) {
+    let (u, a) = registered(&store).await;
+    let b = channel();
+    store.register(&u, &b, MAX).await.unwrap();
+    put(&store, &u, &a, update(1)).await;
+    let short = Update {
+        expires_at: NOW + 10,
+        ..update(2)
+    };
+    put(&store, &u, &b, short).await;
+    assert!(store.ack(&u, &a, 1).await.unwrap(), "b is still pending");
+    assert!(
+        store.ack(&u, &a, 1).await.unwrap(),
+        "b, even when a is empty"
+    );
+    assert!(
+        store.ack_expired(&u, &b, NOW + 5).await.unwrap(),
+        "b has not expired yet, so it stays"
+    );
+    assert!(!store.ack_expired(&u, &b, NOW + 10).await.unwrap());
+    assert!(store.pending(&u, NOW + 10).await.unwrap().is_empty());
+    assert!(
+        !store.ack(&uaid(), &channel(), 1).await.unwrap(),
+        "unknown uaid"
+    );
 }
 
 /// Acks for unknown uaids, channels, or with nothing pending are harmless.
@@ -349,6 +378,7 @@ macro_rules! conformance_suite {
             put_keeps_greatest_version_with_its_data,
             largest_version_round_trips,
             ack_of_older_version_keeps_newer,
+            ack_answers_whether_anything_is_left,
             ack_of_unknown_is_harmless,
             pending_lists_every_channel_and_is_read_only,
             expired_update_is_reported_until_acknowledged,

@@ -35,6 +35,12 @@ pub(crate) enum Error {
     /// The blocking task running a query panicked or was cancelled.
     #[error("store task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// A write panicked (it was rolled back), or the writer thread did.
+    #[error("store write panicked")]
+    Panic,
+    /// The writer thread could not be started.
+    #[error("cannot start the writer thread: {0}")]
+    Thread(std::io::Error),
 }
 
 impl From<Error> for StoreError {
@@ -51,7 +57,9 @@ impl From<Error> for StoreError {
             Error::NoWal(_)
             | Error::VersionOutOfRange(_)
             | Error::CheckMismatch { .. }
-            | Error::Task(_) => StoreError::Internal(message),
+            | Error::Task(_)
+            | Error::Panic => StoreError::Internal(message),
+            Error::Thread(_) => StoreError::Unavailable(message),
         }
     }
 }

@@ -5,13 +5,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
-use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, Row, params};
 use simplepush_store::{
     ChannelId, Pending, PutOutcome, RegisterOutcome, Store, StoreError, Uaid, Update,
 };
 
 use crate::connection::{open_reader, open_writer};
 use crate::error::Error;
+use crate::writer::Writer;
 
 /// The name of the database file inside the store's directory.
 const FILE_NAME: &str = "simplepush.sqlite3";
@@ -37,9 +38,10 @@ impl Default for SqliteOptions {
 
 /// A [`Store`] in one SQLite database file, in WAL mode.
 ///
-/// Writes go through a single connection, one at a time, each one statement or one
-/// transaction; reads use their own read-only connections and never wait for a write.
-/// Every query runs on tokio's blocking pool.
+/// Writes go through a single connection on a thread of its own, which commits the
+/// writes waiting for it together, each in a savepoint of its own, so concurrent puts
+/// share one sync of the log; reads use their own read-only connections (on tokio's
+/// blocking pool) and never wait for a write.
 #[derive(Debug)]
 pub struct SqliteStore {
     inner: Arc<Inner>,
@@ -49,16 +51,15 @@ pub struct SqliteStore {
 #[derive(Debug)]
 struct Inner {
     path: PathBuf,
-    /// The one writer; `None` once closed.
-    writer: Mutex<Option<Connection>>,
+    /// The thread owning the one writer.
+    writer: Writer,
     /// Idle read-only connections.
     readers: Mutex<Vec<Connection>>,
     closed: AtomicBool,
 }
 
-/// Locks `mutex`, recovering it if a panic poisoned it: connections hold no state of ours
-/// that a panic could leave half-written (an open transaction is dealt with by
-/// [`Inner::write`]).
+/// Locks `mutex`, recovering it if a panic poisoned it: an idle connection holds no
+/// state of ours that a panic could leave half-written.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
@@ -66,17 +67,6 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Inner {
-    /// Runs `f` on the writer connection.
-    fn write<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, Error>) -> Result<T, Error> {
-        let mut writer = lock(&self.writer);
-        let conn = writer.as_mut().ok_or(Error::Closed)?;
-        if !conn.is_autocommit() {
-            // Only a panic inside a transaction can leave one open; start clean.
-            conn.execute_batch("ROLLBACK")?;
-        }
-        f(conn)
-    }
-
     /// Runs `f` on an idle reader, or on a new one if none is idle.
     fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T, Error>) -> Result<T, Error> {
         if self.closed.load(Ordering::Acquire) {
@@ -97,21 +87,15 @@ impl Inner {
         answer
     }
 
-    /// Checkpoints the log into the database file and closes every connection.
+    /// Closes the readers, then lets the writer finish what is queued, checkpoint the
+    /// log into the database file and close. Blocking.
     fn close(&self) -> Result<(), Error> {
         {
             let mut readers = lock(&self.readers);
             self.closed.store(true, Ordering::Release);
             readers.clear();
         }
-        let Some(conn) = lock(&self.writer).take() else {
-            return Ok(());
-        };
-        // TRUNCATE also empties the -wal file. Reads still in flight may keep it from
-        // completing ("busy" in the first column), which is not an error: the log is
-        // durable either way and the next open replays it.
-        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
-        conn.close().map_err(|(_, error)| Error::Sqlite(error))
+        self.writer.close()
     }
 }
 
@@ -130,28 +114,24 @@ impl SqliteStore {
             source,
         })?;
         let path = dir.join(FILE_NAME);
-        let writer = open_writer(&path, options.fsync)?;
+        let writer = Writer::start(open_writer(&path, options.fsync)?)?;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 path,
-                writer: Mutex::new(Some(writer)),
+                writer,
                 readers: Mutex::new(Vec::new()),
                 closed: AtomicBool::new(false),
             }),
         })
     }
 
-    /// Runs `f` on the writer, on the blocking pool.
+    /// Runs `f` on the writer, in the transaction of the next batch.
     async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Connection) -> Result<T, Error> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, Error> + Send + 'static,
     {
-        let inner = Arc::clone(&self.inner);
-        let answer = tokio::task::spawn_blocking(move || inner.write(f))
-            .await
-            .map_err(Error::from)?;
-        Ok(answer?)
+        self.inner.writer.write(f).await
     }
 
     /// Runs `f` on a reader, on the blocking pool.
@@ -220,10 +200,9 @@ impl Store for SqliteStore {
         let (uaid, channel) = (uaid.as_str().to_owned(), channel.as_str().to_owned());
         let max_channels = i64::try_from(max_channels).unwrap_or(i64::MAX);
         self.write(move |conn| {
-            // Count and insert in one transaction on the one writer, so concurrent
-            // registers cannot both take the last free slot.
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let known: bool = tx
+            // Count and insert in one write, which the writer runs atomically and alone,
+            // so concurrent registers cannot both take the last free slot.
+            let known: bool = conn
                 .prepare_cached(
                     "SELECT EXISTS (SELECT 1 FROM channel WHERE uaid = ?1 AND channel = ?2)",
                 )?
@@ -231,15 +210,14 @@ impl Store for SqliteStore {
             if known {
                 return Ok(RegisterOutcome::Registered);
             }
-            let live: i64 = tx
+            let live: i64 = conn
                 .prepare_cached("SELECT count(*) FROM channel WHERE uaid = ?1")?
                 .query_row([&uaid], |row| row.get(0))?;
             if live >= max_channels {
                 return Ok(RegisterOutcome::TooManyChannels);
             }
-            tx.prepare_cached("INSERT INTO channel (uaid, channel) VALUES (?1, ?2)")?
+            conn.prepare_cached("INSERT INTO channel (uaid, channel) VALUES (?1, ?2)")?
                 .execute([&uaid, &channel])?;
-            tx.commit()?;
             Ok(RegisterOutcome::Registered)
         })
         .await
@@ -374,12 +352,11 @@ impl Store for SqliteStore {
     async fn drop_uaid(&self, uaid: &Uaid) -> Result<(), StoreError> {
         let uaid = uaid.as_str().to_owned();
         self.write(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            tx.prepare_cached("DELETE FROM channel WHERE uaid = ?1")?
+            // Both or neither: the writer undoes a write that fails halfway.
+            conn.prepare_cached("DELETE FROM channel WHERE uaid = ?1")?
                 .execute([&uaid])?;
-            tx.prepare_cached("DELETE FROM node WHERE uaid = ?1")?
+            conn.prepare_cached("DELETE FROM node WHERE uaid = ?1")?
                 .execute([&uaid])?;
-            tx.commit()?;
             Ok(())
         })
         .await
@@ -463,7 +440,10 @@ mod tests {
     fn synchronous(store: &SqliteStore) -> i64 {
         store
             .inner
-            .write(|conn| Ok(conn.pragma_query_value(None, "synchronous", |row| row.get(0))?))
+            .writer
+            .submit(|conn| Ok(conn.pragma_query_value(None, "synchronous", |row| row.get(0))?))
+            .blocking_recv()
+            .unwrap()
             .unwrap()
     }
 

@@ -65,6 +65,7 @@ impl RocksStore {
         let db = Db {
             db,
             write,
+            unsynced: WriteOptions::default(),
             locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             hasher: RandomState::new(),
             checks: AtomicU64::new(0),
@@ -99,6 +100,11 @@ struct Db {
     db: DB,
     /// Sync on every write when `fsync` is on; otherwise the WAL without fsync.
     write: WriteOptions,
+    /// For acks: written to the WAL (the OS's page cache) before the call returns, so
+    /// a crash of the process keeps them, but never synced. A power loss may forget an
+    /// ack, and its update is then delivered once more, which devices tolerate; an
+    /// update itself is never forgotten. The next synced write syncs it too.
+    unsynced: WriteOptions,
     /// Every write to a uaid holds its stripe, so a read-modify-write never interleaves
     /// with another change to the same uaid. Reads take no lock: a single read or one
     /// iterator sees a consistent state.
@@ -292,7 +298,7 @@ impl Db {
             && record::decode_slot(&value)?.is_some_and(|pending| clear(&pending))
         {
             self.db
-                .put_cf_opt(channels, &key, record::encode_slot(None), &self.write)
+                .put_cf_opt(channels, &key, record::encode_slot(None), &self.unsynced)
                 .map_err(from_rocksdb)?;
         }
         self.any_pending(uaid)
@@ -539,8 +545,11 @@ mod tests {
     /// Set in the environment of the child process of [`update_survives_abort`].
     const ABORT_DIR: &str = "SIMPLEPUSH_ROCKSDB_ABORT_DIR";
 
-    /// The child half of [`update_survives_abort`]: stores an update, then dies without
-    /// running any destructor, as under `kill -9`.
+    /// The second channel of [`abort_after_put`], whose update is acked (unsynced).
+    const ACKED: &str = "acked-channel";
+
+    /// The child half of [`update_survives_abort`]: stores an update, acks another,
+    /// then dies without running any destructor, as under `kill -9`.
     #[tokio::test]
     #[ignore = "run by update_survives_abort in a child process"]
     async fn abort_after_put() {
@@ -549,9 +558,14 @@ mod tests {
         };
         let store = open(Path::new(&dir), true);
         let (u, c) = ids();
+        let acked = ChannelId::new(ACKED);
         store.register(&u, &c, 10).await.unwrap();
+        store.register(&u, &acked, 10).await.unwrap();
+        let put = store.put_update(&u, &acked, update(7, "acked"), NOW).await;
+        assert_eq!(put.unwrap(), PutOutcome::Stored);
         let put = store.put_update(&u, &c, update(42, "answered"), NOW).await;
         assert_eq!(put.unwrap(), PutOutcome::Stored);
+        assert!(store.ack(&u, &acked, 7).await.unwrap(), "42 is left");
         std::process::abort();
     }
 
@@ -573,6 +587,7 @@ mod tests {
         );
         let store = open(dir.path(), true);
         let (u, c) = ids();
+        // The answered put survived, and so did the ack of the other channel.
         let pending = store.pending(&u, NOW).await.unwrap();
         assert_eq!(pending.updates, vec![(c, update(42, "answered"))]);
     }

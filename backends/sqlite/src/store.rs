@@ -12,7 +12,7 @@ use simplepush_store::{
 
 use crate::connection::{open_reader, open_writer};
 use crate::error::Error;
-use crate::writer::Writer;
+use crate::writer::{Sync, Writer};
 
 /// The name of the database file inside the store's directory.
 const FILE_NAME: &str = "simplepush.sqlite3";
@@ -114,7 +114,7 @@ impl SqliteStore {
             source,
         })?;
         let path = dir.join(FILE_NAME);
-        let writer = Writer::start(open_writer(&path, options.fsync)?)?;
+        let writer = Writer::start(open_writer(&path, options.fsync)?, options.fsync)?;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 path,
@@ -125,13 +125,23 @@ impl SqliteStore {
         })
     }
 
-    /// Runs `f` on the writer, in the transaction of the next batch.
+    /// Runs `f` on the writer, in the transaction of the next batch, synced.
     async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, Error> + Send + 'static,
     {
-        self.inner.writer.write(f).await
+        self.inner.writer.write(Sync::Durable, f).await
+    }
+
+    /// Runs the ack `f` on the writer; a batch of acks alone is not synced (see
+    /// [`Sync::Lazy`]): a lost ack only means a delivery more.
+    async fn write_ack<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, Error> + Send + 'static,
+    {
+        self.inner.writer.write(Sync::Lazy, f).await
     }
 
     /// Runs `f` on a reader, on the blocking pool.
@@ -319,7 +329,7 @@ impl Store for SqliteStore {
     ) -> Result<bool, StoreError> {
         let (uaid, channel) = (uaid.as_str().to_owned(), channel.as_str().to_owned());
         let version = saturating(version);
-        self.write(move |conn| {
+        self.write_ack(move |conn| {
             conn.prepare_cached(
                 "UPDATE channel SET version = NULL, data = NULL, expires_at = NULL
                  WHERE uaid = ?1 AND channel = ?2 AND version <= ?3",
@@ -338,7 +348,7 @@ impl Store for SqliteStore {
     ) -> Result<bool, StoreError> {
         let (uaid, channel) = (uaid.as_str().to_owned(), channel.as_str().to_owned());
         let now = saturating(now);
-        self.write(move |conn| {
+        self.write_ack(move |conn| {
             conn.prepare_cached(
                 "UPDATE channel SET version = NULL, data = NULL, expires_at = NULL
                  WHERE uaid = ?1 AND channel = ?2 AND expires_at <= ?3",
@@ -441,7 +451,9 @@ mod tests {
         store
             .inner
             .writer
-            .submit(|conn| Ok(conn.pragma_query_value(None, "synchronous", |row| row.get(0))?))
+            .submit(Sync::Durable, |conn| {
+                Ok(conn.pragma_query_value(None, "synchronous", |row| row.get(0))?)
+            })
             .blocking_recv()
             .unwrap()
             .unwrap()

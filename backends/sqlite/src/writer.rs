@@ -1,7 +1,10 @@
 //! The writer thread: it owns the one write connection and commits the writes that
 //! queued up while it was busy together, in one transaction and so with one sync of
 //! the log (group commit). A write is answered only once its transaction committed,
-//! so "answered" still means "durable" when `fsync` is on.
+//! so "answered" still means "durable" when `fsync` is on. A batch of acks alone is
+//! committed without a sync: its log frames are in the OS's page cache when it is
+//! answered, so a crash of the process keeps them; a power loss may forget them (the
+//! update is then delivered once more), and the next synced commit syncs them too.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::mpsc;
@@ -25,10 +28,23 @@ trait Job: Send {
 
     /// Sends the kept answer, or `failed` when the batch did not commit.
     fn answer(self: Box<Self>, failed: Option<StoreError>);
+
+    /// Whether its commit must be synced (when the store syncs at all).
+    fn synced(&self) -> bool;
+}
+
+/// Whether a write's commit waits for the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sync {
+    /// Synced (with `fsync` on): what was answered survives a power loss.
+    Durable,
+    /// Never synced by itself (acks): survives a crash of the process.
+    Lazy,
 }
 
 /// A write `F` answering `T` to whoever waits on `reply`.
 struct Write<T, F> {
+    sync: Sync,
     write: Option<F>,
     answer: Option<Result<T, Error>>,
     reply: oneshot::Sender<Result<T, StoreError>>,
@@ -61,6 +77,10 @@ where
         // The caller may have given up waiting; nothing to do then.
         let _ = self.reply.send(answer);
     }
+
+    fn synced(&self) -> bool {
+        self.sync == Sync::Durable
+    }
 }
 
 /// The handle on the writer thread.
@@ -73,12 +93,12 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    /// Starts the thread that owns `conn`.
-    pub(crate) fn start(conn: Connection) -> Result<Writer, Error> {
+    /// Starts the thread that owns `conn`, opened with `synchronous=FULL` when `fsync`.
+    pub(crate) fn start(conn: Connection, fsync: bool) -> Result<Writer, Error> {
         let (queue, jobs) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || serve(conn, jobs))
+            .spawn(move || serve(conn, fsync, jobs))
             .map_err(Error::Thread)?;
         Ok(Writer {
             queue: Mutex::new(Some(queue)),
@@ -87,13 +107,18 @@ impl Writer {
     }
 
     /// Queues `write`; the receiver answers once its transaction committed (or failed).
-    pub(crate) fn submit<T, F>(&self, write: F) -> oneshot::Receiver<Result<T, StoreError>>
+    pub(crate) fn submit<T, F>(
+        &self,
+        sync: Sync,
+        write: F,
+    ) -> oneshot::Receiver<Result<T, StoreError>>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, Error> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
         let job = Box::new(Write {
+            sync,
             write: Some(write),
             answer: None,
             reply,
@@ -111,12 +136,12 @@ impl Writer {
     }
 
     /// Runs `write` and waits for its answer.
-    pub(crate) async fn write<T, F>(&self, write: F) -> Result<T, StoreError>
+    pub(crate) async fn write<T, F>(&self, sync: Sync, write: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, Error> + Send + 'static,
     {
-        self.submit(write)
+        self.submit(sync, write)
             .await
             .unwrap_or_else(|_| Err(StoreError::from(Error::Closed)))
     }
@@ -152,12 +177,22 @@ impl Drop for Writer {
 
 /// The thread: takes the first queued write and whatever queued behind it, commits
 /// them together, answers them, and repeats until the queue is closed.
-fn serve(mut conn: Connection, jobs: mpsc::Receiver<Box<dyn Job>>) -> Result<(), Error> {
+fn serve(
+    mut conn: Connection,
+    fsync: bool,
+    jobs: mpsc::Receiver<Box<dyn Job>>,
+) -> Result<(), Error> {
     let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_BATCH);
+    // What `synchronous` is set to now.
+    let mut syncing = fsync;
     while let Ok(first) = jobs.recv() {
         batch.push(first);
         batch.extend(jobs.try_iter().take(MAX_BATCH - 1));
-        let failed = commit(&mut conn, &mut batch).err().map(StoreError::from);
+        let sync = fsync && batch.iter().any(|job| job.synced());
+        let failed = set_sync(&conn, &mut syncing, sync)
+            .and_then(|()| commit(&mut conn, &mut batch))
+            .err()
+            .map(StoreError::from);
         for job in batch.drain(..) {
             job.answer(failed.clone());
         }
@@ -167,6 +202,17 @@ fn serve(mut conn: Connection, jobs: mpsc::Receiver<Box<dyn Job>>) -> Result<(),
     // durable either way and the next open replays it.
     conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
     conn.close().map_err(|(_, error)| Error::Sqlite(error))
+}
+
+/// Makes the next commits synced (`synchronous=FULL`) or not (`NORMAL`), if they are
+/// not already.
+fn set_sync(conn: &Connection, syncing: &mut bool, sync: bool) -> Result<(), Error> {
+    if *syncing != sync {
+        let level = if sync { "FULL" } else { "NORMAL" };
+        conn.pragma_update(None, "synchronous", level)?;
+        *syncing = sync;
+    }
+    Ok(())
 }
 
 /// Runs `batch` in one transaction, each write of a batch of several in a savepoint of
@@ -231,10 +277,10 @@ mod tests {
     /// Starts a writer whose first write holds the thread until `release` is sent,
     /// so the writes submitted meanwhile queue up behind it.
     fn held_writer(path: &Path) -> (Writer, Sender<()>) {
-        let writer = Writer::start(open_writer(path, true).unwrap()).unwrap();
+        let writer = Writer::start(open_writer(path, true).unwrap(), true).unwrap();
         let (release, held) = channel::<()>();
         let (started, running) = channel::<()>();
-        drop(writer.submit(move |conn| {
+        drop(writer.submit(Sync::Durable, move |conn| {
             started.send(()).unwrap();
             held.recv().unwrap();
             insert(conn, "u0")
@@ -250,10 +296,10 @@ mod tests {
         let (writer, release) = held_writer(&path);
         let queued: Vec<_> = ["u1", "u2", "u3"]
             .into_iter()
-            .map(|uaid| writer.submit(move |conn| insert(conn, uaid)))
+            .map(|uaid| writer.submit(Sync::Durable, move |conn| insert(conn, uaid)))
             .collect();
         let seen_path = path.clone();
-        let last = writer.submit(move |_| Ok(committed(&seen_path)));
+        let last = writer.submit(Sync::Durable, move |_| Ok(committed(&seen_path)));
         release.send(()).unwrap();
         // The last write ran in the same transaction as u1..u3, before its commit: a
         // separate connection saw only the batch before it.
@@ -269,16 +315,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
         let (writer, release) = held_writer(&path);
-        let before = writer.submit(|conn| insert(conn, "u1"));
-        let failing = writer.submit(|conn| {
+        let before = writer.submit(Sync::Durable, |conn| insert(conn, "u1"));
+        let failing = writer.submit(Sync::Durable, |conn| {
             insert(conn, "u2")?;
             Err::<(), _>(Error::Closed)
         });
-        let panicking = writer.submit(|conn| -> Result<(), Error> {
+        let panicking = writer.submit(Sync::Durable, |conn| -> Result<(), Error> {
             insert(conn, "u3").unwrap();
             panic!("a write that panics");
         });
-        let after = writer.submit(|conn| insert(conn, "u4"));
+        let after = writer.submit(Sync::Durable, |conn| insert(conn, "u4"));
         release.send(()).unwrap();
         before.blocking_recv().unwrap().unwrap();
         assert!(matches!(
@@ -293,16 +339,42 @@ mod tests {
         assert_eq!(committed(&path), ["u0", "u1", "u4"]);
     }
 
+    /// The `synchronous` level a write of `sync` alone runs under (2 FULL, 1 NORMAL).
+    fn level(writer: &Writer, sync: Sync) -> i64 {
+        writer
+            .submit(sync, |conn| {
+                Ok(conn.pragma_query_value(None, "synchronous", |row| row.get(0))?)
+            })
+            .blocking_recv()
+            .unwrap()
+            .unwrap()
+    }
+
+    #[test]
+    fn acks_alone_are_committed_unsynced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let writer = Writer::start(open_writer(&path, true).unwrap(), true).unwrap();
+        assert_eq!(level(&writer, Sync::Durable), 2);
+        assert_eq!(level(&writer, Sync::Lazy), 1);
+        assert_eq!(level(&writer, Sync::Durable), 2);
+        writer.close().unwrap();
+        // Without fsync nothing is synced.
+        let writer = Writer::start(open_writer(&path, false).unwrap(), false).unwrap();
+        assert_eq!(level(&writer, Sync::Durable), 1);
+        assert_eq!(level(&writer, Sync::Lazy), 1);
+    }
+
     #[test]
     fn close_finishes_queued_writes_and_refuses_later_ones() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
         let (writer, release) = held_writer(&path);
-        let queued = writer.submit(|conn| insert(conn, "u1"));
+        let queued = writer.submit(Sync::Durable, |conn| insert(conn, "u1"));
         release.send(()).unwrap();
         writer.close().unwrap();
         queued.blocking_recv().unwrap().unwrap();
-        let late = writer.submit(|conn| insert(conn, "u2"));
+        let late = writer.submit(Sync::Durable, |conn| insert(conn, "u2"));
         assert!(matches!(
             late.blocking_recv().unwrap(),
             Err(StoreError::Unavailable(_))

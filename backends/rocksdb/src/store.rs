@@ -1,5 +1,7 @@
-//! The RocksDB [`Store`]: the database layout, the per-uaid locking that makes every
-//! read-modify-write atomic, and the blocking operations run on tokio's blocking pool.
+//! The RocksDB [`Store`]: the database layout, and its operations: reads on tokio's
+//! blocking pool, writes on one writer thread ([`simplepush_store::writer`]), which
+//! makes every read-modify-write atomic (nothing else writes) and syncs the log once
+//! per batch of writes.
 //!
 //! Layout (format version [`FORMAT_VERSION`]):
 //! - column family `channels`: one key per registered channel ([`crate::key`]); its
@@ -9,15 +11,14 @@
 //! - column family `nodes`: uaid → the node the device was last seen on.
 //! - default column family: the format version and the health-check key.
 
-use std::hash::BuildHasher;
-use std::hash::RandomState;
 use std::ops::ControlFlow;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DB, ReadOptions, WriteBatch, WriteOptions};
+use simplepush_store::writer::{Commit, Job, Sync, Writer};
 use simplepush_store::{
     ChannelId, Pending, PutOutcome, RegisterOutcome, Store, StoreError, Uaid, Update,
 };
@@ -34,15 +35,41 @@ const FORMAT_KEY: &[u8] = b"format_version";
 const CHECK_KEY: &[u8] = b"check";
 const CHANNELS: &str = "channels";
 const NODES: &str = "nodes";
-/// Lock stripes: enough that unrelated devices rarely share one.
-const LOCK_STRIPES: usize = 256;
 /// RocksDB's info logs (`LOG.old.*`) kept in the directory.
 const KEEP_LOG_FILES: usize = 10;
 
 /// A [`Store`] kept in a RocksDB database on local disk. Cheap to share behind an
-/// `Arc<dyn Store>`; every call runs on tokio's blocking pool.
+/// `Arc<dyn Store>`; reads run on tokio's blocking pool, writes on the writer thread.
 pub struct RocksStore {
     db: Arc<Db>,
+    writer: Arc<Writer<RocksCommit>>,
+}
+
+/// The writer thread's side: runs a batch of writes, then syncs the log once (with
+/// `fsync` on and a durable write in the batch).
+struct RocksCommit {
+    db: Arc<Db>,
+    fsync: bool,
+}
+
+impl Commit for RocksCommit {
+    type Target = Db;
+
+    fn commit(&mut self, batch: &mut [Box<dyn Job<Db>>], sync: bool) -> Result<(), StoreError> {
+        for job in batch {
+            job.run(&self.db);
+        }
+        if self.fsync && sync {
+            self.db.db.flush_wal(true).map_err(from_rocksdb)?;
+        }
+        Ok(())
+    }
+
+    /// Syncs the log, so nothing answered is lost even when `fsync` is off. The
+    /// database itself closes when the last handle drops.
+    fn close(self) -> Result<(), StoreError> {
+        self.db.db.flush_wal(true).map_err(from_rocksdb)
+    }
 }
 
 impl RocksStore {
@@ -60,21 +87,31 @@ impl RocksStore {
         let families = [CHANNELS, NODES]
             .map(|name| ColumnFamilyDescriptor::new(name, rocksdb::Options::default()));
         let db = DB::open_cf_descriptors(&db_options, dir, families).map_err(from_rocksdb)?;
-        let mut write = WriteOptions::default();
-        write.set_sync(options.fsync);
         let db = Db {
             db,
-            write,
-            unsynced: WriteOptions::default(),
-            locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
-            hasher: RandomState::new(),
+            write: WriteOptions::default(),
             checks: AtomicU64::new(0),
         };
         db.check_format()?;
-        Ok(RocksStore { db: Arc::new(db) })
+        let db = Arc::new(db);
+        let committer = RocksCommit {
+            db: Arc::clone(&db),
+            fsync: options.fsync,
+        };
+        let writer = Arc::new(Writer::start("rocksdb-writer", committer)?);
+        Ok(RocksStore { db, writer })
     }
 
-    /// Runs `operation` on the blocking pool.
+    /// Runs the write `operation` on the writer thread.
+    async fn write<T, F>(&self, sync: Sync, operation: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Db) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.writer.write(sync, operation).await
+    }
+
+    /// Runs the read `operation` on the blocking pool.
     async fn run<T, F>(&self, operation: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
@@ -95,35 +132,17 @@ impl std::fmt::Debug for RocksStore {
     }
 }
 
-/// The open database and what the blocking operations share.
+/// The open database and what the operations share.
 struct Db {
     db: DB,
-    /// Sync on every write when `fsync` is on; otherwise the WAL without fsync.
+    /// Every write's options: written to the log, never synced by itself; the writer
+    /// thread syncs the log after each batch that needs it.
     write: WriteOptions,
-    /// For acks: written to the WAL (the OS's page cache) before the call returns, so
-    /// a crash of the process keeps them, but never synced. A power loss may forget an
-    /// ack, and its update is then delivered once more, which devices tolerate; an
-    /// update itself is never forgotten. The next synced write syncs it too.
-    unsynced: WriteOptions,
-    /// Every write to a uaid holds its stripe, so a read-modify-write never interleaves
-    /// with another change to the same uaid. Reads take no lock: a single read or one
-    /// iterator sees a consistent state.
-    locks: Box<[Mutex<()>]>,
-    hasher: RandomState,
     /// Makes each health check write a value the previous one did not.
     checks: AtomicU64,
 }
 
 impl Db {
-    fn lock(&self, uaid: &Uaid) -> MutexGuard<'_, ()> {
-        let stripe = self.hasher.hash_one(uaid.as_str()) as usize % self.locks.len();
-        // The lock guards no data of its own and every change under it is a single
-        // RocksDB write, so a panic elsewhere while holding it leaves nothing half-done.
-        self.locks[stripe]
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
     fn family(&self, name: &str) -> Result<&ColumnFamily, StoreError> {
         self.db
             .cf_handle(name)
@@ -186,7 +205,6 @@ impl Db {
         channel: &ChannelId,
         max_channels: usize,
     ) -> Result<RegisterOutcome, StoreError> {
-        let _guard = self.lock(uaid);
         let channels = self.family(CHANNELS)?;
         let key = key::channel(uaid, channel)?;
         if self
@@ -218,7 +236,6 @@ impl Db {
     }
 
     fn unregister(&self, uaid: &Uaid, channel: &ChannelId) -> Result<(), StoreError> {
-        let _guard = self.lock(uaid);
         self.db
             .delete_cf_opt(
                 self.family(CHANNELS)?,
@@ -235,7 +252,6 @@ impl Db {
         update: Update,
         now: u64,
     ) -> Result<PutOutcome, StoreError> {
-        let _guard = self.lock(uaid);
         let channels = self.family(CHANNELS)?;
         let key = key::channel(uaid, channel)?;
         let Some(value) = self
@@ -287,7 +303,6 @@ impl Db {
         channel: &ChannelId,
         clear: impl FnOnce(&Update) -> bool,
     ) -> Result<bool, StoreError> {
-        let _guard = self.lock(uaid);
         let channels = self.family(CHANNELS)?;
         let key = key::channel(uaid, channel)?;
         let value = self
@@ -298,7 +313,7 @@ impl Db {
             && record::decode_slot(&value)?.is_some_and(|pending| clear(&pending))
         {
             self.db
-                .put_cf_opt(channels, &key, record::encode_slot(None), &self.unsynced)
+                .put_cf_opt(channels, &key, record::encode_slot(None), &self.write)
                 .map_err(from_rocksdb)?;
         }
         self.any_pending(uaid)
@@ -319,7 +334,6 @@ impl Db {
     }
 
     fn drop_uaid(&self, uaid: &Uaid) -> Result<(), StoreError> {
-        let _guard = self.lock(uaid);
         let channels = self.family(CHANNELS)?;
         let mut batch = WriteBatch::default();
         self.scan_channels(&key::uaid_prefix(uaid)?, |key, _| {
@@ -331,7 +345,6 @@ impl Db {
     }
 
     fn set_node(&self, uaid: &Uaid, node: &str) -> Result<(), StoreError> {
-        let _guard = self.lock(uaid);
         self.db
             .put_cf_opt(self.family(NODES)?, uaid.as_str(), node, &self.write)
             .map_err(from_rocksdb)
@@ -346,7 +359,6 @@ impl Db {
     }
 
     fn clear_node(&self, uaid: &Uaid, node: &str) -> Result<bool, StoreError> {
-        let _guard = self.lock(uaid);
         let nodes = self.family(NODES)?;
         let Some(value) = self
             .db
@@ -400,13 +412,16 @@ impl Store for RocksStore {
         max_channels: usize,
     ) -> Result<RegisterOutcome, StoreError> {
         let (uaid, channel) = (uaid.clone(), channel.clone());
-        self.run(move |db| db.register(&uaid, &channel, max_channels))
-            .await
+        self.write(Sync::Durable, move |db| {
+            db.register(&uaid, &channel, max_channels)
+        })
+        .await
     }
 
     async fn unregister(&self, uaid: &Uaid, channel: &ChannelId) -> Result<(), StoreError> {
         let (uaid, channel) = (uaid.clone(), channel.clone());
-        self.run(move |db| db.unregister(&uaid, &channel)).await
+        self.write(Sync::Durable, move |db| db.unregister(&uaid, &channel))
+            .await
     }
 
     async fn put_update(
@@ -417,8 +432,10 @@ impl Store for RocksStore {
         now: u64,
     ) -> Result<PutOutcome, StoreError> {
         let (uaid, channel) = (uaid.clone(), channel.clone());
-        self.run(move |db| db.put_update(&uaid, &channel, update, now))
-            .await
+        self.write(Sync::Durable, move |db| {
+            db.put_update(&uaid, &channel, update, now)
+        })
+        .await
     }
 
     async fn pending(&self, uaid: &Uaid, now: u64) -> Result<Pending, StoreError> {
@@ -433,7 +450,7 @@ impl Store for RocksStore {
         version: u64,
     ) -> Result<bool, StoreError> {
         let (uaid, channel) = (uaid.clone(), channel.clone());
-        self.run(move |db| {
+        self.write(Sync::Lazy, move |db| {
             db.clear_pending_if(&uaid, &channel, |pending| pending.version <= version)
         })
         .await
@@ -446,18 +463,22 @@ impl Store for RocksStore {
         now: u64,
     ) -> Result<bool, StoreError> {
         let (uaid, channel) = (uaid.clone(), channel.clone());
-        self.run(move |db| db.clear_pending_if(&uaid, &channel, |pending| pending.is_expired(now)))
-            .await
+        self.write(Sync::Lazy, move |db| {
+            db.clear_pending_if(&uaid, &channel, |pending| pending.is_expired(now))
+        })
+        .await
     }
 
     async fn drop_uaid(&self, uaid: &Uaid) -> Result<(), StoreError> {
         let uaid = uaid.clone();
-        self.run(move |db| db.drop_uaid(&uaid)).await
+        self.write(Sync::Durable, move |db| db.drop_uaid(&uaid))
+            .await
     }
 
     async fn set_node(&self, uaid: &Uaid, node: &str) -> Result<(), StoreError> {
         let (uaid, node) = (uaid.clone(), node.to_owned());
-        self.run(move |db| db.set_node(&uaid, &node)).await
+        self.write(Sync::Durable, move |db| db.set_node(&uaid, &node))
+            .await
     }
 
     async fn node(&self, uaid: &Uaid) -> Result<Option<String>, StoreError> {
@@ -467,18 +488,22 @@ impl Store for RocksStore {
 
     async fn clear_node(&self, uaid: &Uaid, node: &str) -> Result<bool, StoreError> {
         let (uaid, node) = (uaid.clone(), node.to_owned());
-        self.run(move |db| db.clear_node(&uaid, &node)).await
+        self.write(Sync::Durable, move |db| db.clear_node(&uaid, &node))
+            .await
     }
 
     async fn check(&self) -> Result<(), StoreError> {
-        self.run(Db::check).await
+        self.write(Sync::Durable, Db::check).await
     }
 
-    /// Writes out and syncs the write-ahead log, so nothing acknowledged is lost even
-    /// when `fsync` is off. The database itself closes when the last handle drops.
+    /// Lets the writer finish what is queued and sync the log, so nothing answered is
+    /// lost even when `fsync` is off. The database itself closes when the last handle
+    /// drops.
     async fn close(&self) -> Result<(), StoreError> {
-        self.run(|db| db.db.flush_wal(true).map_err(from_rocksdb))
+        let writer = Arc::clone(&self.writer);
+        tokio::task::spawn_blocking(move || writer.close())
             .await
+            .map_err(from_join)?
     }
 }
 

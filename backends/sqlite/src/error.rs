@@ -35,12 +35,9 @@ pub(crate) enum Error {
     /// The blocking task running a query panicked or was cancelled.
     #[error("store task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
-    /// A write panicked (it was rolled back), or the writer thread did.
-    #[error("store write panicked")]
-    Panic,
-    /// The writer thread could not be started.
-    #[error("cannot start the writer thread: {0}")]
-    Thread(std::io::Error),
+    /// The writer thread failed to start or to close.
+    #[error(transparent)]
+    Writer(StoreError),
 }
 
 impl From<Error> for StoreError {
@@ -57,9 +54,8 @@ impl From<Error> for StoreError {
             Error::NoWal(_)
             | Error::VersionOutOfRange(_)
             | Error::CheckMismatch { .. }
-            | Error::Task(_)
-            | Error::Panic => StoreError::Internal(message),
-            Error::Thread(_) => StoreError::Unavailable(message),
+            | Error::Task(_) => StoreError::Internal(message),
+            Error::Writer(error) => error,
         }
     }
 }

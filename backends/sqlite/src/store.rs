@@ -12,7 +12,7 @@ use simplepush_store::{
 
 use crate::connection::{open_reader, open_writer};
 use crate::error::Error;
-use crate::writer::{Sync, Writer};
+use crate::writer::{self, Sync, Writer};
 
 /// The name of the database file inside the store's directory.
 const FILE_NAME: &str = "simplepush.sqlite3";
@@ -95,7 +95,7 @@ impl Inner {
             self.closed.store(true, Ordering::Release);
             readers.clear();
         }
-        self.writer.close()
+        self.writer.close().map_err(Error::Writer)
     }
 }
 
@@ -114,7 +114,8 @@ impl SqliteStore {
             source,
         })?;
         let path = dir.join(FILE_NAME);
-        let writer = Writer::start(open_writer(&path, options.fsync)?, options.fsync)?;
+        let writer = writer::start(open_writer(&path, options.fsync)?, options.fsync)
+            .map_err(Error::Writer)?;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 path,
@@ -131,7 +132,8 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, Error> + Send + 'static,
     {
-        self.inner.writer.write(Sync::Durable, f).await
+        let write = move |conn: &Connection| f(conn).map_err(StoreError::from);
+        self.inner.writer.write(Sync::Durable, write).await
     }
 
     /// Runs the ack `f` on the writer; a batch of acks alone is not synced (see
@@ -141,7 +143,8 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, Error> + Send + 'static,
     {
-        self.inner.writer.write(Sync::Lazy, f).await
+        let write = move |conn: &Connection| f(conn).map_err(StoreError::from);
+        self.inner.writer.write(Sync::Lazy, write).await
     }
 
     /// Runs `f` on a reader, on the blocking pool.
@@ -452,7 +455,8 @@ mod tests {
             .inner
             .writer
             .submit(Sync::Durable, |conn| {
-                Ok(conn.pragma_query_value(None, "synchronous", |row| row.get(0))?)
+                conn.pragma_query_value(None, "synchronous", |row| row.get(0))
+                    .map_err(|e| Error::from(e).into())
             })
             .blocking_recv()
             .unwrap()

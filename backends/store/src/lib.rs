@@ -1,6 +1,7 @@
 //! The storage contract of simplepush: the [`Store`] trait every backend implements,
 //! the ids and records it speaks in, its error type, the in-memory [`MemoryStore`],
-//! and (feature `testkit`) the conformance suite every backend must pass.
+//! the writer thread with group commit the embedded backends share ([`writer`]), and
+//! (feature `testkit`) the conformance suite every backend must pass.
 
 mod error;
 mod id;
@@ -8,6 +9,7 @@ mod memory;
 mod model;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod writer;
 
 pub use error::StoreError;
 pub use id::{ChannelId, Uaid};

@@ -6,6 +6,8 @@
 use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
+use std::num::NonZeroU64;
+use std::ops::Add;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
@@ -154,6 +156,40 @@ pub struct Registry {
     connections: Arc<AtomicUsize>,
 }
 
+/// A moment as whole milliseconds since the registry's epoch (stored plus one, so an
+/// `Option<Stamp>` is as small as a `Stamp`): half an [`Instant`], and a session keeps
+/// several for each idle socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Stamp(NonZeroU64);
+
+impl Stamp {
+    /// `millis` after the epoch.
+    pub fn from_millis(millis: u64) -> Stamp {
+        Stamp(NonZeroU64::MIN.saturating_add(millis))
+    }
+
+    fn millis(self) -> u64 {
+        self.0.get() - 1
+    }
+
+    /// How long after `earlier` this is (zero if it is not after).
+    pub fn since(self, earlier: Stamp) -> Duration {
+        Duration::from_millis(self.millis().saturating_sub(earlier.millis()))
+    }
+}
+
+impl Add<Duration> for Stamp {
+    type Output = Stamp;
+
+    /// `self` plus `duration` rounded up to whole milliseconds: never earlier.
+    fn add(self, duration: Duration) -> Stamp {
+        let millis =
+            duration.as_millis() + u128::from(!duration.subsec_nanos().is_multiple_of(1_000_000));
+        let millis = u64::try_from(millis).unwrap_or(u64::MAX);
+        Stamp::from_millis(self.millis().saturating_add(millis))
+    }
+}
+
 /// Counts one open socket until dropped.
 #[derive(Debug)]
 pub struct ConnectionGuard(Arc<AtomicUsize>);
@@ -214,21 +250,26 @@ impl Registry {
         self.sessions_shard(peer.id).remove(&peer.id);
     }
 
+    /// `at`, as a [`Stamp`] (the whole milliseconds that have passed by then).
+    pub fn stamp(&self, at: Instant) -> Stamp {
+        let millis = at.saturating_duration_since(self.epoch).as_millis();
+        Stamp::from_millis(u64::try_from(millis).unwrap_or(NEVER - 1))
+    }
+
+    /// Now, as a [`Stamp`].
+    pub fn now(&self) -> Stamp {
+        self.stamp(Instant::now())
+    }
+
     /// Asks for [`Signals::TIMER`] once `deadline` has passed (`None`: never).
-    pub fn set_deadline(&self, peer: &Peer, deadline: Option<Instant>) {
-        let millis = deadline.map_or(NEVER, |at| {
-            // Rounded up: the session never wakes before its deadline.
-            let since = at.saturating_duration_since(self.epoch);
-            let millis = since.as_millis() + u128::from(since.subsec_nanos() % 1_000_000 != 0);
-            u64::try_from(millis).unwrap_or(NEVER - 1)
-        });
+    pub fn set_deadline(&self, peer: &Peer, deadline: Option<Stamp>) {
+        let millis = deadline.map_or(NEVER, |at| at.millis().min(NEVER - 1));
         peer.deadline.store(millis, Ordering::Relaxed);
     }
 
     /// Wakes every session whose deadline is `now` or earlier.
     pub fn sweep(&self, now: Instant) {
-        let now = u64::try_from(now.saturating_duration_since(self.epoch).as_millis())
-            .unwrap_or(NEVER - 1);
+        let now = self.stamp(now).millis();
         for shard in &self.sessions {
             for peer in lock(shard).values() {
                 let deadline = peer.deadline.load(Ordering::Relaxed);
@@ -351,22 +392,40 @@ mod tests {
     }
 
     #[test]
+    fn stamps_are_small_round_deadlines_up_and_never_go_negative() {
+        assert_eq!(size_of::<Option<Stamp>>(), 8);
+        let start = Stamp::from_millis(1_000);
+        assert_eq!(start + Duration::from_micros(1), Stamp::from_millis(1_001));
+        assert_eq!(start + Duration::from_millis(5), Stamp::from_millis(1_005));
+        assert_eq!(
+            Stamp::from_millis(1_250).since(start),
+            Duration::from_millis(250)
+        );
+        assert_eq!(start.since(Stamp::from_millis(1_250)), Duration::ZERO);
+        assert_eq!(start + Duration::MAX, Stamp::from_millis(u64::MAX));
+    }
+
+    #[test]
     fn the_sweeper_wakes_a_session_once_its_deadline_passed_and_never_before() {
         let registry = Registry::new(8);
         let (peer, other) = (registry.peer(), registry.peer());
-        let deadline = registry.epoch + Duration::from_micros(2_500);
+        let deadline = registry.stamp(registry.epoch) + Duration::from_micros(2_500);
         registry.set_deadline(&peer, Some(deadline));
         registry.set_deadline(&other, None);
-        registry.sweep(registry.epoch + Duration::from_millis(2));
-        assert_eq!(raised(&peer), None, "2 ms is before 2.5 ms");
+        registry.sweep(registry.epoch + Duration::from_micros(2_999));
+        assert_eq!(
+            raised(&peer),
+            None,
+            "2.5 ms rounds up to 3 ms, and 2.999 ms is before"
+        );
         registry.sweep(registry.epoch + Duration::from_millis(3));
         assert_eq!(raised(&peer), Some(Signals::TIMER));
         assert_eq!(raised(&other), None, "no deadline, no timer");
-        registry.sweep(deadline + Duration::from_secs(1));
+        registry.sweep(registry.epoch + Duration::from_secs(1));
         assert_eq!(raised(&peer), None, "a deadline fires once");
         registry.retire(&peer);
         registry.set_deadline(&peer, Some(deadline));
-        registry.sweep(deadline);
+        registry.sweep(registry.epoch + Duration::from_secs(2));
         assert_eq!(raised(&peer), None, "a retired session is not swept");
     }
 

@@ -3,6 +3,7 @@
 //! PROTOCOL.md names. One task per socket; its only timer is reset, never spawned.
 
 use std::future::poll_fn;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use simplepush_store::{ChannelId, RegisterOutcome, StoreError, Uaid, Update};
 use tokio::io::AsyncWriteExt;
-use tokio::time::{Instant, timeout};
+use tokio::time::timeout;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
@@ -27,7 +28,7 @@ use crate::protocol::{
     self, Command, ErrorFrame, HelloReply, Notification, Refusal, RegisterReply, UnregisterReply,
     UpdateEntry, is_uuid_shaped,
 };
-use crate::registry::{ConnectionGuard, Peer, Signals};
+use crate::registry::{ConnectionGuard, Peer, Signals, Stamp};
 
 /// The websocket of one device.
 pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
@@ -101,14 +102,12 @@ pub fn run(
     connected: ConnectionGuard,
 ) -> impl Future<Output = ()> + Send + 'static {
     let peer = app.registry.peer();
-    let span = tracing::info_span!("conn", id = peer.id());
-    let started = Instant::now();
+    let started = app.registry.now();
     let keepalive = KeepaliveTimer::new(started, keepalive_config(&app));
     let mut session = Session {
         app,
         socket,
         peer,
-        span,
         started,
         uaid: None,
         last_ping: None,
@@ -119,18 +118,8 @@ pub fn run(
     };
     async move {
         let end = session.serve().await;
-        let span = session.span.clone();
-        let messages = session.messages;
-        Box::pin(session.close(end)).instrument(span.clone()).await;
-        // One line per connection; never the uaid at info level.
-        span.in_scope(|| {
-            tracing::info!(
-                duration_ms = started.elapsed().as_millis() as u64,
-                messages,
-                reason = ?end,
-                "connection closed"
-            )
-        });
+        // Boxed, so that the loop's state does not also keep room for the closing.
+        Box::pin(session.finish(end)).await;
     }
 }
 
@@ -138,16 +127,15 @@ struct Session {
     app: Arc<App>,
     socket: Socket,
     peer: Arc<Peer>,
-    /// What this session logs is in this span (entered only while it handles something).
-    span: tracing::Span,
-    /// When the socket was accepted.
-    started: Instant,
+    /// When the socket was accepted. (Moments are [`Stamp`]s, half an `Instant`: an
+    /// idle socket's memory is mostly this struct.)
+    started: Stamp,
     /// Set by the first successful hello.
     uaid: Option<Uaid>,
     /// When the last accepted ping arrived.
-    last_ping: Option<Instant>,
+    last_ping: Option<Stamp>,
     /// When unacknowledged updates are sent again, if any were sent.
-    retry_at: Option<Instant>,
+    retry_at: Option<Stamp>,
     /// Dead-peer detection.
     keepalive: KeepaliveTimer,
     /// Messages received from the device.
@@ -179,8 +167,8 @@ enum Keepalive {
 /// call (every session keeps only its instants).
 #[derive(Debug)]
 struct KeepaliveTimer {
-    last_heard: Instant,
-    next: Instant,
+    last_heard: Stamp,
+    next: Stamp,
     awaiting_pong: bool,
 }
 
@@ -192,7 +180,7 @@ struct KeepaliveConfig {
 }
 
 impl KeepaliveTimer {
-    fn new(now: Instant, config: KeepaliveConfig) -> Self {
+    fn new(now: Stamp, config: KeepaliveConfig) -> Self {
         KeepaliveTimer {
             last_heard: now,
             next: now + config.interval,
@@ -201,17 +189,17 @@ impl KeepaliveTimer {
     }
 
     /// When the keepalive next needs a look, if it is on.
-    fn due(&self, config: KeepaliveConfig) -> Option<Instant> {
+    fn due(&self, config: KeepaliveConfig) -> Option<Stamp> {
         (!config.interval.is_zero()).then_some(self.next)
     }
 
     /// The peer sent something.
-    fn heard(&mut self, now: Instant) {
+    fn heard(&mut self, now: Stamp) {
         self.last_heard = now;
         self.awaiting_pong = false;
     }
 
-    fn check(&mut self, now: Instant, config: KeepaliveConfig) -> Keepalive {
+    fn check(&mut self, now: Stamp, config: KeepaliveConfig) -> Keepalive {
         if config.interval.is_zero() || now < self.next {
             return Keepalive::Wait;
         }
@@ -245,32 +233,41 @@ impl Session {
             .flatten()
             .min();
             self.app.registry.set_deadline(&self.peer, wanted);
-            let peer = &*self.peer;
-            let event = tokio::select! {
-                biased;
-                signals = poll_fn(|cx| peer.poll_signals(cx)) => Event::Signals(signals),
-                frame = self.socket.next() => Event::Frame(frame),
-            };
             // The handlers' futures are boxed and carry the span: they live only while
-            // something is being handled, so an idle session keeps just this loop.
-            let span = self.span.clone();
-            let step = match event {
-                Event::Signals(signals) => {
-                    Box::pin(self.on_signals(signals).instrument(span)).await
-                }
-                Event::Frame(frame) => {
-                    self.keepalive.heard(Instant::now());
-                    Box::pin(self.on_frame(frame).instrument(span)).await
+            // something is being handled, so an idle session keeps just this loop. The
+            // event lives only inside this block, moved into its handler before the
+            // handler is awaited, so the loop's state keeps no room for a frame.
+            let handler: Pin<Box<dyn Future<Output = Step> + Send + '_>> = {
+                let peer = &*self.peer;
+                let event = tokio::select! {
+                    biased;
+                    signals = poll_fn(|cx| peer.poll_signals(cx)) => Event::Signals(signals),
+                    frame = self.socket.next() => Event::Frame(frame),
+                };
+                let span = self.span();
+                match event {
+                    Event::Signals(signals) => Box::pin(self.on_signals(signals).instrument(span)),
+                    Event::Frame(frame) => {
+                        self.keepalive.heard(self.app.registry.now());
+                        Box::pin(self.on_frame(frame).instrument(span))
+                    }
                 }
             };
+            let step = handler.await;
             if let Err(end) = step {
                 return end;
             }
         }
     }
 
+    /// What this session logs is in this span, made afresh for each event (entered
+    /// only while it handles something): an idle session keeps no span.
+    fn span(&self) -> tracing::Span {
+        tracing::info_span!("conn", id = self.peer.id())
+    }
+
     /// A socket that has not said hello by then is closed.
-    fn hello_deadline(&self) -> Instant {
+    fn hello_deadline(&self) -> Stamp {
         self.started + self.app.protocol.hello_timeout
     }
 
@@ -290,7 +287,7 @@ impl Session {
 
     /// Whatever of the hello timeout, the retry and the keepalive is due.
     async fn on_timer(&mut self) -> Step {
-        let now = Instant::now();
+        let now = self.app.registry.now();
         if self.uaid.is_none() && now >= self.hello_deadline() {
             return Err(End::HelloTimeout);
         }
@@ -316,7 +313,7 @@ impl Session {
     /// Re-sends pending updates after `retry_interval` unless a retry is already due.
     fn arm_retry(&mut self) {
         if self.retry_at.is_none() {
-            self.retry_at = Some(Instant::now() + self.app.protocol.retry_interval);
+            self.retry_at = Some(self.app.registry.now() + self.app.protocol.retry_interval);
         }
     }
 
@@ -388,10 +385,10 @@ impl Session {
 
     async fn ping(&mut self) -> Step {
         let min = self.app.protocol.min_ping_interval;
-        let now = Instant::now();
+        let now = self.app.registry.now();
         if let Some(last) = self.last_ping
             && !min.is_zero()
-            && now.duration_since(last) < min
+            && now.since(last) < min
         {
             return self
                 .fail(ErrorFrame::new(401, "too many pings").for_type("ping"))
@@ -627,6 +624,23 @@ impl Session {
         self.send(text).await
     }
 
+    /// Closes the session (see [`Session::close`]) and logs its one line.
+    async fn finish(self, end: End) {
+        let span = self.span();
+        let (app, started, messages) = (Arc::clone(&self.app), self.started, self.messages);
+        self.close(end).instrument(span.clone()).await;
+        let duration = app.registry.now().since(started);
+        // One line per connection; never the uaid at info level.
+        span.in_scope(|| {
+            tracing::info!(
+                duration_ms = duration.as_millis() as u64,
+                messages,
+                reason = ?end,
+                "connection closed"
+            )
+        });
+    }
+
     /// Leaves the registry and closes the socket with the code `end` calls for.
     async fn close(mut self, end: End) {
         let reason = format!("{end:?}").to_ascii_lowercase();
@@ -655,7 +669,7 @@ mod tests {
 
     #[test]
     fn keepalive_pings_after_silence_and_gives_up_without_answer() {
-        let start = Instant::now();
+        let start = Stamp::from_millis(1_000);
         let (interval, wait) = (Duration::from_secs(60), Duration::from_secs(10));
         let config = KeepaliveConfig {
             interval,
@@ -686,7 +700,7 @@ mod tests {
 
     #[test]
     fn keepalive_answered_pings_keep_the_peer() {
-        let start = Instant::now();
+        let start = Stamp::from_millis(1_000);
         let config = KeepaliveConfig {
             interval: Duration::from_secs(60),
             timeout: Duration::from_secs(10),
@@ -709,7 +723,7 @@ mod tests {
 
     #[test]
     fn keepalive_zero_interval_is_off() {
-        let start = Instant::now();
+        let start = Stamp::from_millis(1_000);
         let config = KeepaliveConfig {
             interval: Duration::ZERO,
             timeout: Duration::from_secs(10),

@@ -163,7 +163,8 @@ pub struct StoreConfig {
     pub path: PathBuf,
     /// memcached servers (memcache).
     pub servers: Vec<String>,
-    /// fsync every write (sqlite, rocksdb): an answered update survives power loss.
+    /// Sync (sqlite, rocksdb) each batch of writes before answering it: an answered
+    /// update survives power loss. Acks are never synced by themselves.
     pub fsync: bool,
     /// Connections per memcached server.
     pub pool_size: u32,

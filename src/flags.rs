@@ -123,7 +123,7 @@ struct StoreFlags {
         value_delimiter = ','
     )]
     servers: Option<Vec<String>>,
-    /// fsync every write of sqlite and rocksdb (fsync).
+    /// sqlite and rocksdb sync each batch of writes before answering it (fsync).
     #[arg(long = "store-fsync", visible_alias = "fsync", value_name = "BOOL")]
     fsync: Option<bool>,
     /// Connections per memcached server (pool_size).

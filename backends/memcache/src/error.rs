@@ -1,6 +1,6 @@
 //! The memcache store's own errors, folded into [`StoreError`] by meaning.
 
-use memcache::{CommandError, MemcacheError};
+use memcache::exp::Error as MetaError;
 use simplepush_store::StoreError;
 
 /// What went wrong inside the memcache store.
@@ -12,8 +12,11 @@ pub(crate) enum Error {
         /// The server's `host:port`.
         server: String,
         /// The client's error.
-        source: MemcacheError,
+        source: MetaError,
     },
+    /// memcached declined to store an unconditional write (out of memory, too large).
+    #[error("memcached {server} did not store {key}")]
+    NotStored { server: String, key: String },
     /// Compare-and-swap kept losing to concurrent writers.
     #[error("gave up on {key} after {attempts} attempts: concurrent writers kept changing it")]
     Contended { key: String, attempts: u32 },
@@ -51,7 +54,9 @@ impl From<Error> for StoreError {
             Error::Memcache { source, .. } if is_unavailable(&source) => {
                 StoreError::Unavailable(message)
             }
-            Error::CheckMismatch { .. } => StoreError::Unavailable(message),
+            Error::CheckMismatch { .. } | Error::NotStored { .. } => {
+                StoreError::Unavailable(message)
+            }
             Error::Contended { .. } => StoreError::Conflict(message),
             Error::Undecodable { .. } => StoreError::Corrupt(message),
             Error::Memcache { .. }
@@ -65,23 +70,25 @@ impl From<Error> for StoreError {
 
 /// Whether a client error means "the server cannot be reached or refused; retry later"
 /// rather than a mistake on our side.
-fn is_unavailable(error: &MemcacheError) -> bool {
-    match error {
-        // Connection refused or reset, socket timeouts, and no connection within the
-        // pool's timeout.
-        MemcacheError::IOError(_) | MemcacheError::PoolError(_) => true,
-        // Out of memory, a garbled answer from a struggling server.
-        MemcacheError::ServerError(_) => true,
-        MemcacheError::CommandError(CommandError::AuthenticationRequired) => true,
-        _ => false,
-    }
+fn is_unavailable(error: &MetaError) -> bool {
+    matches!(
+        error,
+        // Connection refused or reset, no answer in time (also after the request was
+        // written: `Ambiguous`), out of memory or a garbled answer from a struggling
+        // server.
+        MetaError::Io(_)
+            | MetaError::Timeout { .. }
+            | MetaError::Ambiguous { .. }
+            | MetaError::Server(_)
+            | MetaError::Protocol(_)
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn memcache(source: MemcacheError) -> StoreError {
+    fn memcache(source: MetaError) -> StoreError {
         Error::Memcache {
             server: "h:1".into(),
             source,
@@ -92,16 +99,13 @@ mod tests {
     #[test]
     fn connection_failures_are_unavailable() {
         let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
-        let error = memcache(MemcacheError::IOError(refused));
+        let error = memcache(MetaError::Io(refused));
         assert!(
             matches!(error, StoreError::Unavailable(ref m) if m.contains("h:1")),
             "{error}"
         );
-        let timeout = std::io::Error::from(std::io::ErrorKind::TimedOut);
-        assert!(matches!(
-            memcache(MemcacheError::IOError(timeout)),
-            StoreError::Unavailable(_)
-        ));
+        let timeout = MetaError::Timeout { key: b"k".to_vec() };
+        assert!(matches!(memcache(timeout), StoreError::Unavailable(_)));
     }
 
     #[test]
@@ -125,7 +129,8 @@ mod tests {
         }
         .into();
         assert!(matches!(large, StoreError::Internal(ref m) if m.contains("item limit")));
-        let too_large = memcache(MemcacheError::CommandError(CommandError::ValueTooLarge));
-        assert!(matches!(too_large, StoreError::Internal(_)));
+        // CLIENT_ERROR: a request memcached refuses to parse is our mistake.
+        let rejected = memcache(MetaError::Rejected("bad data chunk".into()));
+        assert!(matches!(rejected, StoreError::Internal(_)));
     }
 }

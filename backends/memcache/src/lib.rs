@@ -6,7 +6,7 @@
 //! - `record`: how a device is encoded in an item.
 //! - `key`: memcached-safe keys from device-supplied ids.
 //! - `rendezvous`: which server holds a key.
-//! - `server`: one server's connections, rebuilt after socket errors.
+//! - `server`: one server, spoken to with the meta protocol over a pool of connections.
 //! - `address`: server addresses as operators write them.
 //! - `error`: private errors, folded into [`simplepush_store::StoreError`].
 

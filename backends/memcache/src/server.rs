@@ -1,110 +1,119 @@
-//! One memcached server of the pool: its client, and the rebuild of its connections
-//! after a socket error.
+//! One memcached server of the pool, spoken to with the meta protocol: the client
+//! (`memcache::exp::MetaClient`) writes each request in one piece and keeps its own
+//! pool of connections, dialed on first use and dropped, never reused, when an exchange
+//! fails midway (so a late answer after a timeout is never read as the next one).
 
-use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
-use memcache::{Client, MemcacheError};
-use scheduled_thread_pool::ScheduledThreadPool;
+use memcache::exp::{Error as MetaError, Meta, MetaClient, MutationStatus};
 
 use crate::address::Address;
 use crate::error::Error;
 
-/// A memcached server and the connection pool to it.
+/// A memcached server and the connections to it.
 pub(crate) struct Server {
     /// `host:port`, for errors and hashing.
     pub(crate) name: String,
-    address: Address,
-    pool_size: u32,
-    timeout: Duration,
-    threads: Arc<ScheduledThreadPool>,
-    /// Replaced wholesale by [`Server::reset`].
-    client: RwLock<Arc<Client>>,
+    client: MetaClient,
 }
 
 impl Server {
-    /// A server whose connections are opened on demand; does no I/O.
+    /// A server whose connections are opened on demand, at most `pool_size` at once;
+    /// resolves the address but does no other I/O.
     pub(crate) fn new(
         address: Address,
         pool_size: u32,
         timeout: Duration,
-        threads: Arc<ScheduledThreadPool>,
     ) -> Result<Server, Error> {
-        let client =
-            build(&address, pool_size, timeout, &threads).map_err(|source| Error::Memcache {
+        let pool_size = usize::try_from(pool_size).unwrap_or(usize::MAX);
+        let client = MetaClient::builder()
+            .max_idle(pool_size)
+            .max_connections(Some(pool_size))
+            .connect_timeout(Some(timeout))
+            .io_timeout(Some(timeout))
+            .connect(address.name.as_str())
+            .map_err(|source| Error::Memcache {
                 server: address.name.clone(),
                 source,
             })?;
         Ok(Server {
-            name: address.name.clone(),
-            address,
-            pool_size,
-            timeout,
-            threads,
-            client: RwLock::new(Arc::new(client)),
+            name: address.name,
+            client,
         })
     }
 
-    /// The client to run one operation with.
-    pub(crate) fn client(&self) -> Arc<Client> {
-        // The lock only guards an Arc swap, which cannot be left half done.
-        Arc::clone(&self.client.read().unwrap_or_else(PoisonError::into_inner))
-    }
-
-    /// Names this server in a client error, and replaces the connections when the
-    /// error may have left one out of step (see [`Server::reset`]).
-    pub(crate) fn failed<T>(&self, result: Result<T, MemcacheError>) -> Result<T, Error> {
-        result.map_err(|source| {
-            if may_desync(&source) {
-                self.reset();
-            }
-            Error::Memcache {
-                server: self.name.clone(),
-                source,
-            }
+    /// Names this server in a client error.
+    fn failed<T>(&self, result: Result<T, MetaError>) -> Result<T, Error> {
+        result.map_err(|source| Error::Memcache {
+            server: self.name.clone(),
+            source,
         })
     }
 
-    /// Drops every pooled connection by replacing the pool. After a socket timeout a
-    /// connection may still receive the late answer, which the client would read as
-    /// the answer to its next request (a compare-and-swap could then "succeed" without
-    /// storing anything); the client never discards such a connection itself.
-    fn reset(&self) {
-        // Building a pool does no I/O and does not fail; should it ever, the old pool
-        // stays, which is no worse than before.
-        if let Ok(fresh) = build(&self.address, self.pool_size, self.timeout, &self.threads) {
-            *self.client.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(fresh);
+    /// The value at `key` and its CAS token, if there is an item.
+    pub(crate) fn get_with_cas(&self, key: &str) -> Result<Option<(Vec<u8>, u64)>, Error> {
+        let found = self.failed(self.client.get(key).meta(Meta::default().cas()).send())?;
+        match (found.hit(), found.value, found.item.cas) {
+            (false, _, _) => Ok(None),
+            (true, Some(value), Some(cas)) => Ok(Some((value, cas))),
+            (true, _, _) => Err(Error::Undecodable {
+                key: key.to_owned(),
+                reason: "the server answered a hit without a value or a CAS token".into(),
+            }),
         }
     }
-}
 
-/// Whether `error` may leave the connection it happened on mid-answer.
-fn may_desync(error: &MemcacheError) -> bool {
-    matches!(
-        error,
-        MemcacheError::IOError(_) | MemcacheError::ServerError(_) | MemcacheError::ParseError(_)
-    )
-}
+    /// The value at `key`, if there is an item.
+    pub(crate) fn get(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
+        let found = self.failed(self.client.get(key).send())?;
+        Ok(if found.hit() { found.value } else { None })
+    }
 
-/// A client with its own pool of up to `pool_size` connections to `address`.
-fn build(
-    address: &Address,
-    pool_size: u32,
-    timeout: Duration,
-    threads: &Arc<ScheduledThreadPool>,
-) -> Result<Client, MemcacheError> {
-    let pool = r2d2::Pool::builder()
-        .max_size(pool_size)
-        // Open connections on demand, and never block here.
-        .min_idle(Some(0))
-        // No `version` round trip before every operation: a connection that broke fails
-        // its operation with an I/O error, and that error replaces the whole pool
-        // (`may_desync`), so a stale connection costs one failed call, not a check on
-        // every call (which halved throughput).
-        .test_on_check_out(false)
-        .connection_timeout(timeout)
-        .thread_pool(Arc::clone(threads))
-        .build_unchecked(memcache::ConnectionManager::new(address.url.clone()));
-    // One pool per client: this crate picks the server (see `rendezvous`).
-    Client::with_pool(pool)
+    /// Stores `value` at `key` if the item still has the CAS token `cas`; answers
+    /// whether it did (false: changed or gone since).
+    pub(crate) fn compare_and_set(
+        &self,
+        key: &str,
+        value: &[u8],
+        expires: u32,
+        cas: u64,
+    ) -> Result<bool, Error> {
+        let request = self
+            .client
+            .set(key, value)
+            .ttl_raw(expires)
+            .compare_cas(cas);
+        let stored = self.failed(request.send())?;
+        Ok(stored.status == MutationStatus::Applied)
+    }
+
+    /// Stores `value` at `key` if there is no item yet; answers whether it did.
+    pub(crate) fn add(&self, key: &str, value: &[u8], expires: u32) -> Result<bool, Error> {
+        let stored = self.failed(self.client.set(key, value).ttl_raw(expires).add().send())?;
+        Ok(stored.status == MutationStatus::Applied)
+    }
+
+    /// Stores `value` at `key`, whatever is there.
+    pub(crate) fn set(&self, key: &str, value: &[u8], expires: u32) -> Result<(), Error> {
+        let stored = self.failed(self.client.set(key, value).ttl_raw(expires).send())?;
+        if stored.status == MutationStatus::Applied {
+            Ok(())
+        } else {
+            Err(Error::NotStored {
+                server: self.name.clone(),
+                key: key.to_owned(),
+            })
+        }
+    }
+
+    /// Deletes the item at `key`; a missing one is fine.
+    pub(crate) fn delete(&self, key: &str) -> Result<(), Error> {
+        self.failed(self.client.delete(key).send()).map(drop)
+    }
+
+    /// Gives the item at `key` a new lifetime; a missing one is fine.
+    pub(crate) fn touch(&self, key: &str, expires: u32) -> Result<(), Error> {
+        let request = self.client.get(key).touch_raw(expires).without_value();
+        self.failed(request.send()).map(drop)
+    }
 }

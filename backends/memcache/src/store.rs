@@ -6,8 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use memcache::{CommandError, MemcacheError};
-use scheduled_thread_pool::{OnPoolDropBehavior, ScheduledThreadPool};
 use simplepush_store::{
     ChannelId, Pending, PutOutcome, RegisterOutcome, Store, StoreError, Uaid, Update,
 };
@@ -31,9 +29,6 @@ const ITEM_LIMIT: usize = 1024 * 1024 - 512;
 /// Health-check items expire on their own, so a check that fails midway leaves
 /// nothing behind for long.
 const CHECK_EXPIRATION: u32 = 30;
-
-/// Threads that open and reap connections, shared by every server's pool.
-const POOL_THREADS: usize = 2;
 
 /// A [`Store`] on one or more memcached servers.
 ///
@@ -117,14 +112,6 @@ impl MemcacheStore {
         if options.timeout.is_zero() {
             return Err(Error::Config("timeout must be greater than zero".into()));
         }
-        let threads = Arc::new(
-            ScheduledThreadPool::builder()
-                .num_threads(POOL_THREADS)
-                .thread_name_pattern("memcache-pool-{}")
-                // A dropped store stops retrying connections to a down server.
-                .on_drop_behavior(OnPoolDropBehavior::DiscardPendingScheduled)
-                .build(),
-        );
         let mut names = HashSet::new();
         let mut servers = Vec::with_capacity(specs.len());
         for spec in specs {
@@ -135,12 +122,7 @@ impl MemcacheStore {
                     address.name
                 )));
             }
-            servers.push(Server::new(
-                address,
-                options.pool_size,
-                options.timeout,
-                Arc::clone(&threads),
-            )?);
+            servers.push(Server::new(address, options.pool_size, options.timeout)?);
         }
         let ring = Rendezvous::new(servers.iter().map(|server| server.name.as_str()));
         Ok(Self {
@@ -197,7 +179,7 @@ impl Inner {
     /// The device record at `key` with its CAS token, if there is one.
     fn read_device(&self, key: &str) -> Result<Option<(Device, u64)>, Error> {
         let server = self.server(key);
-        let Some((bytes, cas)) = get_with_cas(server, key)? else {
+        let Some((bytes, cas)) = server.get_with_cas(key)? else {
             return Ok(None);
         };
         let device = Device::decode(&bytes).map_err(|e| Error::Undecodable {
@@ -242,16 +224,12 @@ impl Inner {
                 });
             }
             let expires = expiration(self.ttl);
+            // An add fails when someone created the record since we looked.
             let stored = match cas {
-                Some(cas) => server.client().cas(key, bytes.as_slice(), expires, cas),
-                None => match server.client().add(key, bytes.as_slice(), expires) {
-                    Ok(()) => Ok(true),
-                    // Someone created the record since we looked.
-                    Err(MemcacheError::CommandError(CommandError::KeyExists)) => Ok(false),
-                    Err(e) => Err(e),
-                },
+                Some(cas) => server.compare_and_set(key, &bytes, expires, cas)?,
+                None => server.add(key, &bytes, expires)?,
             };
-            if server.failed(stored)? {
+            if stored {
                 return Ok(answer);
             }
         }
@@ -267,22 +245,17 @@ impl Inner {
         let expires = expiration(self.ttl);
         let node_key = key::node(uaid);
         let server = self.server(&node_key);
-        server.failed(
-            server
-                .client()
-                .set(&node_key, encode_node(node).as_str(), expires),
-        )?;
+        server.set(&node_key, encode_node(node).as_bytes(), expires)?;
         let device_key = key::device(uaid);
-        let server = self.server(&device_key);
         // A missing record is fine: there is nothing to keep alive.
-        server.failed(server.client().touch(&device_key, expires))?;
+        self.server(&device_key).touch(&device_key, expires)?;
         Ok(())
     }
 
     /// The node recorded for `uaid`, with the CAS token of its item.
     fn node(&self, uaid: &Uaid) -> Result<Option<(Option<String>, u64)>, Error> {
         let key = key::node(uaid);
-        let Some((bytes, cas)) = get_with_cas(self.server(&key), &key)? else {
+        let Some((bytes, cas)) = self.server(&key).get_with_cas(&key)? else {
             return Ok(None);
         };
         let node = decode_node(&bytes).map_err(|()| Error::Undecodable {
@@ -308,7 +281,7 @@ impl Inner {
                 return Ok(false);
             }
             let expires = expiration(self.ttl);
-            if server.failed(server.client().cas(&key, NODE_CLEARED, expires, cas))? {
+            if server.compare_and_set(&key, NODE_CLEARED.as_bytes(), expires, cas)? {
                 return Ok(true);
             }
         }
@@ -321,8 +294,7 @@ impl Inner {
     /// Forgets both items of `uaid`.
     fn drop_uaid(&self, uaid: &Uaid) -> Result<(), Error> {
         for key in [key::device(uaid), key::node(uaid)] {
-            let server = self.server(&key);
-            server.failed(server.client().delete(&key))?;
+            self.server(&key).delete(&key)?;
         }
         Ok(())
     }
@@ -332,29 +304,16 @@ impl Inner {
         for server in &self.servers {
             let key = key::check();
             let nonce = format!("{:016x}", fastrand::u64(..));
-            server.failed(server.client().set(&key, nonce.as_str(), CHECK_EXPIRATION))?;
-            let read: Option<Vec<u8>> = server.failed(server.client().get(&key))?;
+            server.set(&key, nonce.as_bytes(), CHECK_EXPIRATION)?;
+            let read = server.get(&key)?;
             if read.as_deref() != Some(nonce.as_bytes()) {
                 return Err(Error::CheckMismatch {
                     server: server.name.clone(),
                 });
             }
-            server.failed(server.client().delete(&key))?;
+            server.delete(&key)?;
         }
         Ok(())
-    }
-}
-
-/// The value at `key` and its CAS token.
-fn get_with_cas(server: &Server, key: &str) -> Result<Option<(Vec<u8>, u64)>, Error> {
-    let found: Option<(Vec<u8>, u32, Option<u64>)> = server.failed(server.client().get(key))?;
-    match found {
-        None => Ok(None),
-        Some((bytes, _flags, Some(cas))) => Ok(Some((bytes, cas))),
-        Some((_, _, None)) => Err(Error::Memcache {
-            server: server.name.clone(),
-            source: MemcacheError::ClientError("the server sent no CAS token".to_owned().into()),
-        }),
     }
 }
 

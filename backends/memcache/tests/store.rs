@@ -3,7 +3,7 @@
 //! misconfigured. The shared conformance suite runs in the root crate's
 //! tests/conformance.rs.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -117,9 +117,9 @@ async fn down_server_answers_unavailable_quickly() {
     );
 }
 
-/// A fake memcached (binary protocol) whose first `get` answers only after the
-/// client has timed out; it reports on `late` once that stale answer is sent.
-/// Every later `get` answers "not found".
+/// A fake memcached (meta protocol) whose first `mg` answers only after the client has
+/// timed out; it reports on `late` once that stale answer is sent. Every later `mg`
+/// answers "miss".
 fn start_slow_first_get(delay: Duration, late: mpsc::Sender<()>) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let address = listener.local_addr().unwrap().to_string();
@@ -133,37 +133,41 @@ fn start_slow_first_get(delay: Duration, late: mpsc::Sender<()>) -> String {
     address
 }
 
-fn serve_fake(mut stream: TcpStream, first: &AtomicBool, late: &mpsc::Sender<()>, delay: Duration) {
-    let mut header = [0u8; 24];
-    while stream.read_exact(&mut header).is_ok() {
-        let body_length = u32::from_be_bytes([header[8], header[9], header[10], header[11]]);
-        let mut body = vec![0u8; body_length as usize];
-        stream.read_exact(&mut body).unwrap();
-        let answer = |status: u16, extras: &[u8], value: &[u8]| {
-            let mut packet = vec![0x81, header[1], 0, 0, extras.len() as u8, 0];
-            packet.extend_from_slice(&status.to_be_bytes());
-            packet.extend_from_slice(&((extras.len() + value.len()) as u32).to_be_bytes());
-            packet.extend_from_slice(&[0; 4]); // opaque
-            packet.extend_from_slice(&1u64.to_be_bytes()); // cas
-            packet.extend_from_slice(extras);
-            packet.extend_from_slice(value);
-            packet
-        };
-        let packet = match header[1] {
-            0x0b => answer(0, &[], b"1.6.0"), // version
-            0x00 if first.swap(false, Ordering::SeqCst) => {
+fn serve_fake(stream: TcpStream, first: &AtomicBool, late: &mpsc::Sender<()>, delay: Duration) {
+    let mut writer = stream.try_clone().unwrap();
+    let mut lines = BufReader::new(stream);
+    let mut line = String::new();
+    while lines.read_line(&mut line).is_ok_and(|n| n > 0) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        // The flags a response must echo: the opaque token, the key, its encoding.
+        let echo: String = words
+            .iter()
+            .skip(2)
+            .filter_map(|flag| match flag.as_bytes().first() {
+                Some(b'O' | b'b') => Some(format!(" {flag}")),
+                Some(b'k') => Some(format!(" k{}", words[1])),
+                _ => None,
+            })
+            .collect();
+        let answer = match words.first() {
+            Some(&"mg") if first.swap(false, Ordering::SeqCst) => {
                 std::thread::sleep(delay);
-                let packet = answer(0, &[0; 4], br#"{"c":{"x":null}}"#);
-                stream.write_all(&packet).unwrap();
+                let value = br#"{"c":{"x":null}}"#;
+                let mut packet = format!("VA {} c1 f0{echo}\r\n", value.len()).into_bytes();
+                packet.extend_from_slice(value);
+                packet.extend_from_slice(b"\r\n");
+                writer.write_all(&packet).unwrap();
                 let _ = late.send(());
+                line.clear();
                 continue;
             }
-            0x00 => answer(1, &[], b""), // not found
-            _ => answer(0x81, &[], b""), // unknown command
+            Some(&"mg") => format!("EN{echo}\r\n"),
+            _ => "ERROR\r\n".to_owned(),
         };
-        if stream.write_all(&packet).is_err() {
+        if writer.write_all(answer.as_bytes()).is_err() {
             return;
         }
+        line.clear();
     }
 }
 

@@ -132,8 +132,7 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, Error> + Send + 'static,
     {
-        let write = move |conn: &Connection| f(conn).map_err(StoreError::from);
-        self.inner.writer.write(Sync::Durable, write).await
+        self.write_as(Sync::Durable, f).await
     }
 
     /// Runs the ack `f` on the writer; a batch of acks alone is not synced (see
@@ -143,8 +142,17 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, Error> + Send + 'static,
     {
+        self.write_as(Sync::Lazy, f).await
+    }
+
+    /// Runs `f` on the writer as a write of kind `sync`.
+    async fn write_as<T, F>(&self, sync: Sync, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, Error> + Send + 'static,
+    {
         let write = move |conn: &Connection| f(conn).map_err(StoreError::from);
-        self.inner.writer.write(Sync::Lazy, write).await
+        self.inner.writer.write(sync, write).await
     }
 
     /// Runs `f` on a reader, on the blocking pool.
@@ -451,16 +459,7 @@ mod tests {
     use super::*;
 
     fn synchronous(store: &SqliteStore) -> i64 {
-        store
-            .inner
-            .writer
-            .submit(Sync::Durable, |conn| {
-                conn.pragma_query_value(None, "synchronous", |row| row.get(0))
-                    .map_err(|e| Error::from(e).into())
-            })
-            .blocking_recv()
-            .unwrap()
-            .unwrap()
+        crate::writer::level(&store.inner.writer, Sync::Durable)
     }
 
     #[test]

@@ -98,6 +98,19 @@ fn run_all(conn: &Connection, batch: &mut [Box<dyn Job<Connection>>]) -> Result<
     Ok(true)
 }
 
+/// The `synchronous` level a write of `sync` alone runs under (2 FULL, 1 NORMAL).
+#[cfg(test)]
+pub(crate) fn level(writer: &Writer, sync: Sync) -> i64 {
+    writer
+        .submit(sync, |conn| {
+            conn.pragma_query_value(None, "synchronous", |row| row.get(0))
+                .map_err(|e| Error::from(e).into())
+        })
+        .blocking_recv()
+        .unwrap()
+        .unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -185,18 +198,6 @@ mod tests {
         ));
         after.blocking_recv().unwrap().unwrap();
         assert_eq!(committed(&path), ["u0", "u1", "u4"]);
-    }
-
-    /// The `synchronous` level a write of `sync` alone runs under (2 FULL, 1 NORMAL).
-    fn level(writer: &Writer, sync: Sync) -> i64 {
-        writer
-            .submit(sync, |conn| {
-                conn.pragma_query_value(None, "synchronous", |row| row.get(0))
-                    .map_err(|e| Error::from(e).into())
-            })
-            .blocking_recv()
-            .unwrap()
-            .unwrap()
     }
 
     #[test]

@@ -42,9 +42,6 @@ pub(crate) enum Error {
     /// The store was configured wrongly.
     #[error("invalid memcache store configuration: {0}")]
     Config(String),
-    /// The blocking task running an operation panicked or was cancelled.
-    #[error("memcache task failed: {0}")]
-    Task(String),
 }
 
 impl From<Error> for StoreError {
@@ -62,8 +59,7 @@ impl From<Error> for StoreError {
             Error::Memcache { .. }
             | Error::Unencodable { .. }
             | Error::TooLarge { .. }
-            | Error::Config(_)
-            | Error::Task(_) => StoreError::Internal(message),
+            | Error::Config(_) => StoreError::Internal(message),
         }
     }
 }

@@ -1,11 +1,13 @@
-//! One memcached server of the pool, spoken to with the meta protocol: the client
-//! (`memcache::exp::MetaClient`) writes each request in one piece and keeps its own
-//! pool of connections, dialed on first use and dropped, never reused, when an exchange
-//! fails midway (so a late answer after a timeout is never read as the next one).
+//! One memcached server of the pool, spoken to with the meta protocol: the async
+//! client (`memcache::exp::AsyncMetaClient`) writes each request in one piece and keeps
+//! its own pool of connections, dialed on first use and dropped, never reused, when an
+//! exchange fails midway (so a late answer after a timeout is never read as the next
+//! one). Nothing blocks a thread: a slow memcached holds only the tasks waiting on it.
 
 use std::time::Duration;
 
-use memcache::exp::{Error as MetaError, Meta, MetaClient, MutationStatus};
+use memcache::exp::{AsyncMetaClient, Error as MetaError, Meta, MetaClientBuilder, MutationStatus};
+use tokio::sync::OnceCell;
 
 use crate::address::Address;
 use crate::error::Error;
@@ -14,32 +16,39 @@ use crate::error::Error;
 pub(crate) struct Server {
     /// `host:port`, for errors and hashing.
     pub(crate) name: String,
-    client: MetaClient,
+    pool_size: usize,
+    timeout: Duration,
+    /// Made at the first operation, which resolves the name (without blocking).
+    client: OnceCell<AsyncMetaClient>,
 }
 
 impl Server {
     /// A server whose connections are opened on demand, at most `pool_size` at once;
-    /// resolves the address but does no other I/O.
-    pub(crate) fn new(
-        address: Address,
-        pool_size: u32,
-        timeout: Duration,
-    ) -> Result<Server, Error> {
-        let pool_size = usize::try_from(pool_size).unwrap_or(usize::MAX);
-        let client = MetaClient::builder()
-            .max_idle(pool_size)
-            .max_connections(Some(pool_size))
-            .connect_timeout(Some(timeout))
-            .io_timeout(Some(timeout))
-            .connect(address.name.as_str())
-            .map_err(|source| Error::Memcache {
-                server: address.name.clone(),
-                source,
-            })?;
-        Ok(Server {
+    /// does no I/O.
+    pub(crate) fn new(address: Address, pool_size: u32, timeout: Duration) -> Server {
+        Server {
             name: address.name,
-            client,
-        })
+            pool_size: usize::try_from(pool_size).unwrap_or(usize::MAX),
+            timeout,
+            client: OnceCell::new(),
+        }
+    }
+
+    /// The client, made (and the name resolved, within the timeout) on first use.
+    async fn client(&self) -> Result<&AsyncMetaClient, Error> {
+        let make = || async {
+            let connect = MetaClientBuilder::new()
+                .max_idle(self.pool_size)
+                .max_connections(Some(self.pool_size))
+                .connect_timeout(Some(self.timeout))
+                .io_timeout(Some(self.timeout))
+                .connect_async(self.name.as_str());
+            match tokio::time::timeout(self.timeout, connect).await {
+                Ok(made) => made,
+                Err(_) => Err(MetaError::Io(std::io::ErrorKind::TimedOut.into())),
+            }
+        };
+        self.failed(self.client.get_or_try_init(make).await)
     }
 
     /// Names this server in a client error.
@@ -51,8 +60,9 @@ impl Server {
     }
 
     /// The value at `key` and its CAS token, if there is an item.
-    pub(crate) fn get_with_cas(&self, key: &str) -> Result<Option<(Vec<u8>, u64)>, Error> {
-        let found = self.failed(self.client.get(key).meta(Meta::default().cas()).send())?;
+    pub(crate) async fn get_with_cas(&self, key: &str) -> Result<Option<(Vec<u8>, u64)>, Error> {
+        let request = self.client().await?.get(key).meta(Meta::default().cas());
+        let found = self.failed(request.send().await)?;
         match (found.hit(), found.value, found.item.cas) {
             (false, _, _) => Ok(None),
             (true, Some(value), Some(cas)) => Ok(Some((value, cas))),
@@ -64,38 +74,37 @@ impl Server {
     }
 
     /// The value at `key`, if there is an item.
-    pub(crate) fn get(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
-        let found = self.failed(self.client.get(key).send())?;
+    pub(crate) async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
+        let found = self.failed(self.client().await?.get(key).send().await)?;
         Ok(if found.hit() { found.value } else { None })
     }
 
     /// Stores `value` at `key` if the item still has the CAS token `cas`; answers
     /// whether it did (false: changed or gone since).
-    pub(crate) fn compare_and_set(
+    pub(crate) async fn compare_and_set(
         &self,
         key: &str,
         value: &[u8],
         expires: u32,
         cas: u64,
     ) -> Result<bool, Error> {
-        let request = self
-            .client
-            .set(key, value)
-            .ttl_raw(expires)
-            .compare_cas(cas);
-        let stored = self.failed(request.send())?;
+        let client = self.client().await?;
+        let request = client.set(key, value).ttl_raw(expires).compare_cas(cas);
+        let stored = self.failed(request.send().await)?;
         Ok(stored.status == MutationStatus::Applied)
     }
 
     /// Stores `value` at `key` if there is no item yet; answers whether it did.
-    pub(crate) fn add(&self, key: &str, value: &[u8], expires: u32) -> Result<bool, Error> {
-        let stored = self.failed(self.client.set(key, value).ttl_raw(expires).add().send())?;
+    pub(crate) async fn add(&self, key: &str, value: &[u8], expires: u32) -> Result<bool, Error> {
+        let request = self.client().await?.set(key, value).ttl_raw(expires).add();
+        let stored = self.failed(request.send().await)?;
         Ok(stored.status == MutationStatus::Applied)
     }
 
     /// Stores `value` at `key`, whatever is there.
-    pub(crate) fn set(&self, key: &str, value: &[u8], expires: u32) -> Result<(), Error> {
-        let stored = self.failed(self.client.set(key, value).ttl_raw(expires).send())?;
+    pub(crate) async fn set(&self, key: &str, value: &[u8], expires: u32) -> Result<(), Error> {
+        let request = self.client().await?.set(key, value).ttl_raw(expires);
+        let stored = self.failed(request.send().await)?;
         if stored.status == MutationStatus::Applied {
             Ok(())
         } else {
@@ -107,13 +116,19 @@ impl Server {
     }
 
     /// Deletes the item at `key`; a missing one is fine.
-    pub(crate) fn delete(&self, key: &str) -> Result<(), Error> {
-        self.failed(self.client.delete(key).send()).map(drop)
+    pub(crate) async fn delete(&self, key: &str) -> Result<(), Error> {
+        self.failed(self.client().await?.delete(key).send().await)
+            .map(drop)
     }
 
     /// Gives the item at `key` a new lifetime; a missing one is fine.
-    pub(crate) fn touch(&self, key: &str, expires: u32) -> Result<(), Error> {
-        let request = self.client.get(key).touch_raw(expires).without_value();
-        self.failed(request.send()).map(drop)
+    pub(crate) async fn touch(&self, key: &str, expires: u32) -> Result<(), Error> {
+        let request = self
+            .client()
+            .await?
+            .get(key)
+            .touch_raw(expires)
+            .without_value();
+        self.failed(request.send().await).map(drop)
     }
 }

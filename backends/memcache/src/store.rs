@@ -2,7 +2,6 @@
 //! cluster of nodes.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -49,12 +48,12 @@ const CHECK_EXPIRATION: u32 = 30;
 /// of data pending on each fit; a change that would not fit fails with
 /// [`StoreError::Internal`] and leaves the record as it was.
 ///
-/// The memcache client is blocking; every operation runs on tokio's blocking pool.
+/// Every operation is async: no thread waits on memcached.
 pub struct MemcacheStore {
-    inner: Arc<Inner>,
+    inner: Inner,
 }
 
-/// What the blocking operations share.
+/// The servers and what the operations share.
 struct Inner {
     /// One client (with its own connection pool) per server.
     servers: Vec<Server>,
@@ -122,51 +121,31 @@ impl MemcacheStore {
                     address.name
                 )));
             }
-            servers.push(Server::new(address, options.pool_size, options.timeout)?);
+            servers.push(Server::new(address, options.pool_size, options.timeout));
         }
         let ring = Rendezvous::new(servers.iter().map(|server| server.name.as_str()));
         Ok(Self {
-            inner: Arc::new(Inner {
+            inner: Inner {
                 servers,
                 ring,
                 ttl: options.ttl,
-            }),
+            },
         })
     }
 
-    /// Runs `operation` on the blocking pool.
-    async fn run<T, F>(&self, operation: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Inner) -> Result<T, Error> + Send + 'static,
-    {
-        let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || operation(&inner))
-            .await
-            .map_err(|join| Error::Task(join.to_string()))?
-            .map_err(StoreError::from)
-    }
-
     /// Changes the record of `uaid` with `edit` (see [`Inner::modify`]).
-    async fn modify<T, F>(&self, uaid: &Uaid, edit: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnMut(&mut Device) -> Edit<T> + Send + 'static,
-    {
-        let key = key::device(uaid);
-        self.run(move |inner| inner.modify(&key, edit)).await
+    async fn modify<T>(
+        &self,
+        uaid: &Uaid,
+        edit: impl FnMut(&mut Device) -> Edit<T> + Send,
+    ) -> Result<T, StoreError> {
+        Ok(self.inner.modify(&key::device(uaid), edit).await?)
     }
 
     /// Reads the record of `uaid` (empty when there is none).
     async fn device(&self, uaid: &Uaid) -> Result<Device, StoreError> {
-        let key = key::device(uaid);
-        self.run(move |inner| {
-            Ok(inner
-                .read_device(&key)?
-                .map(|(device, _)| device)
-                .unwrap_or_default())
-        })
-        .await
+        let found = self.inner.read_device(&key::device(uaid)).await?;
+        Ok(found.map(|(device, _)| device).unwrap_or_default())
     }
 }
 
@@ -177,9 +156,9 @@ impl Inner {
     }
 
     /// The device record at `key` with its CAS token, if there is one.
-    fn read_device(&self, key: &str) -> Result<Option<(Device, u64)>, Error> {
+    async fn read_device(&self, key: &str) -> Result<Option<(Device, u64)>, Error> {
         let server = self.server(key);
-        let Some((bytes, cas)) = server.get_with_cas(key)? else {
+        let Some((bytes, cas)) = server.get_with_cas(key).await? else {
             return Ok(None);
         };
         let device = Device::decode(&bytes).map_err(|e| Error::Undecodable {
@@ -193,7 +172,7 @@ impl Inner {
     /// (an empty one when there is none) and decides; a write is a compare-and-swap
     /// (or an add when there was no record), retried from a fresh read when another
     /// writer got there first.
-    fn modify<T>(
+    async fn modify<T>(
         &self,
         key: &str,
         mut edit: impl FnMut(&mut Device) -> Edit<T>,
@@ -201,9 +180,9 @@ impl Inner {
         let server = self.server(key);
         for attempt in 0..CAS_ATTEMPTS {
             if attempt > 0 {
-                backoff(attempt);
+                backoff(attempt).await;
             }
-            let current = self.read_device(key)?;
+            let current = self.read_device(key).await?;
             let (mut device, cas) = match current {
                 Some((device, cas)) => (device, Some(cas)),
                 None => (Device::default(), None),
@@ -226,8 +205,8 @@ impl Inner {
             let expires = expiration(self.ttl);
             // An add fails when someone created the record since we looked.
             let stored = match cas {
-                Some(cas) => server.compare_and_set(key, &bytes, expires, cas)?,
-                None => server.add(key, &bytes, expires)?,
+                Some(cas) => server.compare_and_set(key, &bytes, expires, cas).await?,
+                None => server.add(key, &bytes, expires).await?,
             };
             if stored {
                 return Ok(answer);
@@ -241,21 +220,23 @@ impl Inner {
 
     /// Records the node of `uaid`, and refreshes the lifetime of its device record: a
     /// device saying hello is alive.
-    fn set_node(&self, uaid: &Uaid, node: &str) -> Result<(), Error> {
+    async fn set_node(&self, uaid: &Uaid, node: &str) -> Result<(), Error> {
         let expires = expiration(self.ttl);
         let node_key = key::node(uaid);
         let server = self.server(&node_key);
-        server.set(&node_key, encode_node(node).as_bytes(), expires)?;
+        server
+            .set(&node_key, encode_node(node).as_bytes(), expires)
+            .await?;
         let device_key = key::device(uaid);
         // A missing record is fine: there is nothing to keep alive.
-        self.server(&device_key).touch(&device_key, expires)?;
+        self.server(&device_key).touch(&device_key, expires).await?;
         Ok(())
     }
 
     /// The node recorded for `uaid`, with the CAS token of its item.
-    fn node(&self, uaid: &Uaid) -> Result<Option<(Option<String>, u64)>, Error> {
+    async fn node(&self, uaid: &Uaid) -> Result<Option<(Option<String>, u64)>, Error> {
         let key = key::node(uaid);
-        let Some((bytes, cas)) = self.server(&key).get_with_cas(&key)? else {
+        let Some((bytes, cas)) = self.server(&key).get_with_cas(&key).await? else {
             return Ok(None);
         };
         let node = decode_node(&bytes).map_err(|()| Error::Undecodable {
@@ -267,21 +248,24 @@ impl Inner {
 
     /// Clears the node record of `uaid` if it names `node`, by compare-and-swap to a
     /// cleared marker (memcached cannot delete on condition).
-    fn clear_node(&self, uaid: &Uaid, node: &str) -> Result<bool, Error> {
+    async fn clear_node(&self, uaid: &Uaid, node: &str) -> Result<bool, Error> {
         let key = key::node(uaid);
         let server = self.server(&key);
         for attempt in 0..CAS_ATTEMPTS {
             if attempt > 0 {
-                backoff(attempt);
+                backoff(attempt).await;
             }
-            let Some((Some(current), cas)) = self.node(uaid)? else {
+            let Some((Some(current), cas)) = self.node(uaid).await? else {
                 return Ok(false);
             };
             if current != node {
                 return Ok(false);
             }
             let expires = expiration(self.ttl);
-            if server.compare_and_set(&key, NODE_CLEARED.as_bytes(), expires, cas)? {
+            if server
+                .compare_and_set(&key, NODE_CLEARED.as_bytes(), expires, cas)
+                .await?
+            {
                 return Ok(true);
             }
         }
@@ -292,36 +276,36 @@ impl Inner {
     }
 
     /// Forgets both items of `uaid`.
-    fn drop_uaid(&self, uaid: &Uaid) -> Result<(), Error> {
+    async fn drop_uaid(&self, uaid: &Uaid) -> Result<(), Error> {
         for key in [key::device(uaid), key::node(uaid)] {
-            self.server(&key).delete(&key)?;
+            self.server(&key).delete(&key).await?;
         }
         Ok(())
     }
 
     /// Writes a fresh value to every server and reads it back.
-    fn check(&self) -> Result<(), Error> {
+    async fn check(&self) -> Result<(), Error> {
         for server in &self.servers {
             let key = key::check();
             let nonce = format!("{:016x}", fastrand::u64(..));
-            server.set(&key, nonce.as_bytes(), CHECK_EXPIRATION)?;
-            let read = server.get(&key)?;
+            server.set(&key, nonce.as_bytes(), CHECK_EXPIRATION).await?;
+            let read = server.get(&key).await?;
             if read.as_deref() != Some(nonce.as_bytes()) {
                 return Err(Error::CheckMismatch {
                     server: server.name.clone(),
                 });
             }
-            server.delete(&key)?;
+            server.delete(&key).await?;
         }
         Ok(())
     }
 }
 
-/// Sleeps a random moment, longer after more lost races, so colliding writers spread
-/// out. Runs on a blocking thread, never on the async runtime.
-fn backoff(attempt: u32) {
+/// Waits a random moment, longer after more lost races, so colliding writers spread
+/// out.
+async fn backoff(attempt: u32) {
     let ceiling = 50 * u64::from(attempt.min(20));
-    std::thread::sleep(Duration::from_micros(fastrand::u64(0..=ceiling)));
+    tokio::time::sleep(Duration::from_micros(fastrand::u64(0..=ceiling))).await;
 }
 
 #[async_trait]
@@ -423,27 +407,22 @@ impl Store for MemcacheStore {
     }
 
     async fn drop_uaid(&self, uaid: &Uaid) -> Result<(), StoreError> {
-        let uaid = uaid.clone();
-        self.run(move |inner| inner.drop_uaid(&uaid)).await
+        Ok(self.inner.drop_uaid(uaid).await?)
     }
 
     async fn set_node(&self, uaid: &Uaid, node: &str) -> Result<(), StoreError> {
-        let (uaid, node) = (uaid.clone(), node.to_owned());
-        self.run(move |inner| inner.set_node(&uaid, &node)).await
+        Ok(self.inner.set_node(uaid, node).await?)
     }
 
     async fn node(&self, uaid: &Uaid) -> Result<Option<String>, StoreError> {
-        let uaid = uaid.clone();
-        self.run(move |inner| Ok(inner.node(&uaid)?.and_then(|(node, _)| node)))
-            .await
+        Ok(self.inner.node(uaid).await?.and_then(|(node, _)| node))
     }
 
     async fn clear_node(&self, uaid: &Uaid, node: &str) -> Result<bool, StoreError> {
-        let (uaid, node) = (uaid.clone(), node.to_owned());
-        self.run(move |inner| inner.clear_node(&uaid, &node)).await
+        Ok(self.inner.clear_node(uaid, node).await?)
     }
 
     async fn check(&self) -> Result<(), StoreError> {
-        self.run(Inner::check).await
+        Ok(self.inner.check().await?)
     }
 }

@@ -301,14 +301,13 @@ async fn ack_refusal_echoes_updates_exactly_as_sent() {
     device
         .send(json!({"messageType": "ack", "updates": sent}))
         .await;
-    let frame = device.recv().await;
-    assert_error_frame(
-        &frame,
-        401,
-        "Invalid Command",
-        &[("messageType", json!("ack")), ("updates", sent)],
-    );
-    assert_eq!(device.recv_close().await, 1000);
+    device
+        .expect_refusal(
+            401,
+            "Invalid Command",
+            &[("messageType", json!("ack")), ("updates", sent)],
+        )
+        .await;
 }
 
 /// §3 echoes "the identifying fields the client sent": an ack carrying only `expired`
@@ -576,9 +575,9 @@ async fn register_rejects_uuid_lookalikes() {
         device
             .send(json!({"messageType": "register", "channelID": id}))
             .await;
-        let frame = device.recv().await;
-        assert_error_frame(&frame, 401, "Invalid Command", &[("channelID", json!(id))]);
-        assert_eq!(device.recv_close().await, 1000, "for {id:?}");
+        device
+            .expect_refusal(401, "Invalid Command", &[("channelID", json!(id))])
+            .await;
     }
 }
 

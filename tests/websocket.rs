@@ -276,9 +276,7 @@ async fn missing_message_type_gets_401_and_close_1000() {
     let server = Server::start().await;
     let mut device = server.connect().await;
     device.send(json!({"uaid": ""})).await;
-    let frame = device.recv().await;
-    assert_error_frame(&frame, 401, "Invalid Command", &[]);
-    assert_eq!(device.recv_close().await, 1000);
+    device.expect_refusal(401, "Invalid Command", &[]).await;
 }
 
 #[tokio::test]
@@ -287,9 +285,7 @@ async fn non_string_message_type_gets_401_and_close_1000() {
     for bad in [json!(42), json!(null), json!(["hello"]), json!({"a": 1})] {
         let mut device = server.connect().await;
         device.send(json!({"messageType": bad, "uaid": ""})).await;
-        let frame = device.recv().await;
-        assert_error_frame(&frame, 401, "Invalid Command", &[]);
-        assert_eq!(device.recv_close().await, 1000, "for {bad}");
+        device.expect_refusal(401, "Invalid Command", &[]).await;
     }
 }
 
@@ -385,14 +381,13 @@ async fn register_with_non_string_or_missing_channel_id_gets_401() {
     for bad in bad_frames {
         let (mut device, _) = server.device().await;
         device.send(bad.clone()).await;
-        let frame = device.recv().await;
-        assert_error_frame(
-            &frame,
-            401,
-            "Invalid Command",
-            &[("messageType", json!("register"))],
-        );
-        assert_eq!(device.recv_close().await, 1000, "for {bad}");
+        device
+            .expect_refusal(
+                401,
+                "Invalid Command",
+                &[("messageType", json!("register"))],
+            )
+            .await;
     }
 }
 
@@ -417,9 +412,9 @@ async fn register_rejects_ids_that_are_not_uuid_shaped() {
         device
             .send(json!({"messageType": "register", "channelID": bad}))
             .await;
-        let frame = device.recv().await;
-        assert_error_frame(&frame, 401, "Invalid Command", &[("channelID", json!(bad))]);
-        assert_eq!(device.recv_close().await, 1000, "for {bad:?}");
+        device
+            .expect_refusal(401, "Invalid Command", &[("channelID", json!(bad))])
+            .await;
     }
 }
 
@@ -432,14 +427,13 @@ async fn hello_with_non_array_channel_ids_gets_401_echoing_uaid() {
         device
             .send(json!({"messageType": "hello", "uaid": uaid, "channelIDs": bad}))
             .await;
-        let frame = device.recv().await;
-        assert_error_frame(
-            &frame,
-            401,
-            "Invalid Command",
-            &[("messageType", json!("hello")), ("uaid", json!(uaid))],
-        );
-        assert_eq!(device.recv_close().await, 1000, "for {bad}");
+        device
+            .expect_refusal(
+                401,
+                "Invalid Command",
+                &[("messageType", json!("hello")), ("uaid", json!(uaid))],
+            )
+            .await;
     }
 }
 
@@ -451,14 +445,9 @@ async fn hello_with_non_string_uaid_gets_401() {
         device
             .send(json!({"messageType": "hello", "uaid": bad}))
             .await;
-        let frame = device.recv().await;
-        assert_error_frame(
-            &frame,
-            401,
-            "Invalid Command",
-            &[("messageType", json!("hello"))],
-        );
-        assert_eq!(device.recv_close().await, 1000, "for {bad}");
+        device
+            .expect_refusal(401, "Invalid Command", &[("messageType", json!("hello"))])
+            .await;
     }
 }
 
@@ -500,14 +489,13 @@ async fn ack_with_malformed_updates_gets_401_echoing_them() {
         device
             .send(json!({"messageType": "ack", "updates": bad}))
             .await;
-        let frame = device.recv().await;
-        assert_error_frame(
-            &frame,
-            401,
-            "Invalid Command",
-            &[("messageType", json!("ack")), ("updates", bad.clone())],
-        );
-        assert_eq!(device.recv_close().await, 1000, "for {bad}");
+        device
+            .expect_refusal(
+                401,
+                "Invalid Command",
+                &[("messageType", json!("ack")), ("updates", bad.clone())],
+            )
+            .await;
     }
 }
 

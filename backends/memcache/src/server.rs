@@ -9,7 +9,6 @@ use std::time::Duration;
 use memcache::exp::{AsyncMetaClient, Error as MetaError, Meta, MetaClientBuilder, MutationStatus};
 use tokio::sync::OnceCell;
 
-use crate::address::Address;
 use crate::error::Error;
 
 /// A memcached server and the connections to it.
@@ -25,9 +24,9 @@ pub(crate) struct Server {
 impl Server {
     /// A server whose connections are opened on demand, at most `pool_size` at once;
     /// does no I/O.
-    pub(crate) fn new(address: Address, pool_size: u32, timeout: Duration) -> Server {
+    pub(crate) fn new(name: String, pool_size: u32, timeout: Duration) -> Server {
         Server {
-            name: address.name,
+            name,
             pool_size: usize::try_from(pool_size).unwrap_or(usize::MAX),
             timeout,
             client: OnceCell::new(),

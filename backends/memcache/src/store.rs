@@ -114,14 +114,13 @@ impl MemcacheStore {
         let mut names = HashSet::new();
         let mut servers = Vec::with_capacity(specs.len());
         for spec in specs {
-            let address = address::parse(spec, options.timeout).map_err(Error::Config)?;
-            if !names.insert(address.name.clone()) {
+            let name = address::parse(spec).map_err(Error::Config)?;
+            if !names.insert(name.clone()) {
                 return Err(Error::Config(format!(
-                    "memcached server {} is listed twice",
-                    address.name
+                    "memcached server {name} is listed twice"
                 )));
             }
-            servers.push(Server::new(address, options.pool_size, options.timeout));
+            servers.push(Server::new(name, options.pool_size, options.timeout));
         }
         let ring = Rendezvous::new(servers.iter().map(|server| server.name.as_str()));
         Ok(Self {

@@ -316,14 +316,12 @@ async fn ten_times_the_inflight_limit_is_shed_with_503_and_everyone_else_is_serv
 
 /// `simplepush_requests_shed_total` for `reason`, from the server's `/metrics`.
 async fn shed_total(server: &Server, reason: &str) -> u64 {
-    let reply = http("GET", &server.endpoint_url("/metrics"), None, None).await;
-    assert_eq!(reply.status, 200, "/metrics: {}", reply.body);
+    let body = server.metrics_text().await;
     let label = format!("reason=\"{reason}\"");
-    let line = reply
-        .body
+    let line = body
         .lines()
         .find(|line| line.starts_with("simplepush_requests_shed_total{") && line.contains(&label))
-        .unwrap_or_else(|| panic!("no shed counter for {reason} in\n{}", reply.body));
+        .unwrap_or_else(|| panic!("no shed counter for {reason} in\n{body}"));
     line.rsplit(' ').next().unwrap().parse().unwrap()
 }
 

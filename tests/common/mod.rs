@@ -251,6 +251,13 @@ impl Server {
         reply.json()
     }
 
+    /// `GET /metrics` (Prometheus text), asserting it answered 200.
+    pub async fn metrics_text(&self) -> String {
+        let reply = http("GET", &self.endpoint_url("/metrics"), None, None).await;
+        assert_eq!(reply.status, 200, "/metrics: {}", reply.body);
+        reply.body
+    }
+
     /// Waits until `/status/` reports `clients == n`: the server has noticed connects
     /// and disconnects, so a following PUT sees the device as online or offline.
     pub async fn wait_for_clients(&self, n: u64) {

@@ -17,8 +17,10 @@ use crate::app::{App, now_secs};
 use crate::error::{HttpError, json_response};
 use crate::metrics::{SHED_INFLIGHT, SHED_QUEUE_DELAY};
 
-/// A request body must arrive within this time (a slow sender holds a request slot).
-const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// A request body must arrive within this time once its headers are in. It is read
+/// before any in-flight slot is taken (a sender that never finishes its body must not
+/// hold one), so only the connection waits; an app server sends a few KiB at once.
+const BODY_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The parameters of an update, as the app server sent them.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -211,8 +213,8 @@ where
     S: Stream<Item = Result<B, warp::Error>> + Unpin,
     B: Buf,
 {
-    // Shedding comes before any work (body, token, store): a refusal must stay cheap
-    // for the server to get out of overload by answering it.
+    // Shedding by queue delay comes before any work (body, token, store): a refusal
+    // must stay cheap for the server to get out of overload by answering it.
     if app.queue_delay.overloaded() {
         app.metrics
             .requests_shed
@@ -222,13 +224,12 @@ where
             "server overloaded (queue delay), try again later",
         ));
     }
-    let Ok(_permit) = app.inflight.try_acquire() else {
-        app.metrics
-            .requests_shed
-            .with_label_values(&[SHED_INFLIGHT])
-            .inc();
-        return Err(HttpError::unavailable("too many requests in flight"));
-    };
+    // The token is in the path and opens without I/O; its verdict waits, because the
+    // parameters are checked first (PROTOCOL.md §5: 400 and 413 before 404).
+    let target = app.tokens.decode(token);
+    // The body is read without an in-flight slot, under its own short deadline: a
+    // sender that never finishes costs its connection only, not a slot that a
+    // well-behaved app server needs.
     let max_data = app.protocol.max_data_bytes;
     let body = tokio::time::timeout(BODY_TIMEOUT, read_body(body, body_limit(max_data)))
         .await
@@ -249,8 +250,17 @@ where
             format!("data is larger than {max_data} bytes"),
         ));
     }
-    let Some((uaid, channel)) = app.tokens.decode(token) else {
+    let Some((uaid, channel)) = target else {
         return Err(HttpError::new(StatusCode::NOT_FOUND, "no such endpoint"));
+    };
+    // The slot covers the work on a valid endpoint, the store write and the delivery,
+    // so `max_inflight_requests` bounds the load on the store.
+    let Ok(_permit) = app.inflight.try_acquire() else {
+        app.metrics
+            .requests_shed
+            .with_label_values(&[SHED_INFLIGHT])
+            .inc();
+        return Err(HttpError::unavailable("too many requests in flight"));
     };
     let update = Update {
         version,

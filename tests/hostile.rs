@@ -587,3 +587,122 @@ async fn hostile_battery_leaves_the_server_serving_and_its_memory_bounded() {
     );
     eprintln!("RSS: {baseline} KiB before the battery, {after} KiB after");
 }
+
+// ---- stalled bodies and connection floods ------------------------------------------------
+
+/// Opens a PUT whose headers announce a body that never finishes.
+async fn stalled_put(addr: SocketAddr, path: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let head =
+        format!("PUT {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\nversion=");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream
+}
+
+/// The status of the reply on a raw connection, or `None` when it ended without one.
+async fn reply_status(stream: &mut TcpStream, wait: std::time::Duration) -> Option<u16> {
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !reply.windows(2).any(|w| w == b"\r\n") {
+        match tokio::time::timeout(wait, stream.read(&mut buf)).await {
+            Err(_) => panic!("no reply within {wait:?}"),
+            Ok(Ok(0) | Err(_)) => break,
+            Ok(Ok(n)) => reply.extend_from_slice(&buf[..n]),
+        }
+    }
+    let line = String::from_utf8_lossy(&reply);
+    let status = line.strip_prefix("HTTP/1.1 ")?.get(..3)?;
+    Some(status.parse().unwrap())
+}
+
+/// `simplepush_requests_shed_total{reason="inflight"}`.
+async fn shed_inflight(server: &Server) -> u64 {
+    let text = server.metrics_text().await;
+    text.lines()
+        .find(|l| l.starts_with("simplepush_requests_shed_total") && l.contains("\"inflight\""))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+#[tokio::test]
+async fn stalled_bodies_with_forged_tokens_hold_no_inflight_slot() {
+    const SLOTS: usize = 16;
+    // Only the in-flight guard: a busy machine must not shed these PUTs by queue delay.
+    let server = Server::builder()
+        .set("server", "max_inflight_requests", &SLOTS.to_string())
+        .set("server", "max_queue_delay", "\"0\"")
+        .start()
+        .await;
+    let (mut device, channel, endpoint) = live_channel(&server).await;
+
+    // Four times as many senders as slots: each sends a PUT's headers with a forged
+    // token and never finishes the body.
+    let mut stalled = Vec::new();
+    for i in 0..4 * SLOTS {
+        let path = format!(
+            "/update/{}",
+            URL_SAFE_NO_PAD.encode(format!("forged-token-{i:04}"))
+        );
+        stalled.push(stalled_put(server.endpoint, &path).await);
+    }
+
+    // Meanwhile a well-behaved app server is served at once, every time.
+    let client = client();
+    let url = server.reachable(&endpoint);
+    for version in 1..=20u64 {
+        let started = std::time::Instant::now();
+        let reply = client
+            .put(&url)
+            .body(format!("version={version}"))
+            .send()
+            .await
+            .unwrap();
+        let status = reply.status().as_u16();
+        let body = reply.text().await.unwrap();
+        assert_eq!(
+            status, 200,
+            "PUT version={version} behind stalled senders: {body}"
+        );
+        let took = started.elapsed();
+        assert!(
+            took < std::time::Duration::from_secs(2),
+            "PUT version={version} took {took:?}"
+        );
+        let frame = device.recv_notification().await;
+        assert_eq!(updates(&frame), vec![(channel.clone(), version, None)]);
+    }
+    assert_eq!(shed_inflight(&server).await, 0, "nobody was shed");
+
+    // The stalled senders are answered 408 by the body deadline, not 404 or 503.
+    for stream in &mut stalled[..4] {
+        assert_eq!(reply_status(stream, WAIT).await, Some(408));
+    }
+    device.close().await;
+}
+
+#[tokio::test]
+async fn a_body_that_stalls_gets_408_after_a_short_deadline() {
+    let server = Server::start().await;
+    let (device, _, endpoint) = live_channel(&server).await;
+    let path = endpoint
+        .split_once("/update/")
+        .map(|(_, token)| format!("/update/{token}"))
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut stream = stalled_put(server.endpoint, &path).await;
+    assert_eq!(reply_status(&mut stream, WAIT).await, Some(408));
+    let took = started.elapsed();
+    assert!(
+        took >= std::time::Duration::from_secs(1),
+        "answered after {took:?}: the sender had no time at all"
+    );
+    // A body that arrives, even in pieces, is read as usual.
+    let mut stream = TcpStream::connect(server.endpoint).await.unwrap();
+    let head = format!("PUT {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 9\r\n\r\nver");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(b"sion=").await.unwrap();
+    stream.write_all(b"7").await.unwrap();
+    assert_eq!(reply_status(&mut stream, WAIT).await, Some(200));
+    drop(device);
+}

@@ -1,5 +1,7 @@
 //! Overload of the endpoint (PROTOCOL.md §5), by each of its two guards: a small
-//! `max_inflight_requests` with ten times that many concurrent PUTs, and a tiny
+//! `max_inflight_requests` with ten times that many concurrent PUTs (and, to shed
+//! deterministically, a store whose writes stall: a slot covers the store work only,
+//! never a body still on its way), and a tiny
 //! `max_queue_delay` with a storm that keeps the server's runtime behind. The server
 //! stays up, sheds the excess with 503 and `Retry-After`, stores every update it
 //! accepted, keeps serving devices, and answers normally once the storm is over. No
@@ -15,8 +17,13 @@ use std::time::{Duration, Instant};
 use common::{Server, WAIT, chid, updates};
 use futures_util::future::join_all;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use simplepush::config::Config;
+use simplepush_store::{
+    ChannelId, MemoryStore, Pending, PutOutcome, RegisterOutcome, Store, StoreError, Uaid, Update,
+};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
 
 /// Endpoint requests the server handles at once.
 const CAPACITY: usize = 4;
@@ -94,28 +101,9 @@ fn path_of(url: &str) -> &str {
     &rest[rest.find('/').unwrap()..]
 }
 
-/// Reads an HTTP reply's status line from a raw connection.
-async fn read_status(stream: &mut TcpStream) -> u16 {
-    let mut reply = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !reply.windows(2).any(|w| w == b"\r\n") {
-        let n = tokio::time::timeout(WAIT, stream.read(&mut buf))
-            .await
-            .expect("no reply")
-            .unwrap();
-        assert!(n > 0, "connection ended without a reply");
-        reply.extend_from_slice(&buf[..n]);
-    }
-    let line = String::from_utf8_lossy(&reply);
-    line.strip_prefix("HTTP/1.1 ")
-        .and_then(|rest| rest.get(..3))
-        .and_then(|status| status.parse().ok())
-        .unwrap_or_else(|| panic!("status line {line}"))
-}
-
 /// Opens a PUT to `endpoint` whose body never finishes (two of its ten bytes are
-/// missing), so it holds a request slot until the server's body timeout.
-async fn hold_slot(server: &Server, endpoint: &str) -> TcpStream {
+/// missing).
+async fn stall_body(server: &Server, endpoint: &str) -> TcpStream {
     let mut stream = TcpStream::connect(server.endpoint).await.unwrap();
     let head = format!(
         "PUT {} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 10\r\n\r\nversion=",
@@ -123,16 +111,6 @@ async fn hold_slot(server: &Server, endpoint: &str) -> TcpStream {
     );
     stream.write_all(head.as_bytes()).await.unwrap();
     stream
-}
-
-/// Whether the server has already answered (or closed) a held request.
-fn was_answered(stream: &TcpStream) -> bool {
-    let mut byte = [0u8; 1];
-    match stream.try_read(&mut byte) {
-        Ok(_) => true,
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
-        Err(e) => panic!("held request: {e}"),
-    }
 }
 
 /// A device with 8 registered channels that then goes offline: its uaid and its
@@ -178,7 +156,7 @@ fn accepted(greatest: &mut BTreeMap<String, u64>, channel: &str, version: u64) {
 }
 
 #[tokio::test]
-async fn ten_times_the_inflight_limit_is_shed_with_503_and_everyone_else_is_served() {
+async fn a_storm_of_ten_times_the_inflight_limit_is_served_or_shed_and_nothing_accepted_is_lost() {
     // Only the in-flight guard: this test's PUTs must not be shed by queue delay when
     // the machine is busy (the other test here runs a storm at the same time).
     let server = Server::builder()
@@ -193,43 +171,17 @@ async fn ten_times_the_inflight_limit_is_shed_with_503_and_everyone_else_is_serv
     server.wait_for_clients(0).await;
     let mut greatest = BTreeMap::new();
 
-    // 1. Every slot taken by a request whose body never finishes: the server cannot
-    //    get through them, so what comes next is shed, deterministically.
-    let mut holders = Vec::new();
-    for (i, (_, endpoint)) in channels.iter().take(CAPACITY).enumerate() {
-        holders.push((i, hold_slot(&server, endpoint).await));
+    // 1. Senders that never finish their bodies hold no slot (only their
+    //    connections): a PUT behind them is served at once. Shedding by slots, made
+    //    deterministic with a stalled store, is
+    //    `a_stalled_store_holds_every_slot_and_the_excess_is_shed_with_503`.
+    let mut stalled = Vec::new();
+    for (_, endpoint) in channels.iter().take(2 * CAPACITY) {
+        stalled.push(stall_body(&server, endpoint).await);
     }
-    // Until the holders have their slots, a probe may still get through (202), and a
-    // holder that came second to a probe is itself shed: it is sent again. On a loaded
-    // machine the server may take a while to read the holders' headers.
     let (probe_channel, probe_endpoint) = &channels[CAPACITY];
-    let deadline = tokio::time::Instant::now() + 6 * WAIT;
-    let mut version = 1000;
-    loop {
-        version += 1;
-        match put(&client, probe_endpoint, version).await {
-            503 => break,
-            202 => accepted(&mut greatest, probe_channel, version),
-            other => panic!("probe PUT got {other}"),
-        }
-        for (i, stream) in &mut holders {
-            if was_answered(stream) {
-                *stream = hold_slot(&server, &channels[*i].1).await;
-            }
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the slots never filled"
-        );
-    }
-
-    let storm = channels.iter().cycle().take(STORM).enumerate();
-    let statuses =
-        join_all(storm.map(|(i, (_, endpoint))| put(&client, endpoint, 5000 + i as u64))).await;
-    assert!(
-        statuses.iter().all(|s| *s == 503),
-        "with every slot taken each PUT is shed: {statuses:?}"
-    );
+    assert_eq!(put(&client, probe_endpoint, 1000).await, 202);
+    accepted(&mut greatest, probe_channel, 1000);
 
     // Devices are not endpoint requests: a device connects, says hello and registers.
     let (mut device, _) = server.device().await;
@@ -237,14 +189,7 @@ async fn ten_times_the_inflight_limit_is_shed_with_503_and_everyone_else_is_serv
     let live_endpoint = server.reachable(&device.register(&channel).await);
     device.ping().await;
     assert_eq!(server.status().await["status"], json!("OK"));
-
-    // The held requests finish (versions 10..13) and free their slots.
-    for (i, stream) in &mut holders {
-        stream.write_all(format!("1{i}").as_bytes()).await.unwrap();
-        assert_eq!(read_status(stream).await, 202, "held request {i}");
-        accepted(&mut greatest, &channels[*i].0, 10 + *i as u64);
-    }
-    drop(holders);
+    drop(stalled);
     server.put_version(&live_endpoint, 1, 200).await;
     assert_eq!(
         updates(&device.recv_notification().await),
@@ -464,4 +409,176 @@ async fn a_runtime_behind_by_more_than_max_queue_delay_sheds_with_503_and_recove
 
     assert_offline_device_gets(&server, &offline_uaid, &channels, greatest).await;
     device.close().await;
+}
+
+/// A memory store whose update writes wait at a gate until the test opens it: the PUTs
+/// that reach the store hold their in-flight slots for as long as the test wants.
+struct StalledStore {
+    inner: MemoryStore,
+    gate: tokio::sync::Semaphore,
+    waiting: AtomicU64,
+}
+
+#[async_trait::async_trait]
+impl Store for StalledStore {
+    fn name(&self) -> &'static str {
+        "stalled"
+    }
+    async fn knows_uaid(&self, uaid: &Uaid) -> Result<bool, StoreError> {
+        self.inner.knows_uaid(uaid).await
+    }
+    async fn register(
+        &self,
+        uaid: &Uaid,
+        channel: &ChannelId,
+        max_channels: usize,
+    ) -> Result<RegisterOutcome, StoreError> {
+        self.inner.register(uaid, channel, max_channels).await
+    }
+    async fn unregister(&self, uaid: &Uaid, channel: &ChannelId) -> Result<(), StoreError> {
+        self.inner.unregister(uaid, channel).await
+    }
+    async fn put_update(
+        &self,
+        uaid: &Uaid,
+        channel: &ChannelId,
+        update: Update,
+        now: u64,
+    ) -> Result<PutOutcome, StoreError> {
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        // Closing the gate is what opens it: every waiter gets its error at once.
+        let _ = self.gate.acquire().await;
+        self.inner.put_update(uaid, channel, update, now).await
+    }
+    async fn pending(&self, uaid: &Uaid, now: u64) -> Result<Pending, StoreError> {
+        self.inner.pending(uaid, now).await
+    }
+    async fn ack(
+        &self,
+        uaid: &Uaid,
+        channel: &ChannelId,
+        version: u64,
+    ) -> Result<bool, StoreError> {
+        self.inner.ack(uaid, channel, version).await
+    }
+    async fn ack_expired(
+        &self,
+        uaid: &Uaid,
+        channel: &ChannelId,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        self.inner.ack_expired(uaid, channel, now).await
+    }
+    async fn drop_uaid(&self, uaid: &Uaid) -> Result<(), StoreError> {
+        self.inner.drop_uaid(uaid).await
+    }
+    async fn set_node(&self, uaid: &Uaid, node: &str) -> Result<(), StoreError> {
+        self.inner.set_node(uaid, node).await
+    }
+    async fn node(&self, uaid: &Uaid) -> Result<Option<String>, StoreError> {
+        self.inner.node(uaid).await
+    }
+    async fn clear_node(&self, uaid: &Uaid, node: &str) -> Result<bool, StoreError> {
+        self.inner.clear_node(uaid, node).await
+    }
+    async fn check(&self) -> Result<(), StoreError> {
+        self.inner.check().await
+    }
+}
+
+/// The in-flight guard on its own, deterministically: a server in this process on a
+/// store whose writes stall. `max_inflight_requests` PUTs reach the store and hold every
+/// slot; the next PUTs to valid endpoints are shed with 503 and `Retry-After` (counted
+/// as `inflight`), while bad parameters and forged tokens are still answered 400 and 404.
+#[tokio::test]
+async fn a_stalled_store_holds_every_slot_and_the_excess_is_shed_with_503() {
+    let store = Arc::new(StalledStore {
+        inner: MemoryStore::new(),
+        gate: tokio::sync::Semaphore::new(0),
+        waiting: AtomicU64::new(0),
+    });
+    let mut config = Config::default();
+    config.server.ws_addr = "127.0.0.1:0".parse().unwrap();
+    config.server.endpoint_addr = "127.0.0.1:0".parse().unwrap();
+    config.server.max_inflight_requests = CAPACITY;
+    config.server.max_queue_delay = Duration::ZERO;
+    let key = simplepush::token::generate_key();
+    let shutdown = CancellationToken::new();
+    let server = simplepush::server::Server::bind(
+        &config,
+        store.clone(),
+        std::slice::from_ref(&key),
+        shutdown.clone(),
+    )
+    .unwrap();
+    let base = format!("http://{}", server.endpoint_addr().unwrap());
+    let running = tokio::spawn(server.run());
+
+    let tokens = simplepush::token::TokenCodec::new(&[key]).unwrap();
+    let mut endpoints = Vec::new();
+    for _ in 0..CAPACITY + 1 {
+        let uaid = Uaid::new(uuid::Uuid::new_v4().simple().to_string());
+        let channel = ChannelId::new(chid());
+        store.inner.register(&uaid, &channel, 10).await.unwrap();
+        endpoints.push(format!("{base}/update/{}", tokens.encode(&uaid, &channel)));
+    }
+
+    let client = client();
+    let held: Vec<_> = endpoints[..CAPACITY]
+        .iter()
+        .enumerate()
+        .map(|(i, url)| {
+            let (client, url) = (client.clone(), url.clone());
+            tokio::spawn(async move { put(&client, &url, 10 + i as u64).await })
+        })
+        .collect();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while store.waiting.load(Ordering::SeqCst) < CAPACITY as u64 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the PUTs never reached the store"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let spare = &endpoints[CAPACITY];
+    let statuses = join_all((0..STORM).map(|i| put_reason(&client, spare, 100 + i as u64))).await;
+    for (status, reason) in &statuses {
+        assert_eq!(*status, 503, "with every slot held each PUT is shed");
+        assert_eq!(reason, "too many requests in flight");
+    }
+    // Parameters and the token are checked before a slot is needed.
+    let bad_version = client.put(spare).body("version=-1").send().await.unwrap();
+    assert_eq!(bad_version.status().as_u16(), 400);
+    let forged = client
+        .put(format!(
+            "{base}/update/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+        ))
+        .body("version=1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status().as_u16(), 404);
+    let metrics = client.get(format!("{base}/metrics")).send().await.unwrap();
+    let metrics = metrics.text().await.unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("simplepush_requests_shed_total")
+                && l.contains("\"inflight\"")
+                && l.ends_with(&format!(" {STORM}"))),
+        "{metrics}"
+    );
+
+    // The store comes back: the held PUTs are stored, and the next one gets a slot.
+    store.gate.close();
+    for held in held {
+        assert_eq!(held.await.unwrap(), 202);
+    }
+    assert_eq!(put(&client, spare, 1000).await, 202);
+    shutdown.cancel();
+    tokio::time::timeout(2 * WAIT, running)
+        .await
+        .unwrap()
+        .unwrap();
 }

@@ -32,6 +32,8 @@ pub struct App {
     pub cors: bool,
     /// Device sockets allowed at once; beyond that, upgrades get 503.
     pub max_connections: usize,
+    /// The listeners' socket budgets, from the open-file limit.
+    pub sockets: crate::listener::Sockets,
     /// Endpoint requests allowed in flight at once; beyond that, 503.
     pub inflight: Semaphore,
     /// The runtime's scheduling delay; endpoint requests get 503 while it is too long.

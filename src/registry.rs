@@ -315,6 +315,17 @@ impl Registry {
         ConnectionGuard(self.connections.clone())
     }
 
+    /// Counts an open socket unless `max` are open already, in one atomic step, so that
+    /// concurrent upgrades cannot overshoot `max`.
+    pub fn try_connect(&self, max: usize) -> Option<ConnectionGuard> {
+        self.connections
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |open| {
+                (open < max).then_some(open + 1)
+            })
+            .ok()
+            .map(|_| ConnectionGuard(self.connections.clone()))
+    }
+
     /// Open sockets on this node.
     pub fn connections(&self) -> usize {
         self.connections.load(Ordering::Relaxed)
@@ -449,5 +460,30 @@ mod tests {
         drop(a);
         drop(b);
         assert_eq!(registry.connections(), 0);
+    }
+
+    #[test]
+    fn try_connect_never_overshoots_under_contention() {
+        let registry = Arc::new(Registry::new(8));
+        let guards: Vec<ConnectionGuard> = std::thread::scope(|scope| {
+            let threads: Vec<_> = (0..8)
+                .map(|_| {
+                    let registry = registry.clone();
+                    scope.spawn(move || {
+                        (0..1000)
+                            .filter_map(|_| registry.try_connect(5))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            threads
+                .into_iter()
+                .flat_map(|t| t.join().unwrap())
+                .collect()
+        });
+        assert_eq!(guards.len(), 5);
+        assert_eq!(registry.connections(), 5);
+        drop(guards);
+        assert!(registry.try_connect(5).is_some());
     }
 }

@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 use crate::app::App;
 use crate::cluster::Cluster;
 use crate::config::{Backend, Config};
+use crate::listener::{Slots, Sockets};
 use crate::metrics::{MeteredStore, Metrics};
 use crate::overload::QueueDelay;
 use crate::registry::Registry;
@@ -26,8 +27,78 @@ use crate::{listener, routes};
 /// Sessions get this long to send their close frames at shutdown.
 const SESSION_DRAIN: Duration = Duration::from_secs(5);
 
-/// File descriptors kept back from device sockets: listeners, store files, requests.
-const RESERVED_FILES: u64 = 256;
+/// File descriptors kept back from accepted sockets for the process itself: stdio, the
+/// runtime's poller and wakers, the listeners, logs. The store's own come on top
+/// ([`store_files`]).
+const RESERVED_FILES: u64 = 64;
+
+/// Fewer sockets than this left by the open-file limit is a misconfiguration: the
+/// server then takes half the limit for sockets and warns.
+const MIN_SOCKETS: u64 = 64;
+
+/// File descriptors the store may hold open (and the server's own outgoing
+/// connections, which come with the backend).
+fn store_files(config: &Config) -> u64 {
+    match config.store.backend {
+        Backend::Memory => 0,
+        // The writer's database, WAL and shared-memory files, and two per reader, on
+        // as many blocking threads as read at once.
+        Backend::Sqlite => 128,
+        // RocksDB's table cache keeps every SST file open by default (no
+        // `max_open_files` is set), besides its WAL, manifest and info log.
+        Backend::Rocksdb => 1024,
+        // The connection pool to each memcached, and one connection to a peer per
+        // routed PUT, at most one per request in flight.
+        Backend::Memcache => {
+            let servers = u64::try_from(config.store.servers.len()).unwrap_or(u64::MAX);
+            let inflight = u64::try_from(config.server.max_inflight_requests).unwrap_or(u64::MAX);
+            servers
+                .saturating_mul(u64::from(config.store.pool_size))
+                .saturating_add(inflight)
+        }
+    }
+}
+
+/// The sockets the listeners may hold: the open-file limit less what the process and
+/// its store need, split so that app servers always have a share (an eighth, between
+/// 16 and 16,384) that a device flood cannot take, and devices the rest.
+fn socket_budget(config: &Config) -> Sockets {
+    let (soft, _) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap_or((1024, 1024));
+    let reserve = RESERVED_FILES.saturating_add(store_files(config));
+    let mut sockets = soft.saturating_sub(reserve);
+    if sockets < MIN_SOCKETS {
+        sockets = soft / 2;
+        tracing::warn!(
+            open_files = soft,
+            reserve,
+            sockets,
+            "the open-file limit leaves too few sockets beside the store's reserve: raise it"
+        );
+    }
+    let sockets = usize::try_from(sockets).unwrap_or(usize::MAX);
+    let app_server = (sockets / 8).clamp(16, 16_384).min(sockets / 2);
+    Sockets {
+        device: Slots::new(sockets - app_server),
+        app_server: Slots::new(app_server),
+    }
+}
+
+/// The configured limit of device sessions, or most of the device listener's socket
+/// budget: a sixteenth stays for health checks and for answering upgrades beyond it
+/// with 503.
+fn max_connections(configured: usize, device_sockets: usize) -> usize {
+    if configured > 0 {
+        if configured > device_sockets {
+            tracing::warn!(
+                max_connections = configured,
+                device_sockets,
+                "max_connections is more than the open-file limit allows: beyond it, new connections are closed"
+            );
+        }
+        return configured;
+    }
+    (device_sockets - device_sockets / 16).max(1)
+}
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -46,16 +117,6 @@ pub enum StartError {
     /// The TLS certificate or key is unusable.
     #[error(transparent)]
     Tls(#[from] TlsError),
-}
-
-/// The configured socket limit, or one derived from the open-file limit.
-fn max_connections(configured: usize) -> usize {
-    if configured > 0 {
-        return configured;
-    }
-    let (soft, _) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap_or((1024, 1024));
-    let usable = soft.saturating_sub(RESERVED_FILES).max(64);
-    usize::try_from(usable).unwrap_or(usize::MAX)
 }
 
 /// A server with its listeners bound, ready to [`Server::run`].
@@ -130,6 +191,7 @@ impl Server {
             })
             .trim_end_matches('/')
             .to_owned();
+        let sockets = socket_budget(config);
         let metrics = Arc::new(Metrics::new(store.name()));
         metrics.preset();
         let store: Arc<dyn Store> = Arc::new(MeteredStore::new(store, metrics.clone()));
@@ -142,7 +204,11 @@ impl Server {
             protocol: config.protocol.clone(),
             endpoint_url,
             cors: config.server.cors,
-            max_connections: max_connections(config.server.max_connections),
+            max_connections: max_connections(
+                config.server.max_connections,
+                sockets.device.available(),
+            ),
+            sockets,
             inflight: Semaphore::new(config.server.max_inflight_requests),
             queue_delay: Arc::new(QueueDelay::new(config.server.max_queue_delay)),
             shutdown,
@@ -200,6 +266,7 @@ impl Server {
                     router,
                     routes::router_listener(app.clone()),
                     None,
+                    app.sockets.app_server.clone(),
                     shutdown.clone(),
                 )
                 .await;
@@ -210,12 +277,14 @@ impl Server {
                 ws,
                 routes::ws_listener(app.clone()),
                 tls.clone(),
+                app.sockets.device.clone(),
                 shutdown.clone()
             ),
             listener::serve(
                 endpoint,
                 routes::endpoint_listener(app.clone()),
                 tls,
+                app.sockets.app_server.clone(),
                 shutdown.clone()
             ),
             router,

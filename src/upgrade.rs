@@ -81,10 +81,9 @@ pub fn accept(
     if app.shutdown.is_cancelled() {
         return HttpError::unavailable("shutting down").into_response();
     }
-    if app.registry.connections() >= app.max_connections {
+    let Some(connected) = app.registry.try_connect(app.max_connections) else {
         return HttpError::unavailable("too many connections").into_response();
-    }
-    let connected = app.registry.connect();
+    };
     let accept_key = derive_accept_key(key.as_bytes());
     let config = socket_config(app.protocol.max_message_bytes);
     let sessions = app.sessions.clone();

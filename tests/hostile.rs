@@ -706,3 +706,146 @@ async fn a_body_that_stalls_gets_408_after_a_short_deadline() {
     assert_eq!(reply_status(&mut stream, WAIT).await, Some(200));
     drop(device);
 }
+
+/// Opens `count` TCP connections to `addr` that never send a byte.
+async fn idle_connections(addr: SocketAddr, count: usize) -> Vec<TcpStream> {
+    let mut streams = Vec::with_capacity(count);
+    for _ in 0..count {
+        streams.push(TcpStream::connect(addr).await.unwrap());
+    }
+    streams
+}
+
+/// How many of `streams` the server closes within `wait`.
+async fn closed_within(streams: &mut [TcpStream], wait: std::time::Duration) -> usize {
+    let reads = streams.iter_mut().map(|stream| async move {
+        let mut byte = [0u8; 1];
+        matches!(
+            tokio::time::timeout(wait, stream.read(&mut byte)).await,
+            Ok(Ok(0) | Err(_))
+        )
+    });
+    futures_util::future::join_all(reads)
+        .await
+        .into_iter()
+        .filter(|closed| *closed)
+        .count()
+}
+
+/// PUTs `body`, trying again while the connection itself fails (the server closes
+/// connections beyond its socket budget until those of a flood that just ended are gone).
+async fn put_when_connected(client: &reqwest::Client, url: &str, body: &str) -> (u16, String) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match client.put(url).body(body.to_owned()).send().await {
+            Ok(reply) => {
+                let status = reply.status().as_u16();
+                return (status, reply.text().await.unwrap_or_default());
+            }
+            Err(error) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "PUT never got through: {error}"
+            ),
+        }
+    }
+}
+
+#[tokio::test]
+async fn connection_floods_under_a_low_open_file_limit_leave_the_store_and_the_other_listener_serving()
+ {
+    // A box with `ulimit -n 256`, against floods of 400 idle connections on either
+    // listener.
+    const OPEN_FILES: u64 = 256;
+    const FLOOD: usize = 400;
+    let server = Server::builder()
+        .open_files(OPEN_FILES)
+        .set("server", "max_queue_delay", "\"0\"")
+        .start()
+        .await;
+    let (mut device, channel, endpoint) = live_channel(&server).await;
+    let (offline, _) = server.device().await;
+    offline.close().await;
+
+    // 1. The app servers' listener is flooded: the server closes what is beyond its
+    //    budget at once, and devices still connect and register (a store write).
+    let mut flood = idle_connections(server.endpoint, FLOOD).await;
+    let closed = closed_within(&mut flood, std::time::Duration::from_secs(2)).await;
+    assert!(
+        closed >= FLOOD - OPEN_FILES as usize,
+        "only {closed} of {FLOOD} connections beyond the budget were closed"
+    );
+    let (mut newcomer, newcomer_channel, newcomer_endpoint) = live_channel(&server).await;
+    newcomer.ping().await;
+    drop(flood);
+
+    // 2. The devices' listener is flooded: app servers are still served, and updates
+    //    are still stored.
+    let mut flood = idle_connections(server.ws, FLOOD).await;
+    let closed = closed_within(&mut flood, std::time::Duration::from_secs(2)).await;
+    assert!(
+        closed >= FLOOD - OPEN_FILES as usize,
+        "only {closed} of {FLOOD} connections beyond the budget were closed"
+    );
+    let client = client();
+    let (status, body) =
+        put_when_connected(&client, &server.reachable(&endpoint), "version=5").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        updates(&device.recv_notification().await),
+        vec![(channel.clone(), 5, None)]
+    );
+    let (status, body) =
+        put_when_connected(&client, &server.reachable(&newcomer_endpoint), "version=6").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        updates(&newcomer.recv_notification().await),
+        vec![(newcomer_channel.clone(), 6, None)]
+    );
+    drop(flood);
+
+    assert_eq!(server.status().await["status"], json!("OK"));
+    let log = server.log_text();
+    assert!(
+        !log.contains("Too many open files"),
+        "the server ran out of file descriptors:\n{log}"
+    );
+    device.close().await;
+    newcomer.close().await;
+}
+
+/// Sends a websocket upgrade and returns the reply's status with the open socket.
+async fn try_upgrade(addr: SocketAddr) -> (Option<u16>, TcpStream) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let status = reply_status(&mut stream, WAIT).await;
+    (status, stream)
+}
+
+#[tokio::test]
+async fn concurrent_upgrades_never_exceed_max_connections() {
+    const MAX: usize = 5;
+    let server = Server::builder()
+        .set("server", "max_connections", &MAX.to_string())
+        .start()
+        .await;
+    for round in 0..5 {
+        let attempts =
+            futures_util::future::join_all((0..40).map(|_| try_upgrade(server.ws))).await;
+        let upgraded = attempts.iter().filter(|(s, _)| *s == Some(101)).count();
+        let refused = attempts.iter().filter(|(s, _)| *s == Some(503)).count();
+        assert_eq!(
+            (upgraded, refused),
+            (MAX, 40 - MAX),
+            "round {round}: 101s and 503s"
+        );
+        server.wait_for_clients(MAX as u64).await;
+        drop(attempts);
+        server.wait_for_clients(0).await;
+    }
+}

@@ -43,6 +43,7 @@ pub struct Server {
 pub struct Builder {
     sections: Vec<(String, Vec<(String, String)>)>,
     args: Vec<String>,
+    open_files: Option<u64>,
 }
 
 impl Builder {
@@ -80,6 +81,13 @@ impl Builder {
         self
     }
 
+    /// Starts the server with this open-file limit (soft and hard, so it cannot raise
+    /// it): how a box with a low `ulimit -n` runs it.
+    pub fn open_files(mut self, limit: u64) -> Self {
+        self.open_files = Some(limit);
+        self
+    }
+
     fn toml(&self) -> String {
         let mut text = String::new();
         for (section, entries) in &self.sections {
@@ -99,7 +107,8 @@ impl Builder {
         std::fs::write(&config, self.toml()).unwrap();
         let log = dir.path().join("server.log");
         let stderr = std::fs::File::create(&log).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_simplepush"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_simplepush"));
+        command
             .arg("--config")
             .arg(&config)
             .args(["--ws-addr", "127.0.0.1:0", "--endpoint-addr", "127.0.0.1:0"])
@@ -107,9 +116,16 @@ impl Builder {
             .current_dir(dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .unwrap();
+            .stderr(stderr);
+        if let Some(limit) = self.open_files {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: runs in the forked child before exec and only calls setrlimit,
+            // which is async-signal-safe.
+            unsafe {
+                command.pre_exec(move || rlimit::setrlimit(rlimit::Resource::NOFILE, limit, limit));
+            }
+        }
+        let mut child = command.spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<Option<String>>();
         // A plain thread: the pipe is blocking. It keeps draining stdout afterwards so
@@ -181,6 +197,7 @@ impl Server {
         let mut builder = Builder {
             sections: Vec::new(),
             args: Vec::new(),
+            open_files: None,
         }
         .protocol("min_ping_interval", "\"0\"")
         // Cluster nodes bind a router listener too; never a fixed port in tests.

@@ -10,17 +10,28 @@ use bytes::Buf;
 use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 use simplepush_store::{ChannelId, Store, StoreError, Uaid, Update};
-use subtle::ConstantTimeEq;
-use warp::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use url::Url;
+use warp::http::{HeaderMap, Method, StatusCode, header};
+use warp::path::FullPath;
 use warp::reply::Response;
 use warp::{Filter, Rejection};
 
-use crate::app::App;
+use crate::app::{App, now_secs};
 use crate::endpoint::read_body;
 use crate::error::{HttpError, json_response};
+use crate::protocol::is_uuid_shaped;
+
+mod peers;
+mod signature;
+
+pub use peers::Peers;
+use signature::{Refusal, Signer};
 
 /// Time limit of one node-to-node request: a node that is down costs at most this.
 const ROUTE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Peers remembered for `/realstatus/`; a poisoned store cannot grow the list beyond.
+const MAX_PEER_HEALTH: usize = 1024;
 
 /// An update forwarded to the node holding the device.
 #[derive(Debug, Serialize, Deserialize)]
@@ -34,12 +45,42 @@ struct Routed {
     expires_at: u64,
 }
 
-/// What this node last saw of a peer.
+/// What this node last saw of a peer: never a URL with a uaid, only what kind of
+/// failure it was.
 #[derive(Debug, Clone, Serialize)]
 struct PeerHealth {
     reachable: bool,
+    /// `connect`, `timeout`, `request` (unreachable); `unauthorized` (secret or clocks
+    /// differ), `status` (another unexpected answer).
     #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
+    error: Option<&'static str>,
+}
+
+/// The outcome of forwarding an update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// Delivered live on the device's node.
+    Delivered,
+    /// Not delivered (no other node holds the device, or it failed): stored only.
+    Stored,
+    /// The node record named a URL outside `[router] peers`: not contacted.
+    Refused,
+}
+
+impl Route {
+    /// Whether the device got the update live.
+    pub fn delivered(self) -> bool {
+        self == Route::Delivered
+    }
+
+    /// The `result` label of `routed_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Route::Delivered => "hit",
+            Route::Stored => "miss",
+            Route::Refused => "refused",
+        }
+    }
 }
 
 /// This node's place in a cluster.
@@ -47,24 +88,31 @@ struct PeerHealth {
 pub struct Cluster {
     /// How peers reach this node's router.
     me: String,
-    secret: String,
+    signer: Signer,
+    peers: Peers,
     client: reqwest::Client,
-    peers: Mutex<HashMap<String, PeerHealth>>,
+    health: Mutex<HashMap<String, PeerHealth>>,
 }
 
 impl Cluster {
-    /// A cluster member reachable by peers at `me` (its router URL), sharing `secret`.
-    pub fn new(me: String, secret: String) -> Cluster {
+    /// A cluster member reachable by peers at `me` (its router URL), signing with
+    /// `secret`, contacting only router URLs within `peers`.
+    pub fn new(me: String, secret: &str, peers: Peers) -> Cluster {
         let client = reqwest::Client::builder()
             .timeout(ROUTE_TIMEOUT)
             .pool_idle_timeout(Duration::from_secs(90))
+            // Router traffic goes straight to the peer: never through a proxy from the
+            // environment, never on to wherever a redirect points.
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap_or_default();
         Cluster {
             me: me.trim_end_matches('/').to_owned(),
-            secret,
+            signer: Signer::new(secret),
+            peers,
             client,
-            peers: Mutex::new(HashMap::new()),
+            health: Mutex::new(HashMap::new()),
         }
     }
 
@@ -73,13 +121,21 @@ impl Cluster {
         &self.me
     }
 
+    /// Whether peers configured like this node would contact it.
+    pub fn admits_itself(&self) -> bool {
+        self.peers.admit(&self.me).is_some()
+    }
+
     /// Records that `uaid` is now connected here; the node it was on before (if another)
     /// is told to close its stale socket.
     pub async fn announce(&self, store: &dyn Store, uaid: &Uaid) -> Result<(), StoreError> {
         let previous = store.node(uaid).await?;
         store.set_node(uaid, &self.me).await?;
         if let Some(previous) = previous.filter(|node| *node != self.me) {
-            let request = self.request(Method::DELETE, &previous, uaid);
+            let Some((_, request)) = self.request(Method::DELETE, &previous, uaid, Vec::new())
+            else {
+                return Ok(());
+            };
             // The device is already served here: the old node's answer changes nothing.
             tokio::spawn(async move {
                 match request.send().await {
@@ -89,6 +145,7 @@ impl Cluster {
                         "the previous node did not close the stale socket"
                     ),
                     Err(error) => {
+                        let error = error.without_url();
                         tracing::debug!(%error, "telling the previous node to close failed")
                     }
                 }
@@ -104,21 +161,21 @@ impl Cluster {
         }
     }
 
-    /// Forwards an update to the node holding `uaid`. Answers whether it was delivered
-    /// live there; any failure means "stored, not delivered".
+    /// Forwards an update to the node holding `uaid`; any failure means "stored, not
+    /// delivered".
     pub async fn route(
         &self,
         store: &dyn Store,
         uaid: &Uaid,
         channel: &ChannelId,
         update: &Update,
-    ) -> bool {
+    ) -> Route {
         let node = match store.node(uaid).await {
             Ok(Some(node)) if node != self.me => node,
-            Ok(_) => return false,
+            Ok(_) => return Route::Stored,
             Err(error) => {
                 tracing::debug!(%error, "looking up the device's node failed");
-                return false;
+                return Route::Stored;
             }
         };
         let body = Routed {
@@ -127,88 +184,150 @@ impl Cluster {
             data: update.data.clone(),
             expires_at: update.expires_at,
         };
-        let request = self
-            .request(Method::PUT, &node, uaid)
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(serde_json::to_vec(&body).unwrap_or_default());
-        let outcome = request.send().await;
-        let (delivered, health) = match outcome {
-            Ok(response) => (
-                response.status() == StatusCode::OK,
-                PeerHealth {
-                    reachable: true,
-                    error: None,
-                },
-            ),
-            Err(error) => (
-                false,
-                PeerHealth {
-                    reachable: false,
-                    error: Some(error.to_string()),
-                },
-            ),
+        let body = serde_json::to_vec(&body).unwrap_or_default();
+        let Some((origin, request)) = self.request(Method::PUT, &node, uaid, body) else {
+            return Route::Refused;
         };
-        self.lock_peers().insert(node, health);
-        delivered
+        let request = request.header(header::CONTENT_TYPE, "application/json");
+        let (route, health) = match request.send().await {
+            Ok(response) => {
+                let status = response.status();
+                let error = match status {
+                    StatusCode::OK | StatusCode::NOT_FOUND => None,
+                    StatusCode::UNAUTHORIZED => Some("unauthorized"),
+                    _ => Some("status"),
+                };
+                if error.is_some() {
+                    tracing::debug!(%status, "the device's node refused a routed update");
+                }
+                let route = if status == StatusCode::OK {
+                    Route::Delivered
+                } else {
+                    Route::Stored
+                };
+                (
+                    route,
+                    PeerHealth {
+                        reachable: true,
+                        error,
+                    },
+                )
+            }
+            Err(error) => {
+                let kind = if error.is_timeout() {
+                    "timeout"
+                } else if error.is_connect() {
+                    "connect"
+                } else {
+                    "request"
+                };
+                let error = error.without_url();
+                tracing::debug!(%error, "routing to the device's node failed");
+                (
+                    Route::Stored,
+                    PeerHealth {
+                        reachable: false,
+                        error: Some(kind),
+                    },
+                )
+            }
+        };
+        let mut peers = self.lock_health();
+        if peers.len() < MAX_PEER_HEALTH || peers.contains_key(&origin) {
+            peers.insert(origin, health);
+        }
+        route
     }
 
-    fn request(&self, method: Method, node: &str, uaid: &Uaid) -> reqwest::RequestBuilder {
-        self.client
-            .request(method, format!("{node}/route/{uaid}"))
-            .bearer_auth(&self.secret)
+    /// A signed request for `/route/{uaid}` on `node`, with the node's origin; `None`
+    /// (and not contacted) when `node` is not a router URL within the peers.
+    fn request(
+        &self,
+        method: Method,
+        node: &str,
+        uaid: &Uaid,
+        body: Vec<u8>,
+    ) -> Option<(String, reqwest::RequestBuilder)> {
+        let Some(base) = self.peers.admit(node) else {
+            tracing::debug!("a node record names a router outside [router] peers: not contacted");
+            return None;
+        };
+        let mut url: Url = base.clone();
+        url.path_segments_mut()
+            .ok()?
+            .clear()
+            .push("route")
+            .push(uaid.as_str());
+        let signature = self.signer.sign(&method, url.path(), &body, now_secs());
+        let mut request = self.client.request(method, url).body(body);
+        for (name, value) in signature {
+            request = request.header(name, value);
+        }
+        Some((base.origin().ascii_serialization(), request))
     }
 
-    fn lock_peers(&self) -> std::sync::MutexGuard<'_, HashMap<String, PeerHealth>> {
-        self.peers.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock_health(&self) -> std::sync::MutexGuard<'_, HashMap<String, PeerHealth>> {
+        self.health.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Peers this node has talked to, and whether they answered.
+    /// Peers this node has talked to, whether they answered, and what kind of failure
+    /// the last one was.
     pub fn health(&self) -> serde_json::Value {
         serde_json::json!({
             "node": self.me,
-            "peers": self.lock_peers().clone(),
+            "peers": self.lock_health().clone(),
         })
-    }
-
-    /// Whether a router request carries the shared secret.
-    fn authorized(&self, headers: &HeaderMap) -> bool {
-        let expected = format!("Bearer {}", self.secret);
-        headers
-            .get(header::AUTHORIZATION)
-            .map(HeaderValue::as_bytes)
-            .is_some_and(|got| bool::from(got.ct_eq(expected.as_bytes())))
     }
 }
 
 /// The router listener: `PUT /route/{uaid}` delivers an update to a device connected
 /// here (200, or 404 when it is not), `DELETE /route/{uaid}` closes its socket (4000;
-/// 409 when the store says the device is connected to this node again).
-/// The secret is checked before any body is read.
+/// 409 when the store says the device is connected to this node again). Every request
+/// must be signed (see `signature`); the headers and the timestamp are checked before
+/// the body is read, the MAC over it after.
 pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("route" / String)
+        .and(warp::path::full())
         .and(warp::method())
         .and(warp::header::headers_cloned())
         .and(warp::body::stream())
-        .then(move |uaid: String, method, headers, body| {
+        .then(move |uaid: String, path: FullPath, method, headers, body| {
             let app = app.clone();
             async move {
-                handle(&app, Uaid::new(uaid), method, &headers, Box::pin(body))
+                let request = Request {
+                    uaid: Uaid::new(uaid),
+                    path,
+                    method,
+                    headers,
+                };
+                handle(&app, request, Box::pin(body))
                     .await
                     .unwrap_or_else(HttpError::into_response)
             }
         })
 }
 
-/// Largest routed update: a version and at most `max_data_bytes` of data, JSON-escaped.
+/// Smallest limit of a routed update's body.
 const MAX_ROUTED_BYTES: usize = 64 * 1024;
 
-async fn handle<S, B>(
-    app: &App,
+/// Largest routed body: `max_data_bytes` of data, JSON-escaped (up to 6 bytes per
+/// byte), and the other fields.
+fn body_limit(max_data_bytes: usize) -> usize {
+    max_data_bytes
+        .saturating_mul(6)
+        .saturating_add(1024)
+        .max(MAX_ROUTED_BYTES)
+}
+
+/// What a router request is, apart from its body.
+struct Request {
     uaid: Uaid,
+    path: FullPath,
     method: Method,
-    headers: &HeaderMap,
-    body: S,
-) -> Result<Response, HttpError>
+    headers: HeaderMap,
+}
+
+async fn handle<S, B>(app: &App, request: Request, body: S) -> Result<Response, HttpError>
 where
     S: Stream<Item = Result<B, warp::Error>> + Unpin,
     B: Buf,
@@ -216,50 +335,112 @@ where
     let Some(cluster) = &app.cluster else {
         return Err(HttpError::new(StatusCode::NOT_FOUND, "not a cluster node"));
     };
-    if !cluster.authorized(headers) {
+    let Request {
+        uaid,
+        path,
+        method,
+        headers,
+    } = request;
+    let unauthorized = |reason: &'static str| HttpError::new(StatusCode::UNAUTHORIZED, reason);
+    let now = now_secs();
+    let signed = Signer::read(&headers, now).map_err(unauthorized)?;
+    if method != Method::PUT && method != Method::DELETE {
         return Err(HttpError::new(
-            StatusCode::UNAUTHORIZED,
-            "wrong or missing router secret",
+            StatusCode::METHOD_NOT_ALLOWED,
+            "use PUT or DELETE",
         ));
     }
-    let not_here = || HttpError::new(StatusCode::NOT_FOUND, "device not connected here");
-    match method {
-        Method::PUT => {
-            let body = read_body(body, MAX_ROUTED_BYTES).await?;
-            let routed: Routed = serde_json::from_slice(&body).map_err(|e| {
-                HttpError::new(StatusCode::BAD_REQUEST, format!("bad routed update: {e}"))
-            })?;
-            let update = Update {
-                version: routed.version,
-                data: routed.data,
-                expires_at: routed.expires_at,
-            };
-            let peer = app.registry.get(&uaid).ok_or_else(not_here)?;
-            let channel = ChannelId::new(routed.channel_id);
-            if !peer.deliver(channel, update, tokio::time::Instant::now()) {
-                return Err(not_here());
-            }
-        }
-        Method::DELETE => {
-            let peer = app.registry.get(&uaid).ok_or_else(not_here)?;
-            // A device that moved away and straight back is ours again: a late request
-            // from the node it passed through must not close its new socket.
-            if let Ok(Some(node)) = app.store.node(&uaid).await
-                && node == cluster.me
-            {
-                return Err(HttpError::new(
-                    StatusCode::CONFLICT,
-                    "device is connected here again",
-                ));
-            }
-            peer.replace();
-        }
-        _ => {
-            return Err(HttpError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "use PUT or DELETE",
+    let body = read_body(body, body_limit(app.protocol.max_data_bytes)).await?;
+    match cluster
+        .signer
+        .accept(&signed, &method, path.as_str(), &body, now)
+    {
+        Ok(()) => {}
+        Err(Refusal::Invalid(reason)) => return Err(unauthorized(reason)),
+        Err(Refusal::Full) => {
+            return Err(HttpError::unavailable(
+                "too many recent router requests; retry later",
             ));
         }
     }
+    let not_here = || HttpError::new(StatusCode::NOT_FOUND, "device not connected here");
+    if method == Method::PUT {
+        let (channel, update) = routed_update(&body, app.protocol.max_data_bytes)?;
+        let peer = app.registry.get(&uaid).ok_or_else(not_here)?;
+        if !peer.deliver(channel, update, tokio::time::Instant::now()) {
+            return Err(not_here());
+        }
+    } else {
+        let peer = app.registry.get(&uaid).ok_or_else(not_here)?;
+        // A device that moved away and straight back is ours again: a late request
+        // from the node it passed through must not close its new socket.
+        if let Ok(Some(node)) = app.store.node(&uaid).await
+            && node == cluster.me
+        {
+            return Err(HttpError::new(
+                StatusCode::CONFLICT,
+                "device is connected here again",
+            ));
+        }
+        peer.replace();
+    }
     Ok(json_response(StatusCode::OK, &serde_json::json!({})))
+}
+
+/// A routed update checked like an app server's PUT: a UUID channelID, a version an
+/// endpoint would accept, at most `max_data_bytes` of data; 400 otherwise.
+fn routed_update(body: &[u8], max_data_bytes: usize) -> Result<(ChannelId, Update), HttpError> {
+    let bad = |reason: String| HttpError::new(StatusCode::BAD_REQUEST, reason);
+    let routed: Routed =
+        serde_json::from_slice(body).map_err(|e| bad(format!("bad routed update: {e}")))?;
+    if !is_uuid_shaped(&routed.channel_id) {
+        return Err(bad("channelID must be a UUID".to_owned()));
+    }
+    if routed.version > i64::MAX as u64 {
+        return Err(bad("version is over 2^63-1".to_owned()));
+    }
+    if routed
+        .data
+        .as_ref()
+        .is_some_and(|d| d.len() > max_data_bytes)
+    {
+        return Err(bad(format!("data is over {max_data_bytes} bytes")));
+    }
+    let update = Update {
+        version: routed.version,
+        data: routed.data,
+        expires_at: routed.expires_at,
+    };
+    Ok((ChannelId::new(routed.channel_id), update))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routed_updates_are_checked_like_a_put() {
+        let channel = "5a0fc5d5-3f0a-4f4c-9c5b-2e3c1a2b3c4d";
+        let update = |fields: serde_json::Value| routed_update(fields.to_string().as_bytes(), 4);
+        let good = update(
+            serde_json::json!({"channelID": channel, "version": 1, "expiresAt": 9, "data": "abcd"}),
+        );
+        assert!(good.is_ok());
+        for bad in [
+            serde_json::json!({"channelID": "x", "version": 1, "expiresAt": 9}),
+            serde_json::json!({"channelID": channel, "version": 1, "expiresAt": 9, "data": "abcde"}),
+            serde_json::json!({"channelID": channel, "version": 9_223_372_036_854_775_808_u64, "expiresAt": 9}),
+            serde_json::json!({"channelID": channel, "version": -1, "expiresAt": 9}),
+        ] {
+            let error = update(bad.clone()).unwrap_err();
+            assert_eq!(error.status, StatusCode::BAD_REQUEST, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_routed_body_fits_the_largest_data() {
+        assert_eq!(body_limit(4096), MAX_ROUTED_BYTES);
+        assert!(body_limit(100_000) > 600_000);
+        assert_eq!(body_limit(usize::MAX), usize::MAX);
+    }
 }

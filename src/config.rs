@@ -194,8 +194,11 @@ pub struct RouterConfig {
     pub addr: SocketAddr,
     /// How peers reach this node. Unset: `http://<bound router address>`.
     pub url: Option<String>,
-    /// Shared secret peers must present.
+    /// Shared secret that signs every router request (required on memcache nodes).
     pub secret: String,
+    /// Router URLs this node contacts: CIDRs, addresses or host names. Empty: the
+    /// network of `addr` (loopback: 127.0.0.0/8 and ::1).
+    pub peers: Vec<String>,
 }
 
 impl Default for RouterConfig {
@@ -204,6 +207,7 @@ impl Default for RouterConfig {
             addr: SocketAddr::from(([127, 0, 0, 1], 3000)),
             url: None,
             secret: String::new(),
+            peers: Vec::new(),
         }
     }
 }
@@ -337,6 +341,7 @@ mod tests {
         assert_eq!(config.router.addr, defaults.router.addr);
         assert_eq!(config.router.url, defaults.router.url);
         assert_eq!(config.router.secret, "");
+        assert!(config.router.peers.is_empty());
         assert_eq!(config.log.level, "info");
     }
 

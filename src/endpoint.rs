@@ -278,10 +278,9 @@ where
             let live = match (local, &app.cluster) {
                 (Some(peer), _) => peer.deliver(channel, update, received),
                 (None, Some(cluster)) => {
-                    let hit = cluster.route(&*app.store, &uaid, &channel, &update).await;
-                    let result = if hit { "hit" } else { "miss" };
-                    app.metrics.routed.with_label_values(&[result]).inc();
-                    hit
+                    let route = cluster.route(&*app.store, &uaid, &channel, &update).await;
+                    app.metrics.routed.with_label_values(&[route.label()]).inc();
+                    route.delivered()
                 }
                 (None, None) => false,
             };

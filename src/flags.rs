@@ -148,9 +148,16 @@ struct RouterFlags {
     /// How peers reach this node (url).
     #[arg(long = "router-url", value_name = "URL")]
     url: Option<String>,
-    /// Shared secret peers must present (secret).
+    /// Shared secret that signs router requests (secret).
     #[arg(long = "router-secret", value_name = "SECRET")]
     secret: Option<String>,
+    /// Router URLs this node contacts: CIDRs, addresses or host names (peers).
+    #[arg(
+        long = "router-peers",
+        value_name = "CIDR|HOST,...",
+        value_delimiter = ','
+    )]
+    peers: Option<Vec<String>>,
 }
 
 /// `[log]`.
@@ -216,6 +223,7 @@ impl ConfigFlags {
             r.addr => config.router.addr,
             r.url.map(Some) => config.router.url,
             r.secret => config.router.secret,
+            r.peers => config.router.peers,
             l.level => config.log.level,
             l.format => config.log.format,
         }
@@ -274,6 +282,7 @@ mod tests {
             "--router-addr=127.0.0.1:3",
             "--router-url=http://peer",
             "--router-secret=s",
+            "--router-peers=10.0.0.0/24,node-2",
             "--log-level=debug",
             "--log-format=json",
         ]);
@@ -315,6 +324,7 @@ mod tests {
         assert_eq!(config.router.addr.port(), 3);
         assert_eq!(config.router.url.as_deref(), Some("http://peer"));
         assert_eq!(config.router.secret, "s");
+        assert_eq!(config.router.peers, ["10.0.0.0/24", "node-2"]);
         assert_eq!(config.log.level, "debug");
         assert_eq!(config.log.format, LogFormat::Json);
     }

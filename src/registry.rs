@@ -340,12 +340,15 @@ impl Registry {
         }
     }
 
-    /// Forgets `uaid` if `peer` still holds it.
-    pub fn release(&self, uaid: &Uaid, peer: &Peer) {
+    /// Forgets `uaid` if `peer` still holds it; answers whether it did (false: a newer
+    /// session of the same uaid holds it, or nobody does).
+    pub fn release(&self, uaid: &Uaid, peer: &Peer) -> bool {
         let mut shard = self.shard(uaid);
         if shard.get(uaid).is_some_and(|p| p.id == peer.id) {
             shard.remove(uaid);
+            return true;
         }
+        false
     }
 
     /// The session of `uaid` on this node, if connected here.
@@ -375,10 +378,11 @@ mod tests {
         registry.claim(&uaid, &new);
         assert!(old.take().replaced);
         assert!(!new.take().replaced);
-        registry.release(&uaid, &old);
+        assert!(!registry.release(&uaid, &old), "the newer session holds it");
         assert_eq!(registry.get(&uaid).map(|p| p.id), Some(new.id));
-        registry.release(&uaid, &new);
+        assert!(registry.release(&uaid, &new));
         assert!(registry.get(&uaid).is_none());
+        assert!(!registry.release(&uaid, &new), "released once");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::app::App;
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, Peers};
 use crate::config::{Backend, Config};
 use crate::listener::{Slots, Sockets};
 use crate::metrics::{MeteredStore, Metrics};
@@ -117,6 +117,35 @@ pub enum StartError {
     /// The TLS certificate or key is unusable.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// A memcache node lacks a setting every node of a cluster must share.
+    #[error("{key} must be set on a memcache node (the same value on every node): {why}")]
+    ClusterSetting {
+        /// The config key, as `[section] key`.
+        key: &'static str,
+        /// What goes wrong without it.
+        why: &'static str,
+    },
+    /// `[router] peers` has an entry that is not a network, address or host name.
+    #[error("[router] peers: {0}")]
+    Peers(String),
+}
+
+/// The settings a memcache node refuses to start without.
+fn check_cluster_settings(config: &Config) -> Result<(), StartError> {
+    if config.router.secret.trim().is_empty() {
+        return Err(StartError::ClusterSetting {
+            key: "[router] secret",
+            why: "it signs the requests nodes route to each other",
+        });
+    }
+    if config.server.token_keys.is_empty() {
+        return Err(StartError::ClusterSetting {
+            key: "[server] token_keys",
+            why: "without it each node mints endpoints no other node can open \
+                  (`simplepush genkey` makes a key)",
+        });
+    }
+    Ok(())
 }
 
 /// A server with its listeners bound, ready to [`Server::run`].
@@ -158,7 +187,10 @@ impl Server {
             .port();
         // Nodes sharing memcached form a cluster and route to each other.
         let router = match config.store.backend {
-            Backend::Memcache => Some(bind(config.router.addr)?),
+            Backend::Memcache => {
+                check_cluster_settings(config)?;
+                Some(bind(config.router.addr)?)
+            }
             _ => None,
         };
         let cluster = match &router {
@@ -172,12 +204,17 @@ impl Server {
                     .url
                     .clone()
                     .unwrap_or_else(|| format!("http://{addr}"));
-                if config.router.secret.is_empty() {
+                let peers =
+                    Peers::from_config(&config.router.peers, addr).map_err(StartError::Peers)?;
+                let cluster = Cluster::new(url, &config.router.secret, peers);
+                if !cluster.admits_itself() {
                     tracing::warn!(
-                        "[router] secret is empty: anyone who reaches the router listener can route"
+                        url = cluster.url(),
+                        "this node's router URL is outside [router] peers: nodes configured \
+                         alike will not route to it (set [router] peers)"
                     );
                 }
-                Some(Cluster::new(url, config.router.secret.clone()))
+                Some(cluster)
             }
             None => None,
         };

@@ -646,8 +646,11 @@ impl Session {
         let reason = format!("{end:?}").to_ascii_lowercase();
         self.app.metrics.closes.with_label_values(&[&reason]).inc();
         if let Some(uaid) = &self.uaid {
-            self.app.registry.release(uaid, &self.peer);
-            if let Some(cluster) = &self.app.cluster {
+            // A newer socket of the same uaid on this node keeps the node record: only
+            // the session that still held the uaid here clears it.
+            if self.app.registry.release(uaid, &self.peer)
+                && let Some(cluster) = &self.app.cluster
+            {
                 cluster.forget(&*self.app.store, uaid).await;
             }
         }

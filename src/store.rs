@@ -90,14 +90,8 @@ pub fn token_keys(config: &Config) -> Result<Vec<String>, OpenError> {
     }
     match config.store.backend {
         Backend::Sqlite | Backend::Rocksdb => Ok(vec![kept_key(&config.store.path)?]),
-        Backend::Memcache => {
-            tracing::warn!(
-                "no [server] token_keys configured: endpoints minted now stop working at restart \
-                 and on other nodes; set token_keys (`simplepush genkey`) on every node"
-            );
-            Ok(vec![crate::token::generate_key()])
-        }
-        Backend::Memory => Ok(vec![crate::token::generate_key()]),
+        // A memcache node without configured keys refuses to start (`Server::bind`).
+        Backend::Memcache | Backend::Memory => Ok(vec![crate::token::generate_key()]),
     }
 }
 

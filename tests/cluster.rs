@@ -9,6 +9,8 @@ mod common;
 use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use common::{End, Memcached, Reply, Server, WAIT, chid, hex_id, http, http_with, updates};
 use serde_json::{Value, json};
 
@@ -83,24 +85,60 @@ async fn resume(device: &mut common::Device, uaid: &str, channels: &[&str]) {
     assert_eq!(reply["uaid"], json!(uaid), "the uaid must be kept: {reply}");
 }
 
-/// One request to a router listener, with an optional `Authorization` header.
+/// One request to a router listener with these extra headers.
 async fn router_request(
     method: &str,
     url: &str,
-    authorization: Option<&str>,
-    body: Option<String>,
+    headers: &[(String, String)],
+    body: Option<&str>,
 ) -> Reply {
-    let mut headers = Vec::new();
-    if let Some(authorization) = authorization {
-        headers.push(("authorization", authorization));
-    }
+    let mut all: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
     if body.is_some() {
-        headers.push(("content-type", "application/json"));
+        all.push(("content-type", "application/json"));
     }
-    http_with(method, url, &headers, body.as_deref()).await
+    http_with(method, url, &all, body).await
 }
 
-/// A well-formed routed update, so that only the secret and the uaid decide the answer.
+/// The headers that sign a router request as README's "Running a cluster" describes:
+/// HMAC-SHA256 keyed by the secret over method, path, timestamp, nonce and body.
+fn signed(
+    secret: &str,
+    method: &str,
+    path: &str,
+    timestamp: u64,
+    body: &str,
+) -> Vec<(String, String)> {
+    let nonce = URL_SAFE_NO_PAD.encode(uuid::Uuid::new_v4().as_bytes());
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+    let mut message = format!("{method}\n{path}\n{timestamp}\n{nonce}\n").into_bytes();
+    message.extend_from_slice(body.as_bytes());
+    let mac = URL_SAFE_NO_PAD.encode(ring::hmac::sign(&key, &message).as_ref());
+    vec![
+        (
+            "authorization".to_owned(),
+            format!("SimplepushRouter {mac}"),
+        ),
+        ("x-simplepush-timestamp".to_owned(), timestamp.to_string()),
+        ("x-simplepush-nonce".to_owned(), nonce),
+    ]
+}
+
+/// A signed router request to `node`, timestamped now.
+async fn signed_request(
+    node: &Server,
+    secret: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> Reply {
+    let headers = signed(secret, method, path, common::unix_now(), body.unwrap_or(""));
+    router_request(method, &node.router_url(path), &headers, body).await
+}
+
+/// A well-formed routed update, so that only the signature and the uaid decide the answer.
 fn routed_update(channel: &str, version: u64) -> String {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -190,37 +228,58 @@ async fn updates_follow_the_device_across_nodes_and_survive_a_dead_node() {
 }
 
 #[tokio::test]
-async fn router_requires_the_shared_secret() {
+async fn router_requests_must_be_signed_fresh_and_new() {
     let cluster = Cluster::start(1).await;
     let node = &cluster.nodes[0];
+    let secret = cluster.secret.as_str();
     let (mut device, uaid) = node.device().await;
     let channel = chid();
     device.register(&channel).await;
-    let route = node.router_url(&format!("/route/{uaid}"));
-    let good = format!("Bearer {}", cluster.secret);
-    let wrong = format!("Bearer {}", hex_id());
+    let path = format!("/route/{uaid}");
+    let route = node.router_url(&path);
+    let now = common::unix_now();
 
-    // No header, a wrong secret, and the right secret without the Bearer scheme.
-    for authorization in [None, Some(wrong.as_str()), Some(cluster.secret.as_str())] {
-        let routed = Some(routed_update(&channel, 7));
-        for (method, body) in [("PUT", routed), ("DELETE", None)] {
-            let reply = router_request(method, &route, authorization, body).await;
-            assert_eq!(
-                reply.status, 401,
-                "{method} with Authorization {authorization:?}: {}",
-                reply.body
-            );
-            reply.assert_error(401, &["Unauthorized"]);
-        }
+    // No header, the old static bearer secret, a MAC made with another secret, a MAC
+    // over another body, a stale and a far-future timestamp: all 401.
+    let body = routed_update(&channel, 7);
+    let other = hex_id();
+    let wrong_body = signed(secret, "PUT", &path, now, &routed_update(&channel, 6));
+    let refused: Vec<(&str, Vec<(String, String)>)> = vec![
+        ("no header", vec![]),
+        (
+            "a bearer secret",
+            vec![("authorization".to_owned(), format!("Bearer {secret}"))],
+        ),
+        ("another secret", signed(&other, "PUT", &path, now, &body)),
+        ("another body", wrong_body),
+        (
+            "a stale timestamp",
+            signed(secret, "PUT", &path, now - 120, &body),
+        ),
+        (
+            "a future timestamp",
+            signed(secret, "PUT", &path, now + 120, &body),
+        ),
+        (
+            "another path",
+            signed(secret, "PUT", "/route/x", now, &body),
+        ),
+    ];
+    for (what, headers) in &refused {
+        let reply = router_request("PUT", &route, headers, Some(&body)).await;
+        assert_eq!(reply.status, 401, "PUT with {what}: {}", reply.body);
+        reply.assert_error(401, &["Unauthorized"]);
     }
+    let reply = router_request("DELETE", &route, &[], None).await;
+    assert_eq!(reply.status, 401, "unsigned DELETE: {}", reply.body);
     // Nothing got through: no notification, and the socket is still open.
     device.ping().await;
 
-    // With the secret, a uaid not connected here is a 404 for both verbs.
-    let elsewhere = node.router_url(&format!("/route/{}", hex_id()));
-    let routed = Some(routed_update(&chid(), 7));
-    for (method, body) in [("PUT", routed), ("DELETE", None)] {
-        let reply = router_request(method, &elsewhere, Some(&good), body).await;
+    // Signed, a uaid not connected here is a 404 for both verbs.
+    let elsewhere = format!("/route/{}", hex_id());
+    let body = routed_update(&chid(), 7);
+    for (method, body) in [("PUT", Some(body.as_str())), ("DELETE", None)] {
+        let reply = signed_request(node, secret, method, &elsewhere, body).await;
         assert_eq!(
             reply.status, 404,
             "{method} for another uaid: {}",
@@ -229,19 +288,216 @@ async fn router_requires_the_shared_secret() {
         reply.assert_error(404, &["Not Found"]);
     }
 
-    // And the connected device is reached.
-    let reply = router_request("PUT", &route, Some(&good), Some(routed_update(&channel, 8))).await;
+    // Signed and fresh, the connected device is reached...
+    let body = routed_update(&channel, 8);
+    let headers = signed(secret, "PUT", &path, common::unix_now(), &body);
+    let reply = router_request("PUT", &route, &headers, Some(&body)).await;
     assert_eq!(reply.status, 200, "routed PUT: {}", reply.body);
     let frame = device.recv_notification().await;
-    assert_eq!(updates(&frame), vec![(channel, 8, None)]);
+    assert_eq!(updates(&frame), vec![(channel.clone(), 8, None)]);
+    device.ack(&channel, 8).await;
+    // ... once: the same request again is a replay.
+    let reply = router_request("PUT", &route, &headers, Some(&body)).await;
+    assert_eq!(reply.status, 401, "replayed PUT: {}", reply.body);
+    reply.assert_error(401, &["Unauthorized"]);
+    device.ping().await;
 
     // A DELETE for a device whose node record names this very node is a late request
     // from a node the device passed through: refused (409), the socket stays. (A DELETE
     // from the device's new node closes it: see the three-node test.)
-    let reply = router_request("DELETE", &route, Some(&good), None).await;
+    let reply = signed_request(node, secret, "DELETE", &path, None).await;
     assert_eq!(reply.status, 409, "routed DELETE: {}", reply.body);
     reply.assert_error(409, &["Conflict"]);
     device.ping().await;
+}
+
+#[tokio::test]
+async fn routed_updates_are_checked_like_a_put() {
+    let cluster = Cluster::start(1).await;
+    let node = &cluster.nodes[0];
+    let (mut device, uaid) = node.device().await;
+    let channel = chid();
+    device.register(&channel).await;
+    let path = format!("/route/{uaid}");
+    let expires = common::unix_now() + 3600;
+    let bad = [
+        (
+            "a channel that is no UUID",
+            json!({"channelID": "x/../y", "version": 1, "expiresAt": expires}),
+        ),
+        (
+            "data over max_data_bytes",
+            json!({"channelID": channel, "version": 1, "expiresAt": expires, "data": "x".repeat(4097)}),
+        ),
+        (
+            "a version over i64::MAX",
+            json!({"channelID": channel, "version": 9_223_372_036_854_775_808_u64, "expiresAt": expires}),
+        ),
+    ];
+    for (what, body) in bad {
+        let body = body.to_string();
+        let reply = signed_request(node, &cluster.secret, "PUT", &path, Some(&body)).await;
+        assert_eq!(reply.status, 400, "{what}: {}", reply.body);
+        reply.assert_error(400, &["Bad Request"]);
+    }
+    // Nothing was delivered.
+    device.ping().await;
+}
+
+#[tokio::test]
+async fn a_node_outside_the_peers_is_never_contacted() {
+    let memcached = Memcached::start().await;
+    let key = common::token_key();
+    let secret = hex_id();
+    let node = |peers: Option<&str>| {
+        let mut builder = memcached
+            .server()
+            .set("server", "token_keys", &format!("[\"{key}\"]"))
+            .set("router", "secret", &format!("\"{secret}\""));
+        if let Some(peers) = peers {
+            builder = builder.set("router", "peers", peers);
+        }
+        builder.start()
+    };
+    let a = node(None).await;
+    // B only routes to a documentation network: A's loopback URL is outside it.
+    let b = node(Some("[\"192.0.2.0/24\", \"peer.invalid\"]")).await;
+    let (mut device, uaid) = a.device().await;
+    let channel = chid();
+    let endpoint = device.register(&channel).await;
+    b.put_version(&on_node(&endpoint, &b), 1, 202).await;
+    // Not delivered live: the next frame is the ping reply.
+    device.ping().await;
+    let metrics = b.metrics_text().await;
+    let refused = metrics
+        .lines()
+        .find(|line| line.starts_with("simplepush_routed_total{result=\"refused\""));
+    assert!(
+        refused.is_some_and(|line| line.ends_with(" 1")),
+        "B counts one refused route:\n{metrics}"
+    );
+    // Stored: the device gets it at its next hello.
+    drop(device);
+    a.wait_for_clients(0).await;
+    let mut again = a.connect().await;
+    resume(&mut again, &uaid, &[&channel]).await;
+    let flush = again.recv_notification().await;
+    assert_eq!(updates(&flush), vec![(channel, 1, None)]);
+}
+
+#[tokio::test]
+async fn a_second_socket_on_the_same_node_keeps_the_device_routable() {
+    let cluster = Cluster::start(2).await;
+    let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let (mut first, uaid) = a.device().await;
+    let channel = chid();
+    let endpoint = first.register(&channel).await;
+    // The same device again on the same node: the older socket is replaced.
+    let mut second = a.connect().await;
+    resume(&mut second, &uaid, &[&channel]).await;
+    assert_eq!(
+        first.recv_end_within(WAIT).await,
+        End::Close(4000, "replaced".to_owned())
+    );
+    a.wait_for_clients(1).await;
+    // The older socket's close must not have cleared the record the newer one holds.
+    b.put_version(&on_node(&endpoint, b), 1, 200).await;
+    let frame = second.recv_notification().await;
+    assert_eq!(updates(&frame), vec![(channel, 1, None)]);
+}
+
+#[tokio::test]
+async fn realstatus_and_logs_never_show_a_uaid() {
+    let mut cluster = Cluster::start(2).await;
+    let [a, b] = cluster.nodes.as_mut_slice() else {
+        panic!("two nodes expected");
+    };
+    let (mut device, uaid) = a.device().await;
+    let channel = chid();
+    let endpoint = device.register(&channel).await;
+    // A dies with the device's record naming it: B's forward fails.
+    a.kill();
+    b.put_version(&on_node(&endpoint, b), 1, 202).await;
+    for url in [
+        b.endpoint_url("/realstatus/"),
+        b.ws_http_url("/realstatus/"),
+    ] {
+        let reply = http("GET", &url, None, None).await;
+        assert!(
+            !reply.body.contains(&uaid),
+            "{url} shows the uaid: {}",
+            reply.body
+        );
+        assert!(
+            !reply.body.contains("/route/"),
+            "{url} shows a route URL: {}",
+            reply.body
+        );
+        let peer = &reply.json()["cluster"]["peers"][a.router_url("")];
+        assert_eq!(peer["reachable"], json!(false), "{url}: {}", reply.body);
+        let kind = peer["error"].as_str().unwrap_or_default();
+        assert!(
+            ["connect", "timeout", "request"].contains(&kind),
+            "{url}: error kind {kind:?}"
+        );
+    }
+    let log = b.log_text();
+    assert!(!log.contains(&uaid), "B logged the uaid:\n{log}");
+}
+
+#[tokio::test]
+async fn store_timeouts_are_logged_without_the_uaid() {
+    // A "memcached" that accepts connections and never answers: every operation times
+    // out, and the client's timeout error names the key it was for.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let node = Server::builder()
+        .set("store", "backend", "\"memcache\"")
+        .set("store", "servers", &format!("[\"127.0.0.1:{port}\"]"))
+        .set("store", "timeout", "\"200ms\"")
+        .cluster_secrets()
+        .start()
+        .await;
+    let mut device = node.connect().await;
+    let uaid = hex_id();
+    let reply = device
+        .hello_with(json!({"messageType": "hello", "uaid": uaid, "channelIDs": [chid()]}))
+        .await;
+    assert_eq!(reply["status"], json!(503), "hello reply {reply}");
+    let log = node.log_text();
+    assert!(
+        log.contains("store failure"),
+        "the failure is logged:\n{log}"
+    );
+    assert!(!log.contains(&uaid), "the log names the uaid:\n{log}");
+    drop(silent);
+}
+
+#[tokio::test]
+async fn a_memcache_node_refuses_to_start_without_a_secret_or_token_keys() {
+    let memcached = Memcached::start().await;
+    for secret in [None, Some("\"\""), Some("\"  \"")] {
+        let mut builder = memcached.server().unset("router", "secret");
+        if let Some(secret) = secret {
+            builder = builder.set("router", "secret", secret);
+        }
+        let (status, stderr) = builder.start_failure().await;
+        assert!(!status.success(), "secret {secret:?}: {status}");
+        assert!(
+            stderr.contains("[router] secret"),
+            "secret {secret:?}: {stderr}"
+        );
+    }
+    let (status, stderr) = memcached
+        .server()
+        .unset("server", "token_keys")
+        .start_failure()
+        .await;
+    assert!(!status.success(), "no token_keys: {status}");
+    assert!(
+        stderr.contains("[server] token_keys"),
+        "no token_keys: {stderr}"
+    );
 }
 
 #[tokio::test]

@@ -75,6 +75,59 @@ impl Builder {
         self.set("protocol", key, value)
     }
 
+    /// Gives a memcache node what it needs to start: a fresh `[router] secret` and a
+    /// fresh `[server] token_keys` (a node refuses to start without either).
+    pub fn cluster_secrets(self) -> Self {
+        self.set("router", "secret", &format!("\"{}\"", hex_id()))
+            .set("server", "token_keys", &format!("[\"{}\"]", token_key()))
+    }
+
+    /// Runs the server with this config and expects it to refuse to start: answers its
+    /// exit status and what it wrote to stderr. Panics if it prints its listening line.
+    pub async fn start_failure(self) -> (ExitStatus, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("test-config.toml");
+        std::fs::write(&config, self.toml()).unwrap();
+        let args = self.args.clone();
+        let output = tokio::task::spawn_blocking(move || {
+            let mut child = Command::new(env!("CARGO_BIN_EXE_simplepush"))
+                .arg("--config")
+                .arg(&config)
+                .args(["--ws-addr", "127.0.0.1:0", "--endpoint-addr", "127.0.0.1:0"])
+                .args(&args)
+                .current_dir(dir.path())
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let deadline = Instant::now() + WAIT;
+            while child.try_wait().unwrap().is_none() {
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let output = child.wait_with_output().unwrap();
+                    panic!(
+                        "the server did not exit: it started ({})",
+                        String::from_utf8_lossy(&output.stdout)
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            child.wait_with_output().unwrap()
+        })
+        .await
+        .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            !stdout.contains("listening"),
+            "the server started: {stdout}"
+        );
+        (
+            output.status,
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+
     /// Adds a command-line argument.
     pub fn arg(mut self, arg: &str) -> Self {
         self.args.push(arg.to_owned());
@@ -209,6 +262,7 @@ impl Server {
                     .unwrap_or_else(|_| "127.0.0.1:11211".to_owned());
                 let list: Vec<String> = servers.split(',').map(|s| format!("\"{s}\"")).collect();
                 builder = builder.set("store", "servers", &format!("[{}]", list.join(", ")));
+                builder = builder.cluster_secrets();
             }
         }
         builder
@@ -467,6 +521,15 @@ pub fn unix_now() -> u64 {
 /// A fresh channelID (36 chars, lower case, dashed).
 pub fn chid() -> String {
     uuid::Uuid::new_v4().to_string()
+}
+
+/// A fresh token key, as `simplepush genkey` prints them (base64url of 32 random bytes).
+pub fn token_key() -> String {
+    use base64::Engine as _;
+    let mut bytes = [0u8; 32];
+    bytes[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    bytes[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
 /// A fresh uaid-shaped id (32 lower-case hex).
@@ -789,6 +852,7 @@ impl Memcached {
                 &format!("[\"127.0.0.1:{}\"]", self.port),
             )
             .set("store", "timeout", "\"200ms\"")
+            .cluster_secrets()
             .arg("--store")
             .arg("memcache")
     }

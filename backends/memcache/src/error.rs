@@ -1,4 +1,9 @@
 //! The memcache store's own errors, folded into [`StoreError`] by meaning.
+//!
+//! Keys hold uaids, and a uaid is a device's credential: no message names a key, only
+//! the kind of item (`sp1:d:…`), and the client's errors are rendered without theirs.
+
+use std::fmt;
 
 use memcache::exp::Error as MetaError;
 use simplepush_store::StoreError;
@@ -7,7 +12,7 @@ use simplepush_store::StoreError;
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum Error {
     /// A memcached operation failed.
-    #[error("memcached {server}: {source}")]
+    #[error("memcached {server}: {}", Keyless(source))]
     Memcache {
         /// The server's `host:port`.
         server: String,
@@ -15,21 +20,25 @@ pub(crate) enum Error {
         source: MetaError,
     },
     /// memcached declined to store an unconditional write (out of memory, too large).
-    #[error("memcached {server} did not store {key}")]
+    #[error("memcached {server} did not store {}", kind(key))]
     NotStored { server: String, key: String },
     /// Compare-and-swap kept losing to concurrent writers.
-    #[error("gave up on {key} after {attempts} attempts: concurrent writers kept changing it")]
+    #[error(
+        "gave up on {} after {attempts} attempts: concurrent writers kept changing it",
+        kind(key)
+    )]
     Contended { key: String, attempts: u32 },
     /// An item could not be decoded.
-    #[error("item {key} is undecodable: {reason}")]
+    #[error("item {} is undecodable: {reason}", kind(key))]
     Undecodable { key: String, reason: String },
     /// A record could not be encoded.
-    #[error("item {key} could not be encoded: {reason}")]
+    #[error("item {} could not be encoded: {reason}", kind(key))]
     Unencodable { key: String, reason: String },
     /// A record would exceed what memcached stores in one item.
     #[error(
-        "item {key} would be {bytes} bytes, over memcached's item limit of {limit} bytes \
-         (too many channels with large data); the change was not stored"
+        "item {} would be {bytes} bytes, over memcached's item limit of {limit} bytes \
+         (too many channels with large data); the change was not stored",
+        kind(key)
     )]
     TooLarge {
         key: String,
@@ -60,6 +69,39 @@ impl From<Error> for StoreError {
             | Error::Unencodable { .. }
             | Error::TooLarge { .. }
             | Error::Config(_) => StoreError::Internal(message),
+        }
+    }
+}
+
+/// A key without the id in it: `sp1:d:…` for `sp1:d:<uaid>`.
+fn kind(key: &str) -> String {
+    match key.rfind(':') {
+        Some(end) => format!("{}…", &key[..=end]),
+        None => "an item".to_owned(),
+    }
+}
+
+/// A client error rendered without the key it names (timeouts and ambiguous outcomes
+/// carry the key of their request).
+struct Keyless<'a>(&'a MetaError);
+
+impl fmt::Display for Keyless<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            MetaError::Timeout { key } => {
+                write!(
+                    f,
+                    "timed out on a request for {}",
+                    kind(&String::from_utf8_lossy(key))
+                )
+            }
+            MetaError::Ambiguous { key, source } => write!(
+                f,
+                "the outcome of a request for {} is unknown: {}",
+                kind(&String::from_utf8_lossy(key)),
+                Keyless(source)
+            ),
+            other => other.fmt(f),
         }
     }
 }
@@ -102,6 +144,53 @@ mod tests {
         );
         let timeout = MetaError::Timeout { key: b"k".to_vec() };
         assert!(matches!(memcache(timeout), StoreError::Unavailable(_)));
+    }
+
+    #[test]
+    fn messages_never_name_a_key() {
+        let uaid = "2f0d9038380946a88b51253642ca9677";
+        let key = format!("sp1:d:{uaid}");
+        let timeout = || MetaError::Timeout {
+            key: key.clone().into_bytes(),
+        };
+        let messages = [
+            memcache(timeout()).to_string(),
+            memcache(MetaError::Ambiguous {
+                key: key.clone().into_bytes(),
+                source: Box::new(timeout()),
+            })
+            .to_string(),
+            StoreError::from(Error::NotStored {
+                server: "h:1".into(),
+                key: key.clone(),
+            })
+            .to_string(),
+            StoreError::from(Error::Contended {
+                key: key.clone(),
+                attempts: 3,
+            })
+            .to_string(),
+            StoreError::from(Error::Undecodable {
+                key: key.clone(),
+                reason: "x".into(),
+            })
+            .to_string(),
+            StoreError::from(Error::Unencodable {
+                key: key.clone(),
+                reason: "x".into(),
+            })
+            .to_string(),
+            StoreError::from(Error::TooLarge {
+                key: key.clone(),
+                bytes: 2,
+                limit: 1,
+            })
+            .to_string(),
+        ];
+        for message in messages {
+            assert!(!message.contains(uaid), "{message}");
+            assert!(message.contains("sp1:d:…"), "{message}");
+        }
     }
 
     #[test]

@@ -92,6 +92,11 @@ fn config(bench: &Bench, backend: &Backend, extra_server: &str) -> String {
 
 impl Bench {
     pub(crate) fn start_server(&self, backend: &Backend, extra: &str) -> Result<ServerProc> {
+        // A memcache node refuses to start without token keys: a single node gets its own.
+        if backend.memcached.is_some() && !extra.contains("token_keys") {
+            let extra = format!("{extra}token_keys = [\"{}\"]\n", genkey(&self.binary)?);
+            return ServerProc::simplepush(&self.binary, &config(self, backend, &extra));
+        }
         ServerProc::simplepush(&self.binary, &config(self, backend, extra))
     }
 

@@ -171,6 +171,9 @@ pub struct StoreConfig {
     /// Time limit of one memcached operation.
     #[serde(with = "humane")]
     pub timeout: Duration,
+    /// memcached's item size (its `-I`), in bytes: a device's record must fit in one
+    /// item; a PUT that would not fit is 413.
+    pub item_limit: usize,
 }
 
 impl Default for StoreConfig {
@@ -182,6 +185,7 @@ impl Default for StoreConfig {
             fsync: true,
             pool_size: 16,
             timeout: Duration::from_secs(1),
+            item_limit: 1024 * 1024,
         }
     }
 }
@@ -338,6 +342,8 @@ mod tests {
         assert_eq!(config.store.backend, Backend::Memory);
         assert_eq!(config.store.path, PathBuf::from("simplepush-data"));
         assert_eq!(config.store.servers, vec!["127.0.0.1:11211".to_owned()]);
+        assert_eq!(config.store.item_limit, 1_048_576);
+        assert_eq!(config.store.item_limit, defaults.store.item_limit);
         assert_eq!(config.router.addr, defaults.router.addr);
         assert_eq!(config.router.url, defaults.router.url);
         assert_eq!(config.router.secret, "");

@@ -11,10 +11,19 @@ use crate::protocol::ErrorFrame;
 /// Seconds an app server is asked to wait after a 503.
 const RETRY_AFTER_SECS: u32 = 5;
 
-/// The error frame for a store failure: 503 when retrying may help, else 500.
+/// Why a change was refused when the device's stored data would outgrow the store.
+const TOO_LARGE_REASON: &str = "the device's pending data is too large for the store";
+
+/// The error frame for a store failure: 503 when retrying may help or the device's
+/// record is full (the websocket has no status for "too large"), else 500.
 pub fn store_error_frame(error: &StoreError) -> ErrorFrame {
     tracing::warn!(%error, "store failure on a websocket command");
-    if error.is_transient() {
+    if let StoreError::TooLarge(_) = error {
+        ErrorFrame::new(
+            503,
+            format!("{TOO_LARGE_REASON}: acknowledge or unregister channels first"),
+        )
+    } else if error.is_transient() {
         ErrorFrame::new(503, "storage unavailable, try again later")
     } else {
         ErrorFrame::new(500, "internal error")
@@ -64,7 +73,12 @@ impl HttpError {
 impl From<StoreError> for HttpError {
     fn from(error: StoreError) -> HttpError {
         tracing::warn!(%error, "store failure on an endpoint request");
-        if error.is_transient() {
+        if let StoreError::TooLarge(_) = error {
+            HttpError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("{TOO_LARGE_REASON} until the device acknowledges what it has"),
+            )
+        } else if error.is_transient() {
             HttpError::unavailable("storage unavailable, try again later")
         } else {
             HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
@@ -81,4 +95,41 @@ pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response {
         HeaderValue::from_static("application/json"),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_device_record_is_413_on_put_and_503_on_the_socket() {
+        let full = StoreError::TooLarge("item sp1:d:x would be 2 MiB".into());
+        let http = HttpError::from(full.clone());
+        assert_eq!(http.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(http.reason.contains("too large for the store"), "{http:?}");
+        let frame = store_error_frame(&full);
+        assert_eq!((frame.status, frame.error), (503, "Service Unavailable"));
+        assert!(
+            frame.reason.contains("too large for the store"),
+            "{frame:?}"
+        );
+        // The store's own words (keys, sizes) stay in the log.
+        assert!(!http.reason.contains("sp1") && !frame.reason.contains("sp1"));
+    }
+
+    #[test]
+    fn other_store_errors_keep_their_statuses() {
+        let down = StoreError::Unavailable("down".into());
+        assert_eq!(
+            HttpError::from(down.clone()).status,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(store_error_frame(&down).status, 503);
+        let broken = StoreError::Internal("bug".into());
+        assert_eq!(
+            HttpError::from(broken.clone()).status,
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+        assert_eq!(store_error_frame(&broken).status, 500);
+    }
 }

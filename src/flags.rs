@@ -136,6 +136,9 @@ struct StoreFlags {
     /// Time limit of one memcached operation (timeout).
     #[arg(long = "store-timeout", value_name = "DURATION", value_parser = parse_duration)]
     timeout: Option<Duration>,
+    /// memcached's item size, its -I, in bytes (item_limit).
+    #[arg(long = "store-item-limit", value_name = "BYTES")]
+    item_limit: Option<usize>,
 }
 
 /// `[router]`.
@@ -220,6 +223,7 @@ impl ConfigFlags {
             st.fsync => config.store.fsync,
             st.pool_size => config.store.pool_size,
             st.timeout => config.store.timeout,
+            st.item_limit => config.store.item_limit,
             r.addr => config.router.addr,
             r.url.map(Some) => config.router.url,
             r.secret => config.router.secret,
@@ -279,6 +283,7 @@ mod tests {
             "--fsync=false",
             "--pool-size=20",
             "--store-timeout=21ms",
+            "--store-item-limit=22",
             "--router-addr=127.0.0.1:3",
             "--router-url=http://peer",
             "--router-secret=s",
@@ -321,6 +326,7 @@ mod tests {
         assert!(!config.store.fsync);
         assert_eq!(config.store.pool_size, 20);
         assert_eq!(config.store.timeout, Duration::from_millis(21));
+        assert_eq!(config.store.item_limit, 22);
         assert_eq!(config.router.addr.port(), 3);
         assert_eq!(config.router.url.as_deref(), Some("http://peer"));
         assert_eq!(config.router.secret, "s");

@@ -68,6 +68,7 @@ pub fn open(config: &Config) -> Result<Arc<dyn Store>, OpenError> {
                 // Records hold channel registrations too, which must outlive any
                 // one message: keep them at least a month past their last write.
                 ttl: config.protocol.message_ttl.max(MEMCACHE_MIN_TTL),
+                item_limit: store.item_limit,
             };
             Ok(Arc::new(
                 simplepush_memcache::MemcacheStore::connect(&store.servers, options)

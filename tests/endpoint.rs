@@ -553,3 +553,124 @@ async fn put_while_the_store_is_down_is_503_with_retry_after() {
         "Retry-After {retry_after:?}"
     );
 }
+
+/// `len` bytes of data that costs the most to encode as JSON: control characters (six
+/// bytes each as `\u0001`), quotes and backslashes (two), and some non-ASCII.
+#[cfg(feature = "memcache")]
+fn hostile_data(len: usize) -> String {
+    let pattern = ['\u{1}', '"', '\\', '\u{0}', 'é', '\u{1f}', '\u{7f}'];
+    let mut data = String::with_capacity(len);
+    for c in pattern.iter().cycle() {
+        if data.len() + c.len_utf8() > len {
+            break;
+        }
+        data.push(*c);
+    }
+    while data.len() < len {
+        data.push('\u{1}');
+    }
+    data
+}
+
+/// A memcache device is one memcached item (1 MiB by default). Filling a device with the
+/// protocol's largest data, in the characters costliest to escape: PUTs are 202 until the
+/// item would not fit, then 413 with a reason, never 500; registers on the full device
+/// are 200 or a 503 frame with a reason, never 500; and the device gets every update that
+/// was stored at its next hello.
+#[cfg(feature = "memcache")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_too_large_for_its_memcached_item_is_413_never_500() {
+    let memcached = common::Memcached::start_with_memory(64).await;
+    let server = memcached
+        .server()
+        .protocol("max_channels", "1000")
+        .start()
+        .await;
+    let (mut device, uaid) = server.device().await;
+    let mut channels = Vec::new();
+    for _ in 0..300 {
+        let channel = chid();
+        let endpoint = device.register(&channel).await;
+        channels.push((channel, endpoint));
+    }
+    device.close().await;
+
+    let data = hostile_data(4096);
+    let body: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair("version", "7")
+        .append_pair("data", &data)
+        .finish();
+    let mut stored = Vec::new();
+    let mut refused = 0;
+    for (channel, endpoint) in &channels {
+        let reply = server.put(endpoint, &body).await;
+        match reply.status {
+            202 if refused == 0 => stored.push(channel.clone()),
+            413 => {
+                reply.assert_error(413, &["Payload Too Large"]);
+                let reason = reply.json()["reason"].as_str().unwrap().to_owned();
+                assert!(reason.contains("too large for the store"), "{reason}");
+                refused += 1;
+            }
+            other => panic!(
+                "PUT {} after {} stored, {refused} refused: {other} {}",
+                stored.len() + refused + 1,
+                stored.len(),
+                reply.body
+            ),
+        }
+    }
+    // The protocol's own limit (200 channels of 4096 bytes) fits whatever the data;
+    // 1 MiB holds no more than 256 updates of 4 KiB.
+    assert!(
+        (200..256).contains(&stored.len()),
+        "{} stored before the first 413",
+        stored.len()
+    );
+    assert_eq!(stored.len() + refused, channels.len());
+
+    // Every stored update arrives, intact, at the next hello.
+    let mut device = server.connect().await;
+    assert_eq!(device.hello(&uaid).await, uaid);
+    let delivered = updates(&device.recv_notification().await);
+    let mut expected: Vec<(String, u64, Option<String>)> = stored
+        .iter()
+        .map(|channel| (channel.clone(), 7, Some(data.clone())))
+        .collect();
+    expected.sort();
+    assert_eq!(delivered.len(), expected.len());
+    assert!(
+        delivered == expected,
+        "delivered updates differ from those stored"
+    );
+
+    // Registering more channels fills what room is left, then is refused with a reason.
+    let mut registered = 0;
+    loop {
+        let channel = chid();
+        device
+            .send(json!({"messageType": "register", "channelID": channel}))
+            .await;
+        let reply = device.recv().await;
+        match reply["status"].as_u64() {
+            Some(200) => registered += 1,
+            Some(503) => {
+                common::assert_error_frame(
+                    &reply,
+                    503,
+                    "Service Unavailable",
+                    &[("channelID", json!(channel))],
+                );
+                let reason = reply["reason"].as_str().unwrap();
+                assert!(reason.contains("too large for the store"), "{reason}");
+                break;
+            }
+            _ => panic!("register after {registered} more: {reply}"),
+        }
+        // A slot of 4 KiB is left at most, and each channel takes some 40 bytes.
+        assert!(
+            registered < 200,
+            "the full device took {registered} more channels"
+        );
+    }
+}

@@ -822,13 +822,22 @@ pub struct Memcached {
 impl Memcached {
     /// Starts memcached and waits until it accepts connections.
     pub async fn start() -> Memcached {
+        Memcached::start_with_memory(16).await
+    }
+
+    /// [`Memcached::start`] with `megabytes` of item memory: an item growing towards the
+    /// 1 MiB item size takes a 1 MiB slab page in each size class it passes through, and
+    /// memcached evicts it when it runs out of pages.
+    pub async fn start_with_memory(megabytes: u32) -> Memcached {
         let port = {
             let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             probe.local_addr().unwrap().port()
         };
         let child = Command::new("memcached")
-            .args(["-u", "root", "-l", "127.0.0.1", "-U", "0", "-m", "16", "-p"])
+            .args(["-u", "root", "-l", "127.0.0.1", "-U", "0", "-p"])
             .arg(port.to_string())
+            .arg("-m")
+            .arg(megabytes.to_string())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -57,6 +57,10 @@ impl From<Error> for StoreError {
     fn from(error: Error) -> Self {
         let message = error.to_string();
         match error {
+            Error::Memcache { ref source, .. } if is_too_large(source) => {
+                StoreError::TooLarge(message)
+            }
+            Error::TooLarge { .. } => StoreError::TooLarge(message),
             Error::Memcache { source, .. } if is_unavailable(&source) => {
                 StoreError::Unavailable(message)
             }
@@ -65,10 +69,9 @@ impl From<Error> for StoreError {
             }
             Error::Contended { .. } => StoreError::Conflict(message),
             Error::Undecodable { .. } => StoreError::Corrupt(message),
-            Error::Memcache { .. }
-            | Error::Unencodable { .. }
-            | Error::TooLarge { .. }
-            | Error::Config(_) => StoreError::Internal(message),
+            Error::Memcache { .. } | Error::Unencodable { .. } | Error::Config(_) => {
+                StoreError::Internal(message)
+            }
         }
     }
 }
@@ -103,6 +106,16 @@ impl fmt::Display for Keyless<'_> {
             ),
             other => other.fmt(f),
         }
+    }
+}
+
+/// Whether memcached refused an item over its `-I` (an `item_limit` set higher than
+/// the servers' own). The client reports that answer to a write as ambiguous.
+fn is_too_large(error: &MetaError) -> bool {
+    match error {
+        MetaError::Server(reply) => reply.contains("too large"),
+        MetaError::Ambiguous { source, .. } => is_too_large(source),
+        _ => false,
     }
 }
 
@@ -213,7 +226,16 @@ mod tests {
             limit: 1,
         }
         .into();
-        assert!(matches!(large, StoreError::Internal(ref m) if m.contains("item limit")));
+        assert!(matches!(large, StoreError::TooLarge(ref m) if m.contains("item limit")));
+        let refused = memcache(MetaError::Server("object too large for cache".into()));
+        assert!(matches!(refused, StoreError::TooLarge(_)), "{refused:?}");
+        let written = memcache(MetaError::Ambiguous {
+            key: b"k".to_vec(),
+            source: Box::new(MetaError::Server("object too large for cache".into())),
+        });
+        assert!(matches!(written, StoreError::TooLarge(_)), "{written:?}");
+        let full = memcache(MetaError::Server("out of memory storing object".into()));
+        assert!(matches!(full, StoreError::Unavailable(_)), "{full:?}");
         // CLIENT_ERROR: a request memcached refuses to parse is our mistake.
         let rejected = memcache(MetaError::Rejected("bad data chunk".into()));
         assert!(matches!(rejected, StoreError::Internal(_)));

@@ -16,6 +16,12 @@ pub struct MemcacheOptions {
     /// they expire. [`Duration::ZERO`] means items never expire (memcached may still
     /// evict them under memory pressure).
     pub ttl: Duration,
+    /// The largest item the memcached servers store, in bytes: their `-I` setting
+    /// (default 1 MiB). A device's record must fit in one item, less room for the
+    /// item's header and key; a change that would not fit is refused with
+    /// `StoreError::TooLarge`. At least 1024, and never more than the servers' `-I`:
+    /// memcached drops the item a too-large write was to replace.
+    pub item_limit: usize,
 }
 
 impl Default for MemcacheOptions {
@@ -24,6 +30,7 @@ impl Default for MemcacheOptions {
             pool_size: 16,
             timeout: Duration::from_secs(1),
             ttl: Duration::from_secs(RELATIVE_LIMIT),
+            item_limit: 1024 * 1024,
         }
     }
 }
@@ -97,5 +104,6 @@ mod tests {
         assert_eq!(options.pool_size, 16);
         assert_eq!(options.timeout, Duration::from_secs(1));
         assert_eq!(options.ttl, Duration::from_secs(30 * 24 * 3600));
+        assert_eq!(options.item_limit, 1_048_576);
     }
 }

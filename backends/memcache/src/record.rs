@@ -1,5 +1,12 @@
-//! How a device is stored: one compact JSON item per uaid holding its channels and
-//! their pending updates, and a small item naming its node.
+//! How a device is stored: one compact item per uaid holding its channels and their
+//! pending updates, and a small item naming its node.
+//!
+//! A device item is a layout byte ([`BINARY`]) and then the record in postcard's binary
+//! encoding: every string is its length (a varint) and its bytes as they are, so a
+//! record's size follows from its contents alone ([`Device::encoded_len`]) whatever
+//! characters the data holds. Items written before that layout are JSON (they start
+//! with `{`, never with [`BINARY`]) and are still read; the next change to such a device
+//! writes it in the binary layout.
 
 use std::collections::BTreeMap;
 
@@ -35,6 +42,11 @@ impl Slot {
         self.1 <= now
     }
 
+    /// Its bytes in a record (after the tag saying a slot is there).
+    fn encoded_len(&self) -> usize {
+        varint_len(self.0) + varint_len(self.1) + 1 + self.2.as_deref().map_or(0, str_len)
+    }
+
     fn to_update(&self) -> Update {
         Update {
             version: self.0,
@@ -44,15 +56,53 @@ impl Slot {
     }
 }
 
+/// The first byte of a device item in the binary layout.
+const BINARY: u8 = 1;
+
+/// The bytes of the varint of `value`: 7 bits per byte, at least one.
+fn varint_len(value: u64) -> usize {
+    let bits = 64 - value.leading_zeros() as usize;
+    bits.div_ceil(7).max(1)
+}
+
+/// The bytes a string takes in a record: its length's varint and the string itself.
+fn str_len(text: &str) -> usize {
+    varint_len(text.len() as u64) + text.len()
+}
+
 impl Device {
-    /// Decodes an item; an error when it is not a device record.
-    pub(crate) fn decode(bytes: &[u8]) -> Result<Device, serde_json::Error> {
-        serde_json::from_slice(bytes)
+    /// Decodes an item, in the binary layout or the JSON one before it; an error (its
+    /// reason) when it is not a device record.
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Device, String> {
+        match bytes.split_first() {
+            Some((&BINARY, record)) => match postcard::take_from_bytes(record) {
+                Ok((device, [])) => Ok(device),
+                Ok((_, rest)) => Err(format!("{} bytes after the record", rest.len())),
+                Err(e) => Err(e.to_string()),
+            },
+            _ => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
+        }
     }
 
-    /// Encodes the record for storing.
-    pub(crate) fn encode(&self) -> Result<Vec<u8>, serde_json::Error> {
-        serde_json::to_vec(self)
+    /// Encodes the record for storing, in [`Device::encoded_len`] bytes.
+    pub(crate) fn encode(&self) -> Result<Vec<u8>, postcard::Error> {
+        let mut bytes = Vec::with_capacity(self.encoded_len());
+        bytes.push(BINARY);
+        postcard::to_extend(self, bytes)
+    }
+
+    /// The size of [`Device::encode`]'s output, computed without encoding: the layout
+    /// byte, the channel count, and per channel its id, the slot's tag and, with an
+    /// update pending, its version, expiry and data.
+    pub(crate) fn encoded_len(&self) -> usize {
+        let channels: usize = self
+            .channels
+            .iter()
+            .map(|(channel, slot)| {
+                str_len(channel) + 1 + slot.as_ref().map_or(0, Slot::encoded_len)
+            })
+            .sum();
+        1 + varint_len(self.channels.len() as u64) + channels
     }
 
     /// What the device has waiting at `now`.
@@ -100,6 +150,22 @@ pub(crate) fn decode_node(bytes: &[u8]) -> Result<Option<String>, ()> {
 mod tests {
     use super::*;
 
+    /// The most bytes a varint of a `u64` takes (7 bits per byte).
+    const MAX_VARINT: usize = 10;
+
+    /// The most bytes one channel takes in a record, whatever its values: the channel
+    /// id (`channel_bytes` long), the slot's tag, version and expiry (a varint each, at
+    /// most [`MAX_VARINT`]), and `data_bytes` of data with their tag and length.
+    fn max_channel_len(channel_bytes: usize, data_bytes: usize) -> usize {
+        varint_len(channel_bytes as u64)
+            + channel_bytes
+            + 1
+            + 2 * MAX_VARINT
+            + 1
+            + varint_len(data_bytes as u64)
+            + data_bytes
+    }
+
     #[test]
     fn device_round_trips_with_extreme_values() {
         let mut device = Device::default();
@@ -120,13 +186,95 @@ mod tests {
     fn encoding_is_compact() {
         let mut device = Device::default();
         device.channels.insert("c".into(), Some(Slot(7, 9, None)));
-        assert_eq!(device.encode().unwrap(), br#"{"c":{"c":[7,9,null]}}"#);
+        device.channels.insert("d".into(), None);
+        // Layout, 2 channels; "c", a slot: 7, 9, no data; "d", no slot.
+        assert_eq!(
+            device.encode().unwrap(),
+            [BINARY, 2, 1, b'c', 1, 7, 9, 0, 1, b'd', 0]
+        );
+    }
+
+    /// Data that JSON escapes at up to six bytes per byte (`\u0001`).
+    fn worst_case_data(len: usize) -> String {
+        let pattern = ['\u{0}', '\u{1}', '"', '\\', '\u{1f}', 'é', '\u{7f}'];
+        let mut data: String = pattern.iter().cycle().take(len).collect();
+        while data.len() > len {
+            data.pop();
+        }
+        while data.len() < len {
+            data.push('\u{1}');
+        }
+        data
+    }
+
+    #[test]
+    fn size_is_the_formula_whatever_the_data() {
+        let data = worst_case_data(4096);
+        assert_eq!(data.len(), 4096);
+        let mut device = Device::default();
+        for i in 0..200 {
+            let channel = format!("{i:08x}-0000-4000-8000-000000000000");
+            let slot = Slot(i64::MAX as u64, u64::MAX, Some(data.clone()));
+            device.channels.insert(channel, Some(slot));
+            assert_eq!(device.encode().unwrap().len(), device.encoded_len());
+        }
+        // Every channel at the bound: 36-byte ids, the largest varints, 4096 bytes.
+        let bound = 1 + varint_len(200) + 200 * max_channel_len(36, 4096);
+        assert_eq!(device.encoded_len(), bound - 200);
+        assert_eq!(max_channel_len(36, 4096), 4157);
+        // The protocol's largest device fits memcached's default item (1 MiB, less
+        // room for the header and key), which its JSON did not.
+        assert!(bound < 1024 * 1024 - 512, "{bound}");
+        assert!(serde_json::to_vec(&device).unwrap().len() > 2 * 1024 * 1024);
+        // Small values and empty slots too.
+        device.channels.insert("x".into(), None);
+        device
+            .channels
+            .insert("y".into(), Some(Slot(0, 0, Some(String::new()))));
+        assert_eq!(device.encode().unwrap().len(), device.encoded_len());
+        assert_eq!(Device::default().encode().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn varint_lengths() {
+        let cases = [(0, 1), (127, 1), (128, 2), (16_383, 2), (16_384, 3)];
+        for (value, len) in cases {
+            assert_eq!(varint_len(value), len, "{value}");
+        }
+        assert_eq!(varint_len(i64::MAX as u64), 9);
+        assert_eq!(varint_len(u64::MAX), MAX_VARINT);
+    }
+
+    #[test]
+    fn records_in_the_json_layout_are_still_read() {
+        let old = r#"{"c":{"idle":null,"busy":[7,9,"quote \" nul \u0000 é"]}}"#;
+        let device = Device::decode(old.as_bytes()).unwrap();
+        assert_eq!(device.channels.len(), 2);
+        assert_eq!(device.channels["idle"], None);
+        assert_eq!(
+            device.channels["busy"],
+            Some(Slot(7, 9, Some("quote \" nul \u{0} é".into())))
+        );
+        // Re-encoded in the binary layout, it reads back the same.
+        let encoded = device.encode().unwrap();
+        assert_eq!(encoded[0], BINARY);
+        assert_eq!(Device::decode(&encoded).unwrap(), device);
+        assert_eq!(Device::decode(b"{}").unwrap(), Device::default());
     }
 
     #[test]
     fn garbage_is_not_a_device() {
         assert!(Device::decode(b"\xff\x00").is_err());
+        assert!(Device::decode(b"").is_err());
         assert!(Device::decode(b"{\"c\":{\"x\":[1]}}").is_err());
+        // Binary layout: truncated, trailing bytes, a string that is not UTF-8.
+        let mut device = Device::default();
+        device.channels.insert("c".into(), Some(Slot(7, 9, None)));
+        let encoded = device.encode().unwrap();
+        assert!(Device::decode(&encoded[..encoded.len() - 1]).is_err());
+        assert!(Device::decode(&[encoded.as_slice(), &[0]].concat()).is_err());
+        assert!(Device::decode(&[BINARY, 1, 1, 0xff, 0]).is_err());
+        assert!(Device::decode(&[BINARY]).is_err());
     }
 
     #[test]

@@ -21,9 +21,12 @@ use crate::{MemcacheOptions, address, key};
 /// covers dozens of simultaneous writers to one device.
 const CAS_ATTEMPTS: u32 = 64;
 
-/// The largest value stored in one item: memcached's default 1 MiB item size less
-/// room for the item header and a 250-byte key.
-const ITEM_LIMIT: usize = 1024 * 1024 - 512;
+/// Room in an item for memcached's header and a key of up to 250 bytes: memcached
+/// 1.6 stores a value of up to 1,048,256 bytes with a 250-byte key in a 1 MiB item.
+const ITEM_OVERHEAD: usize = 512;
+
+/// The least `item_limit`: memcached's own least item size.
+const MIN_ITEM_LIMIT: usize = 1024;
 
 /// Health-check items expire on their own, so a check that fails midway leaves
 /// nothing behind for long.
@@ -31,8 +34,9 @@ const CHECK_EXPIRATION: u32 = 30;
 
 /// A [`Store`] on one or more memcached servers.
 ///
-/// Each device is one item (its channels and pending updates, as compact JSON)
-/// changed by compare-and-swap, plus one item naming the node it is connected to.
+/// Each device is one item (its channels and pending updates, in a compact binary
+/// layout) changed by compare-and-swap, plus one item naming the node it is connected
+/// to.
 /// Keys are spread over the servers by rendezvous hashing, so every node agrees on
 /// where a key lives whatever order its config lists the servers in, and adding a
 /// server moves only the keys it takes over.
@@ -44,9 +48,12 @@ const CHECK_EXPIRATION: u32 = 30;
 /// (PROTOCOL.md §4: non-empty `channelIDs` the store does not know get a fresh uaid);
 /// updates pending at that moment are lost. Use a durable backend where that matters.
 ///
-/// A device's record must fit in one memcached item (1 MiB): 200 channels with 4 KiB
-/// of data pending on each fit; a change that would not fit fails with
-/// [`StoreError::Internal`] and leaves the record as it was.
+/// A device's record must fit in one memcached item ([`MemcacheOptions::item_limit`],
+/// 1 MiB by default, less 512 bytes for the header and key). Its size depends only on
+/// its contents' lengths, never on which characters the data holds: at most 4,157
+/// bytes per channel with a 36-byte id and 4 KiB of data, so the protocol's 200
+/// channels with 4 KiB pending on each take at most 831,403 bytes. A change that would
+/// not fit fails with [`StoreError::TooLarge`] and leaves the record as it was.
 ///
 /// Every operation is async: no thread waits on memcached.
 pub struct MemcacheStore {
@@ -61,6 +68,8 @@ struct Inner {
     ring: Rendezvous,
     /// How long items live after a write.
     ttl: Duration,
+    /// The largest device record written: the item limit less [`ITEM_OVERHEAD`].
+    record_limit: usize,
 }
 
 /// What a change to a device record decided.
@@ -96,7 +105,8 @@ impl MemcacheStore {
     /// server is down; operations then answer [`StoreError::Unavailable`] within
     /// [`MemcacheOptions::timeout`]. Call [`Store::check`] to test the servers.
     /// Fails with [`StoreError::Internal`] on an empty or repeated server list, an
-    /// unparsable address, a zero pool size or a zero timeout.
+    /// unparsable address, a zero pool size, a zero timeout or an item limit below
+    /// 1024 bytes.
     pub fn connect(servers: &[String], options: MemcacheOptions) -> Result<Self, StoreError> {
         Ok(Self::open(servers, &options)?)
     }
@@ -110,6 +120,11 @@ impl MemcacheStore {
         }
         if options.timeout.is_zero() {
             return Err(Error::Config("timeout must be greater than zero".into()));
+        }
+        if options.item_limit < MIN_ITEM_LIMIT {
+            return Err(Error::Config(format!(
+                "item_limit must be at least {MIN_ITEM_LIMIT} bytes"
+            )));
         }
         let mut names = HashSet::new();
         let mut servers = Vec::with_capacity(specs.len());
@@ -128,6 +143,7 @@ impl MemcacheStore {
                 servers,
                 ring,
                 ttl: options.ttl,
+                record_limit: options.item_limit - ITEM_OVERHEAD,
             },
         })
     }
@@ -160,9 +176,9 @@ impl Inner {
         let Some((bytes, cas)) = server.get_with_cas(key).await? else {
             return Ok(None);
         };
-        let device = Device::decode(&bytes).map_err(|e| Error::Undecodable {
+        let device = Device::decode(&bytes).map_err(|reason| Error::Undecodable {
             key: key.to_owned(),
-            reason: e.to_string(),
+            reason,
         })?;
         Ok(Some((device, cas)))
     }
@@ -190,17 +206,19 @@ impl Inner {
                 Edit::Keep(answer) => return Ok(answer),
                 Edit::Write(answer) => answer,
             };
+            // Checked before encoding: a refused record is never built.
+            let size = device.encoded_len();
+            if size > self.record_limit {
+                return Err(Error::TooLarge {
+                    key: key.to_owned(),
+                    bytes: size,
+                    limit: self.record_limit,
+                });
+            }
             let bytes = device.encode().map_err(|e| Error::Unencodable {
                 key: key.to_owned(),
                 reason: e.to_string(),
             })?;
-            if bytes.len() > ITEM_LIMIT {
-                return Err(Error::TooLarge {
-                    key: key.to_owned(),
-                    bytes: bytes.len(),
-                    limit: ITEM_LIMIT,
-                });
-            }
             let expires = expiration(self.ttl);
             // An add fails when someone created the record since we looked.
             let stored = match cas {

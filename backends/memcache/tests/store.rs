@@ -24,11 +24,17 @@ struct Memcached {
 
 impl Memcached {
     fn start() -> Memcached {
+        Memcached::start_with(&[])
+    }
+
+    /// [`Memcached::start`] with more memcached arguments (e.g. `-I 512k`).
+    fn start_with(extra: &[&str]) -> Memcached {
         let port = free_port();
         let child = Command::new("memcached")
             // -u is needed (and only honoured) when running as root.
             .args(["-u", "root", "-l", "127.0.0.1", "-U", "0", "-m", "64", "-p"])
             .arg(port.to_string())
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -217,6 +223,11 @@ fn bad_configuration_is_refused() {
         ..defaults()
     };
     assert!(refused(&["127.0.0.1:1"], no_timeout).contains("timeout"));
+    let tiny_items = MemcacheOptions {
+        item_limit: 1023,
+        ..defaults()
+    };
+    assert!(refused(&["127.0.0.1:1"], tiny_items).contains("item_limit"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -256,19 +267,25 @@ async fn the_largest_allowed_device_fits_in_one_item() {
     let server = Memcached::start();
     let store = connect(&[&server.address], MemcacheOptions::default());
     let u = uaid();
-    // 200 channels with 4 KiB of data pending on each (the protocol's limits).
+    // 200 channels with 4 KiB of data pending on each (the protocol's limits), in the
+    // characters that cost JSON the most.
     for i in 0..200 {
         assert_eq!(
             store.register(&u, &channel(i), 200).await.unwrap(),
             RegisterOutcome::Registered
         );
     }
+    let data = hostile_data(4096);
     for i in 0..200 {
-        let data = Some("d".repeat(4096));
         let outcome = store
-            .put_update(&u, &channel(i), update(i64::MAX as u64, data), NOW)
+            .put_update(
+                &u,
+                &channel(i),
+                update(i64::MAX as u64, Some(data.clone())),
+                NOW,
+            )
             .await
-            .unwrap();
+            .unwrap_or_else(|e| panic!("put {i}: {e}"));
         assert_eq!(outcome, PutOutcome::Stored);
     }
     let pending = store.pending(&u, NOW).await.unwrap();
@@ -277,8 +294,165 @@ async fn the_largest_allowed_device_fits_in_one_item() {
         pending
             .updates
             .iter()
-            .all(|(_, up)| up.data.as_deref().map(str::len) == Some(4096))
+            .all(|(_, up)| up.data.as_deref() == Some(data.as_str()))
     );
+}
+
+/// `len` bytes that JSON escapes at up to six bytes per byte: control characters,
+/// quotes, backslashes, and some non-ASCII.
+fn hostile_data(len: usize) -> String {
+    let pattern = ['\u{0}', '\u{1}', '"', '\\', '\u{1f}', 'é', '\u{7f}'];
+    let mut data: String = pattern.iter().cycle().take(len).collect();
+    while data.len() > len {
+        data.pop();
+    }
+    while data.len() < len {
+        data.push('\u{1}');
+    }
+    data
+}
+
+/// The bytes of a varint (postcard's unsigned integers and lengths).
+fn varint(value: u64) -> usize {
+    (64 - value.leading_zeros() as usize).div_ceil(7).max(1)
+}
+
+/// What one channel of `channel(i)` with `update(version, data)` pending takes in a
+/// record: its id, the slot's tag, the version, the expiry and the data.
+fn channel_bytes(version: u64, data: usize) -> usize {
+    let id = channel(0).as_str().len();
+    let slot = varint(version) + varint(NOW + 3600) + 1 + varint(data as u64) + data;
+    varint(id as u64) + id + 1 + slot
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_record_limit_is_the_item_limit_to_the_byte() {
+    // memcached with 512 KiB items, and the store told so.
+    let server = Memcached::start_with(&["-I", "512k"]);
+    let item_limit = 512 * 1024;
+    let options = MemcacheOptions {
+        item_limit,
+        ..MemcacheOptions::default()
+    };
+    let store = connect(&[&server.address], options);
+    let u = uaid();
+    let data = hostile_data(4096);
+    let mut full = 0;
+    loop {
+        store.register(&u, &channel(full), 1000).await.unwrap();
+        let put = store
+            .put_update(&u, &channel(full), update(1, Some(data.clone())), NOW)
+            .await;
+        match put {
+            Ok(PutOutcome::Stored) => full += 1,
+            Err(StoreError::TooLarge(_)) => break,
+            other => panic!("put {full}: {other:?}"),
+        }
+    }
+    // The record now: its layout byte, the channel count, `full` channels with data
+    // and one without. What is left of the limit (item limit less 512) goes to the
+    // data of that last channel, to the byte.
+    let channels = full + 1;
+    let empty = channel_bytes(1, 0) - (varint(1) + varint(NOW + 3600) + 1 + 1);
+    let record = 1 + varint(channels as u64) + full * channel_bytes(1, 4096) + empty;
+    let room = item_limit - 512 - record;
+    let fill = (1..=room)
+        .rev()
+        .find(|d| channel_bytes(1, *d) - empty == room)
+        .expect("some data size fills the room exactly");
+    let last = channel(full);
+    let exact = Some("y".repeat(fill));
+    assert_eq!(
+        store
+            .put_update(&u, &last, update(1, exact), NOW)
+            .await
+            .unwrap(),
+        PutOutcome::Stored,
+        "{fill} bytes fill the record to its limit, and memcached takes it"
+    );
+    let over = Some("y".repeat(fill + 1));
+    let error = store.put_update(&u, &last, update(2, over), NOW).await;
+    assert!(matches!(error, Err(StoreError::TooLarge(_))), "{error:?}");
+    assert_eq!(
+        store.pending(&u, NOW).await.unwrap().updates.len(),
+        channels
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_item_limit_above_memcacheds_is_too_large_not_unavailable() {
+    // The store believes in 1 MiB items; memcached stores at most 512 KiB.
+    let server = Memcached::start_with(&["-I", "512k"]);
+    let store = connect(&[&server.address], MemcacheOptions::default());
+    let u = uaid();
+    let data = hostile_data(4096);
+    let mut stored = 0;
+    let error = loop {
+        store.register(&u, &channel(stored), 1000).await.unwrap();
+        let put = store
+            .put_update(&u, &channel(stored), update(1, Some(data.clone())), NOW)
+            .await;
+        match put {
+            Ok(_) => stored += 1,
+            Err(error) => break error,
+        }
+    };
+    assert!(matches!(error, StoreError::TooLarge(_)), "{error:?}");
+    assert!((120..128).contains(&stored), "{stored} updates of 4 KiB");
+    // memcached drops the item a too-large write would have replaced (so stale data
+    // never stays): the reason `item_limit` must not exceed the servers' `-I`. The
+    // connection still serves.
+    assert!(!store.knows_uaid(&u).await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_written_before_the_binary_layout_are_still_read() {
+    let server = Memcached::start();
+    let store = connect(&[&server.address], MemcacheOptions::default());
+    let u = uaid();
+    let (idle, busy) = (channel(1), channel(2));
+    // A device as the JSON layout wrote it, data escaped.
+    let old = format!(
+        r#"{{"c":{{"{}":null,"{}":[5,{},"a \" b \\ \u0000 é"]}}}}"#,
+        idle.as_str(),
+        busy.as_str(),
+        NOW + 3600
+    );
+    let key = format!("sp1:d:{u}");
+    server.client().set(&key, old.as_str(), 60).unwrap();
+    assert!(store.knows_uaid(&u).await.unwrap());
+    let pending = store.pending(&u, NOW).await.unwrap();
+    let data = Some("a \" b \\ \u{0} é".to_owned());
+    assert_eq!(
+        pending.updates,
+        vec![(busy.clone(), update(5, data.clone()))]
+    );
+    // Changes work on it, and rewrite it in the binary layout.
+    assert_eq!(
+        store.register(&u, &channel(3), 10).await.unwrap(),
+        RegisterOutcome::Registered
+    );
+    let stored: Vec<u8> = server.client().get(&key).unwrap().unwrap();
+    assert_ne!(
+        stored.first(),
+        Some(&b'{'),
+        "rewritten in the binary layout"
+    );
+    store
+        .put_update(&u, &idle, update(6, None), NOW)
+        .await
+        .unwrap();
+    let pending = store.pending(&u, NOW).await.unwrap();
+    assert_eq!(
+        pending.updates,
+        vec![
+            (idle.clone(), update(6, None)),
+            (busy.clone(), update(5, data))
+        ]
+    );
+    // Acks answer whether anything is left.
+    assert!(store.ack(&u, &busy, 5).await.unwrap());
+    assert!(!store.ack(&u, &idle, 6).await.unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -308,7 +482,7 @@ async fn an_oversized_device_fails_clearly_and_keeps_what_it_had() {
     }
     let failure = failure.expect("100 channels of 40 KiB cannot fit in 1 MiB");
     assert!(
-        matches!(failure, StoreError::Internal(ref m) if m.contains("item limit")),
+        matches!(failure, StoreError::TooLarge(ref m) if m.contains("item limit")),
         "{failure:?}"
     );
     // About 1 MiB was stored before the limit.

@@ -12,6 +12,11 @@ pub enum StoreError {
     /// Stored data could not be decoded.
     #[error("store data corrupt: {0}")]
     Corrupt(String),
+    /// The change would make what the store keeps for one device larger than it can
+    /// hold (e.g. a memcached item); nothing was changed. Retrying does not help until
+    /// the device's pending data shrinks (acks, unregisters, expiry).
+    #[error("store limit: {0}")]
+    TooLarge(String),
     /// Anything else that went wrong inside the store.
     #[error("store internal error: {0}")]
     Internal(String),

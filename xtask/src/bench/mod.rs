@@ -145,6 +145,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             _ => &Scenario::Cluster,
         }),
     };
+    // Taken once: every result of this run carries the day it started and the box.
+    let stamp = report::Stamp::measure();
+    println!("bench: {stamp}");
     let mut outcomes = Vec::new();
     for &scenario in scenarios {
         if matches!(scenario, Scenario::Cluster | Scenario::Hold) {
@@ -160,7 +163,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 let nodes = args.nodes.or(smoke.then_some(2));
                 bench.hold(&p, nodes).context("scenario hold")?
             };
-            println!("{}\n{}", outcome.table(), outcome.json_line());
+            println!("{}\n{}", outcome.table(), outcome.json_line(&stamp));
             outcomes.push(outcome);
             continue;
         }
@@ -174,7 +177,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 _ => bench.overload(&backend, &p, args.overload_inflight),
             }
             .with_context(|| format!("scenario {scenario:?} on {name}"))?;
-            println!("{}\n{}", outcome.table(), outcome.json_line());
+            println!("{}\n{}", outcome.table(), outcome.json_line(&stamp));
             outcomes.push(outcome);
         }
     }

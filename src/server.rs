@@ -63,6 +63,8 @@ pub struct Server {
     app: Arc<App>,
     ws: TcpListener,
     endpoint: TcpListener,
+    /// The operator listener (metrics, dashboard, detailed health): plain HTTP.
+    admin: TcpListener,
     /// The router listener, on cluster nodes.
     router: Option<TcpListener>,
     /// TLS for the ws and endpoint listeners, when configured.
@@ -70,7 +72,7 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds both listeners. `token_keys` are the resolved keys (see
+    /// Binds the listeners. `token_keys` are the resolved keys (see
     /// [`crate::store::token_keys`]); `shutdown` stops the server when cancelled.
     pub fn bind(
         config: &Config,
@@ -88,6 +90,7 @@ impl Server {
         )?;
         let ws = bind(config.server.ws_addr)?;
         let endpoint = bind(config.server.endpoint_addr)?;
+        let admin = bind(config.server.admin_addr)?;
         let endpoint_port = endpoint
             .local_addr()
             .map_err(|source| StartError::Bind {
@@ -153,6 +156,7 @@ impl Server {
             app,
             ws,
             endpoint,
+            admin,
             router,
             tls,
         })
@@ -166,6 +170,11 @@ impl Server {
     /// Where app servers send updates.
     pub fn endpoint_addr(&self) -> std::io::Result<SocketAddr> {
         self.endpoint.local_addr()
+    }
+
+    /// Where operators read metrics, the dashboard and detailed health.
+    pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
+        self.admin.local_addr()
     }
 
     /// Where peers route to this node, on cluster nodes.
@@ -185,6 +194,7 @@ impl Server {
             app,
             ws,
             endpoint,
+            admin,
             router,
             tls,
         } = self;
@@ -216,6 +226,13 @@ impl Server {
                 endpoint,
                 routes::endpoint_listener(app.clone()),
                 tls,
+                shutdown.clone()
+            ),
+            // Never TLS, never CORS: it is for operators on a private address.
+            listener::serve(
+                admin,
+                routes::admin_listener(app.clone()),
+                None,
                 shutdown.clone()
             ),
             router,

@@ -35,6 +35,12 @@ pub struct ServerConfig {
     pub endpoint_url: Option<String>,
     /// Base64url token keys (32 bytes each); the first mints, all open.
     pub token_keys: Vec<String>,
+    /// A file holding the token keys, one per line (`#` comments and blank lines
+    /// ignored), read into `token_keys` at load; exclusive with `token_keys`.
+    pub token_keys_file: Option<PathBuf>,
+    /// Operator listener: `/metrics`, `/dashboard/`, detailed `/realstatus/`. Plain
+    /// HTTP, never CORS; keep it off the public network.
+    pub admin_addr: SocketAddr,
     /// PEM certificate chain: with `tls_key`, both listeners speak TLS (wss://, https://).
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of `tls_cert`.
@@ -62,6 +68,8 @@ impl Default for ServerConfig {
             endpoint_addr: SocketAddr::from(([0, 0, 0, 0], 8081)),
             endpoint_url: None,
             token_keys: Vec::new(),
+            token_keys_file: None,
+            admin_addr: SocketAddr::from(([127, 0, 0, 1], 8082)),
             tls_cert: None,
             tls_key: None,
             cors: false,
@@ -203,6 +211,9 @@ pub struct RouterConfig {
     /// Router URLs this node contacts: CIDRs, addresses or host names. Empty: the
     /// network of `addr` (loopback: 127.0.0.0/8 and ::1).
     pub peers: Vec<String>,
+    /// A file holding the secret (a trailing newline is trimmed), read into `secret` at
+    /// load; exclusive with `secret`.
+    pub secret_file: Option<PathBuf>,
 }
 
 impl Default for RouterConfig {
@@ -212,6 +223,7 @@ impl Default for RouterConfig {
             url: None,
             secret: String::new(),
             peers: Vec::new(),
+            secret_file: None,
         }
     }
 }
@@ -264,6 +276,27 @@ pub enum ConfigError {
         /// What is wrong, naming the key.
         message: String,
     },
+    /// A value and the file that would hold it were both given.
+    #[error(
+        "both `{value}` and `{file}` are set (in the config file, as flags or from the \
+         environment): set only one of them"
+    )]
+    Conflict {
+        /// The value's key, e.g. `[server] token_keys`.
+        value: &'static str,
+        /// The file's key, e.g. `[server] token_keys_file`.
+        file: &'static str,
+    },
+    /// A secret file could not be read, or holds nothing.
+    #[error("cannot read `{key}` {path}: {reason}")]
+    SecretFile {
+        /// Which key named the file.
+        key: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl Config {
@@ -283,6 +316,62 @@ impl Config {
         })?;
         Self::from_toml(&text, path)
     }
+
+    /// Reads `token_keys_file` into `token_keys` and `[router] secret_file` into
+    /// `secret` (and clears the file keys), so the server only ever looks at the values.
+    /// Call it once flags are applied. A value and its file both set is an error.
+    pub fn load_secret_files(&mut self) -> Result<(), ConfigError> {
+        if let Some(path) = self.server.token_keys_file.take() {
+            if !self.server.token_keys.is_empty() {
+                return Err(ConfigError::Conflict {
+                    value: "[server] token_keys",
+                    file: "[server] token_keys_file",
+                });
+            }
+            let key = "[server] token_keys_file";
+            let text = read_secret_file(key, &path)?;
+            self.server.token_keys = parse_key_lines(&text);
+            if self.server.token_keys.is_empty() {
+                return Err(secret_file_error(key, &path, "it holds no key"));
+            }
+        }
+        if let Some(path) = self.router.secret_file.take() {
+            if !self.router.secret.is_empty() {
+                return Err(ConfigError::Conflict {
+                    value: "[router] secret",
+                    file: "[router] secret_file",
+                });
+            }
+            let key = "[router] secret_file";
+            let text = read_secret_file(key, &path)?;
+            self.router.secret = text.trim_end_matches(['\r', '\n']).to_owned();
+            if self.router.secret.is_empty() {
+                return Err(secret_file_error(key, &path, "it is empty"));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn secret_file_error(key: &'static str, path: &Path, reason: impl ToString) -> ConfigError {
+    ConfigError::SecretFile {
+        key,
+        path: path.to_owned(),
+        reason: reason.to_string(),
+    }
+}
+
+fn read_secret_file(key: &'static str, path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| secret_file_error(key, path, e))
+}
+
+/// Token keys, one per line; blank lines and `#` comments are skipped.
+fn parse_key_lines(text: &str) -> Vec<String> {
+    text.lines()
+        .map(|line| line.split_once('#').map_or(line, |(key, _)| key).trim())
+        .filter(|key| !key.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Durations as humane strings ("30s", "5m", "3d"); "0" means zero.
@@ -323,6 +412,10 @@ mod tests {
         assert_eq!(config.server.ws_addr, defaults.server.ws_addr);
         assert_eq!(config.server.endpoint_addr, defaults.server.endpoint_addr);
         assert_eq!(config.server.backlog, defaults.server.backlog);
+        assert_eq!(config.server.admin_addr, defaults.server.admin_addr);
+        assert_eq!(config.server.admin_addr.to_string(), "127.0.0.1:8082");
+        assert_eq!(config.server.token_keys_file, None);
+        assert_eq!(config.router.secret_file, None);
         assert_eq!(config.server.max_queue_delay, Duration::from_secs(1));
         assert_eq!(
             config.server.max_queue_delay,
@@ -384,5 +477,69 @@ mod tests {
     #[test]
     fn unknown_backend_is_an_error() {
         assert!(Config::from_toml("[store]\nbackend = \"postgres\"\n", Path::new("x")).is_err());
+    }
+
+    #[test]
+    fn secret_files_are_read_into_the_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keys");
+        std::fs::write(&keys, "# rotated 2024\nK1\n\n  K2  # old\n").unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "s3cret\n").unwrap();
+        let mut config = Config::default();
+        config.server.token_keys_file = Some(keys.clone());
+        config.router.secret_file = Some(secret.clone());
+        config.load_secret_files().unwrap();
+        assert_eq!(config.server.token_keys, ["K1", "K2"]);
+        assert_eq!(config.router.secret, "s3cret");
+        // Resolved once: loading again changes nothing and is no conflict.
+        config.load_secret_files().unwrap();
+        assert_eq!(config.server.token_keys, ["K1", "K2"]);
+
+        let mut both = Config::default();
+        both.server.token_keys = vec!["K".to_owned()];
+        both.server.token_keys_file = Some(keys);
+        let err = both.load_secret_files().unwrap_err().to_string();
+        assert!(
+            err.contains("`[server] token_keys`") && err.contains("token_keys_file"),
+            "{err}"
+        );
+        let mut both = Config::default();
+        both.router.secret = "x".to_owned();
+        both.router.secret_file = Some(secret);
+        let err = both.load_secret_files().unwrap_err().to_string();
+        assert!(
+            err.contains("`[router] secret`") && err.contains("secret_file"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn missing_or_empty_secret_files_are_errors_naming_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, "# nothing\n\n").unwrap();
+        let mut config = Config::default();
+        config.server.token_keys_file = Some(empty.clone());
+        let err = config.load_secret_files().unwrap_err().to_string();
+        assert!(
+            err.contains("token_keys_file") && err.contains("no key"),
+            "{err}"
+        );
+        let mut config = Config::default();
+        config.router.secret_file = Some(dir.path().join("absent"));
+        let err = config.load_secret_files().unwrap_err().to_string();
+        assert!(
+            err.contains("secret_file") && err.contains("absent"),
+            "{err}"
+        );
+        std::fs::write(&empty, "\n").unwrap();
+        let mut config = Config::default();
+        config.router.secret_file = Some(empty);
+        let err = config.load_secret_files().unwrap_err().to_string();
+        assert!(
+            err.contains("secret_file") && err.contains("empty"),
+            "{err}"
+        );
     }
 }

@@ -1,4 +1,4 @@
-//! `GET /dashboard/` on the endpoint listener: one self-contained live page (HTML, CSS
+//! `GET /dashboard/` on the operator listener: one self-contained live page (HTML, CSS
 //! and JS compiled into the binary) that polls this node's own `/metrics` and
 //! `/realstatus/` every second and shows connections, rates, latency and store health.
 

@@ -40,8 +40,25 @@ struct ServerFlags {
     #[arg(long, value_name = "URL")]
     endpoint_url: Option<String>,
     /// Base64url token keys, comma-separated; the first mints, all open (token_keys).
-    #[arg(long, value_name = "KEYS", value_delimiter = ',')]
+    #[arg(
+        long,
+        value_name = "KEYS",
+        value_delimiter = ',',
+        env = "SIMPLEPUSH_TOKEN_KEYS",
+        hide_env_values = true
+    )]
     token_keys: Option<Vec<String>>,
+    /// File of token keys, one per line, instead of --token-keys (token_keys_file).
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "SIMPLEPUSH_TOKEN_KEYS_FILE",
+        hide_env_values = true
+    )]
+    token_keys_file: Option<PathBuf>,
+    /// Operator listener: /metrics, /dashboard/, detailed /realstatus/ (admin_addr).
+    #[arg(long, value_name = "ADDR")]
+    admin_addr: Option<SocketAddr>,
     /// PEM certificate chain; with --tls-key both listeners speak TLS (tls_cert).
     #[arg(long, value_name = "FILE")]
     tls_cert: Option<PathBuf>,
@@ -152,8 +169,21 @@ struct RouterFlags {
     #[arg(long = "router-url", value_name = "URL")]
     url: Option<String>,
     /// Shared secret that signs router requests (secret).
-    #[arg(long = "router-secret", value_name = "SECRET")]
+    #[arg(
+        long = "router-secret",
+        value_name = "SECRET",
+        env = "SIMPLEPUSH_ROUTER_SECRET",
+        hide_env_values = true
+    )]
     secret: Option<String>,
+    /// File holding the shared secret, instead of --router-secret (secret_file).
+    #[arg(
+        long = "router-secret-file",
+        value_name = "FILE",
+        env = "SIMPLEPUSH_ROUTER_SECRET_FILE",
+        hide_env_values = true
+    )]
+    secret_file: Option<PathBuf>,
     /// Router URLs this node contacts: CIDRs, addresses or host names (peers).
     #[arg(
         long = "router-peers",
@@ -199,6 +229,8 @@ impl ConfigFlags {
             s.endpoint_addr => config.server.endpoint_addr,
             s.endpoint_url.map(Some) => config.server.endpoint_url,
             s.token_keys => config.server.token_keys,
+            s.token_keys_file.map(Some) => config.server.token_keys_file,
+            s.admin_addr => config.server.admin_addr,
             s.tls_cert.map(Some) => config.server.tls_cert,
             s.tls_key.map(Some) => config.server.tls_key,
             s.cors => config.server.cors,
@@ -228,6 +260,7 @@ impl ConfigFlags {
             r.url.map(Some) => config.router.url,
             r.secret => config.router.secret,
             r.peers => config.router.peers,
+            r.secret_file.map(Some) => config.router.secret_file,
             l.level => config.log.level,
             l.format => config.log.format,
         }
@@ -261,6 +294,8 @@ mod tests {
             "--endpoint-addr=127.0.0.1:2",
             "--endpoint-url=https://push.example",
             "--token-keys=a,b",
+            "--token-keys-file=/k",
+            "--admin-addr=127.0.0.1:4",
             "--cors=true",
             "--backlog=7",
             "--max-connections=8",
@@ -288,6 +323,7 @@ mod tests {
             "--router-url=http://peer",
             "--router-secret=s",
             "--router-peers=10.0.0.0/24,node-2",
+            "--router-secret-file=/r",
             "--log-level=debug",
             "--log-format=json",
         ]);
@@ -331,6 +367,9 @@ mod tests {
         assert_eq!(config.router.url.as_deref(), Some("http://peer"));
         assert_eq!(config.router.secret, "s");
         assert_eq!(config.router.peers, ["10.0.0.0/24", "node-2"]);
+        assert_eq!(config.router.secret_file, Some(PathBuf::from("/r")));
+        assert_eq!(config.server.token_keys_file, Some(PathBuf::from("/k")));
+        assert_eq!(config.server.admin_addr.port(), 4);
         assert_eq!(config.log.level, "debug");
         assert_eq!(config.log.format, LogFormat::Json);
     }

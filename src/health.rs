@@ -1,4 +1,6 @@
-//! `/status/` and `/realstatus/` (PROTOCOL.md §6), on both listeners.
+//! `/status/` and `/realstatus/` (PROTOCOL.md §6). The public listeners' `/realstatus/`
+//! says only OK or ERROR; the operator listener's tells why (store latency and error,
+//! cluster peers), which is no business of the internet.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,23 +26,42 @@ pub fn status(app: &App) -> Response {
     )
 }
 
-/// `GET /realstatus/`: a store round trip; 503 when it fails.
-pub async fn real_status(app: Arc<App>) -> Response {
+/// The store round trip both `/realstatus/` pages make: its outcome (the error in words)
+/// and how long it took, in milliseconds.
+async fn check_store(app: &App) -> (Result<(), String>, f64) {
     let started = Instant::now();
-    let check = tokio::time::timeout(CHECK_TIMEOUT, app.store.check()).await;
-    let millis = started.elapsed().as_secs_f64() * 1000.0;
-    let (status, store) = match check {
-        Ok(Ok(())) => (
+    let outcome = match tokio::time::timeout(CHECK_TIMEOUT, app.store.check()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(_) => Err("store check timed out".to_owned()),
+    };
+    (outcome, started.elapsed().as_secs_f64() * 1000.0)
+}
+
+/// `GET /realstatus/` on the public listeners: a store round trip; 200
+/// `{"status":"OK"}`, or 503 `{"status":"ERROR"}` when it fails. No detail.
+pub async fn public_real_status(app: Arc<App>) -> Response {
+    match check_store(&app).await {
+        (Ok(()), _) => json_response(StatusCode::OK, &serde_json::json!({"status": "OK"})),
+        (Err(_), _) => json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({"status": "ERROR"}),
+        ),
+    }
+}
+
+/// `GET /realstatus/` on the operator listener: a store round trip with its latency or
+/// error, and the cluster's view of its peers; 503 when the store check fails.
+pub async fn real_status(app: Arc<App>) -> Response {
+    let (outcome, millis) = check_store(&app).await;
+    let (status, store) = match outcome {
+        Ok(()) => (
             StatusCode::OK,
             serde_json::json!({"backend": app.store.name(), "status": "OK", "latency_ms": millis}),
         ),
-        Ok(Err(error)) => (
+        Err(error) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            serde_json::json!({"backend": app.store.name(), "status": "ERROR", "error": error.to_string()}),
-        ),
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            serde_json::json!({"backend": app.store.name(), "status": "ERROR", "error": "store check timed out"}),
+            serde_json::json!({"backend": app.store.name(), "status": "ERROR", "error": error}),
         ),
     };
     let overall = if status == StatusCode::OK {

@@ -5,7 +5,7 @@
 //! A map of the modules:
 //! - [`config`]: the TOML configuration and its defaults.
 //! - [`server`]: binds the listeners and runs until shutdown.
-//! - [`listener`]: the accept loop under both listeners.
+//! - [`listener`]: the accept loop under every listener.
 //! - [`routes`]: the warp routes of each listener.
 //! - [`upgrade`]: the websocket handshake. [`session`]: one device's socket.
 //! - [`protocol`]: parsing device messages, building replies.
@@ -15,7 +15,8 @@
 //! - [`tls`]: optional TLS on the public listeners.
 //! - [`metrics`]: Prometheus metrics and the store's timing wrapper.
 //! - [`overload`]: sheds endpoint requests while the runtime's queue delay is too long.
-//! - [`dashboard`]: `/dashboard/`, a live page over `/metrics` and `/realstatus/`.
+//! - [`dashboard`]: `/dashboard/` (operator listener), a live page over `/metrics` and
+//!   `/realstatus/`.
 //! - [`cluster`]: node-to-node routing when nodes share memcached.
 //! - [`cli`]: the `client` and `push` subcommands, to try a server end to end.
 //! - [`app`]: the state shared by everything above.

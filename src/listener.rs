@@ -56,13 +56,16 @@ impl Slots {
 }
 
 /// The socket budgets of a server's listeners: devices on one side, app servers (and
-/// peers, operators) on the other, so that a flood of either cannot take the other's.
+/// peers) on the other, operators apart, so that a flood of either cannot take the other's.
 #[derive(Debug, Clone)]
 pub struct Sockets {
     /// The websocket listener's connections, upgraded or not.
     pub device: Slots,
     /// The endpoint and node-to-node listeners' connections.
     pub app_server: Slots,
+    /// The operator listener's connections: a few of its own, so that a flood of either
+    /// public side leaves operators their metrics and dashboard.
+    pub operator: Slots,
 }
 
 /// An accepted connection and its slot, given back when the socket closes.

@@ -68,6 +68,9 @@ impl ServeArgs {
             None => Config::default(),
         };
         self.flags.apply(&mut config);
+        // Secrets may come from files (token_keys_file, secret_file): read them now,
+        // so the server only ever sees the values.
+        config.load_secret_files()?;
         Ok(config)
     }
 }
@@ -152,14 +155,18 @@ async fn serve_until_signalled(config: Config) -> anyhow::Result<()> {
     let keys = simplepush::store::token_keys(&config)?;
     let shutdown = CancellationToken::new();
     let server = Server::bind(&config, store.clone(), &keys, shutdown.clone())?;
-    let (ws, endpoint) = (server.ws_addr()?, server.endpoint_addr()?);
-    tracing::info!(%ws, %endpoint, endpoint_url = server.endpoint_url(), store = store.name(), "listening");
+    let (ws, endpoint, admin) = (
+        server.ws_addr()?,
+        server.endpoint_addr()?,
+        server.admin_addr()?,
+    );
+    tracing::info!(%ws, %endpoint, %admin, endpoint_url = server.endpoint_url(), store = store.name(), "listening");
     // The one line on stdout: scripts and tests wait for it to know the ports.
     match server.router_addr().transpose()? {
-        Some(router) => {
-            println!("simplepush listening ws={ws} endpoint={endpoint} router={router}")
-        }
-        None => println!("simplepush listening ws={ws} endpoint={endpoint}"),
+        Some(router) => println!(
+            "simplepush listening ws={ws} endpoint={endpoint} admin={admin} router={router}"
+        ),
+        None => println!("simplepush listening ws={ws} endpoint={endpoint} admin={admin}"),
     }
     tokio::spawn(watch_signals(shutdown));
     server.run().await;

@@ -1,4 +1,4 @@
-//! Prometheus metrics (`GET /metrics` on the endpoint listener): what the server does,
+//! Prometheus metrics (`GET /metrics` on the operator listener): what the server does,
 //! labelled by store backend. [`MeteredStore`] times every store call.
 
 use std::sync::Arc;

@@ -17,24 +17,41 @@ fn with_app(app: Arc<App>) -> impl Filter<Extract = (Arc<App>,), Error = Infalli
     warp::any().map(move || app.clone())
 }
 
+/// Which `/realstatus/` a listener answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detail {
+    /// OK or ERROR and nothing else (the public listeners).
+    Public,
+    /// Store latency and error, cluster peers (the operator listener).
+    Operator,
+}
+
 /// `/status`, `/status/`, `/realstatus`, `/realstatus/`; GET or HEAD (load balancers
 /// often check with HEAD; the body is then left out).
-pub fn health(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+pub fn health(
+    app: Arc<App>,
+    detail: Detail,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::get()
         .or(warp::head())
         .unify()
         .and(warp::path::full())
         .and(with_app(app))
-        .and_then(|path: warp::path::FullPath, app: Arc<App>| async move {
-            match path.as_str() {
-                "/status" | "/status/" => Ok(health::status(&app)),
-                "/realstatus" | "/realstatus/" => Ok(health::real_status(app).await),
-                _ => Err(warp::reject::not_found()),
-            }
-        })
+        .and_then(
+            move |path: warp::path::FullPath, app: Arc<App>| async move {
+                match path.as_str() {
+                    "/status" | "/status/" => Ok(health::status(&app)),
+                    "/realstatus" | "/realstatus/" => Ok(match detail {
+                        Detail::Public => health::public_real_status(app).await,
+                        Detail::Operator => health::real_status(app).await,
+                    }),
+                    _ => Err(warp::reject::not_found()),
+                }
+            },
+        )
 }
 
-/// `GET /metrics`: Prometheus text format.
+/// `GET /metrics`: Prometheus text format (operator listener).
 pub fn metrics(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::get()
         .and(warp::path!("metrics"))
@@ -108,7 +125,7 @@ fn with_cors(mut response: Response) -> Response {
 pub fn ws_listener(
     app: Arc<App>,
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
-    health(app.clone())
+    health(app.clone(), Detail::Public)
         .or(websocket(app))
         .unify()
         .or(not_found())
@@ -120,14 +137,24 @@ pub fn endpoint_listener(
     app: Arc<App>,
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     let cors = app.cors;
-    health(app.clone())
-        .or(metrics(app.clone()))
-        .unify()
-        .or(crate::dashboard::route())
-        .unify()
+    health(app.clone(), Detail::Public)
         .or(update(app))
         .unify()
         .or(not_found())
         .unify()
         .map(move |response: Response| if cors { with_cors(response) } else { response })
+}
+
+/// The operator listener: metrics, the dashboard and detailed health. Never CORS: no
+/// page of another origin is meant to read it.
+pub fn admin_listener(
+    app: Arc<App>,
+) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+    health(app.clone(), Detail::Operator)
+        .or(metrics(app))
+        .unify()
+        .or(crate::dashboard::route())
+        .unify()
+        .or(not_found())
+        .unify()
 }

@@ -32,6 +32,9 @@ const SESSION_DRAIN: Duration = Duration::from_secs(5);
 /// ([`store_files`]).
 const RESERVED_FILES: u64 = 64;
 
+/// Connections the operator listener may hold at once (scrapers, a dashboard or two).
+const OPERATOR_SOCKETS: u64 = 16;
+
 /// Fewer sockets than this left by the open-file limit is a misconfiguration: the
 /// server then takes half the limit for sockets and warns.
 const MIN_SOCKETS: u64 = 64;
@@ -64,7 +67,9 @@ fn store_files(config: &Config) -> u64 {
 /// 16 and 16,384) that a device flood cannot take, and devices the rest.
 fn socket_budget(config: &Config) -> Sockets {
     let (soft, _) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap_or((1024, 1024));
-    let reserve = RESERVED_FILES.saturating_add(store_files(config));
+    let reserve = RESERVED_FILES
+        .saturating_add(OPERATOR_SOCKETS)
+        .saturating_add(store_files(config));
     let mut sockets = soft.saturating_sub(reserve);
     if sockets < MIN_SOCKETS {
         sockets = soft / 2;
@@ -80,6 +85,7 @@ fn socket_budget(config: &Config) -> Sockets {
     Sockets {
         device: Slots::new(sockets - app_server),
         app_server: Slots::new(app_server),
+        operator: Slots::new(OPERATOR_SOCKETS as usize),
     }
 }
 
@@ -153,6 +159,8 @@ pub struct Server {
     app: Arc<App>,
     ws: TcpListener,
     endpoint: TcpListener,
+    /// The operator listener (metrics, dashboard, detailed health): plain HTTP.
+    admin: TcpListener,
     /// The router listener, on cluster nodes.
     router: Option<TcpListener>,
     /// TLS for the ws and endpoint listeners, when configured.
@@ -160,7 +168,7 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds both listeners. `token_keys` are the resolved keys (see
+    /// Binds the listeners. `token_keys` are the resolved keys (see
     /// [`crate::store::token_keys`]); `shutdown` stops the server when cancelled.
     pub fn bind(
         config: &Config,
@@ -178,6 +186,7 @@ impl Server {
         )?;
         let ws = bind(config.server.ws_addr)?;
         let endpoint = bind(config.server.endpoint_addr)?;
+        let admin = bind(config.server.admin_addr)?;
         let endpoint_port = endpoint
             .local_addr()
             .map_err(|source| StartError::Bind {
@@ -256,6 +265,7 @@ impl Server {
             app,
             ws,
             endpoint,
+            admin,
             router,
             tls,
         })
@@ -269,6 +279,11 @@ impl Server {
     /// Where app servers send updates.
     pub fn endpoint_addr(&self) -> std::io::Result<SocketAddr> {
         self.endpoint.local_addr()
+    }
+
+    /// Where operators read metrics, the dashboard and detailed health.
+    pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
+        self.admin.local_addr()
     }
 
     /// Where peers route to this node, on cluster nodes.
@@ -288,6 +303,7 @@ impl Server {
             app,
             ws,
             endpoint,
+            admin,
             router,
             tls,
         } = self;
@@ -322,6 +338,14 @@ impl Server {
                 routes::endpoint_listener(app.clone()),
                 tls,
                 app.sockets.app_server.clone(),
+                shutdown.clone()
+            ),
+            // Never TLS, never CORS: it is for operators on a private address.
+            listener::serve(
+                admin,
+                routes::admin_listener(app.clone()),
+                None,
+                app.sockets.operator.clone(),
                 shutdown.clone()
             ),
             router,

@@ -1,8 +1,10 @@
 //! Chooses and opens the store backend named in the config: the one place that knows
 //! which backends were compiled in. Also resolves the token keys, which the embedded
-//! backends keep beside their data.
+//! backends keep beside their data, and creates their data directory (0700) and key file
+//! (0600) for this user only.
 
-use std::path::Path;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use simplepush_store::{MemoryStore, Store};
@@ -33,10 +35,54 @@ pub enum OpenError {
     #[error("token key file {path}: {source}")]
     KeyFile {
         /// The file.
-        path: std::path::PathBuf,
+        path: PathBuf,
         /// Why.
         source: std::io::Error,
     },
+    /// The data directory could not be created.
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Creates the data directory of the embedded backends and its missing parents, for this
+/// user only (0700): it holds every device's channels and the token key. A directory
+/// that exists is the operator's and keeps its mode; a warning says when others may
+/// read it.
+pub fn create_data_dir(dir: &Path) -> Result<(), OpenError> {
+    let failed = |source| OpenError::DataDir {
+        path: dir.to_owned(),
+        source,
+    };
+    match std::fs::metadata(dir) {
+        Ok(meta) => {
+            warn_if_shared(dir, &meta);
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(failed),
+        Err(e) => Err(failed(e)),
+    }
+}
+
+/// Warns when users other than the owner may read or enter `path`.
+fn warn_if_shared(path: &Path, meta: &std::fs::Metadata) {
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        tracing::warn!(
+            path = %path.display(),
+            mode = format!("{mode:o}"),
+            "other users may read this (it holds device data or the token key): \
+             consider `chmod go-rwx`"
+        );
+    }
 }
 
 /// Opens the configured backend.
@@ -48,6 +94,7 @@ pub fn open(config: &Config) -> Result<Arc<dyn Store>, OpenError> {
         Backend::Memory => Ok(Arc::new(MemoryStore::new())),
         #[cfg(feature = "sqlite")]
         Backend::Sqlite => {
+            create_data_dir(&store.path)?;
             let options = simplepush_sqlite::SqliteOptions { fsync: store.fsync };
             Ok(Arc::new(
                 simplepush_sqlite::SqliteStore::open(&store.path, options).map_err(failed)?,
@@ -55,6 +102,7 @@ pub fn open(config: &Config) -> Result<Arc<dyn Store>, OpenError> {
         }
         #[cfg(feature = "rocksdb")]
         Backend::Rocksdb => {
+            create_data_dir(&store.path)?;
             let options = simplepush_rocksdb::RocksOptions { fsync: store.fsync };
             Ok(Arc::new(
                 simplepush_rocksdb::RocksStore::open(&store.path, options).map_err(failed)?,
@@ -104,19 +152,22 @@ fn kept_key(dir: &Path) -> Result<String, OpenError> {
         source,
     };
     match std::fs::read_to_string(&path) {
-        Ok(text) => return Ok(text.trim().to_owned()),
+        Ok(text) => {
+            if let Ok(meta) = std::fs::metadata(&path) {
+                warn_if_shared(&path, &meta);
+            }
+            return Ok(text.trim().to_owned());
+        }
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(error(e)),
         Err(_) => {}
     }
-    std::fs::create_dir_all(dir).map_err(error)?;
+    create_data_dir(dir)?;
     let key = crate::token::generate_key();
     let temporary = dir.join("token.key.tmp");
     {
         use std::io::Write;
         let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        options.write(true).create(true).truncate(true).mode(0o600);
         let mut file = options.open(&temporary).map_err(error)?;
         file.write_all(key.as_bytes()).map_err(error)?;
         file.sync_all().map_err(error)?;
@@ -136,5 +187,35 @@ mod tests {
         let second = kept_key(&dir.path().join("data")).unwrap();
         assert_eq!(first, second);
         assert!(crate::token::TokenCodec::new(&[first]).is_ok());
+    }
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn created_data_dir_and_key_are_for_this_user_only() {
+        let dir = tempfile::tempdir().unwrap();
+        // Loose permissions around it must not leak into what is created.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let data = dir.path().join("parent").join("data");
+        kept_key(&data).unwrap();
+        assert_eq!(mode(&data), 0o700, "data directory");
+        assert_eq!(mode(&dir.path().join("parent")), 0o700, "created parent");
+        assert_eq!(mode(&data.join("token.key")), 0o600, "token.key");
+
+        let other = dir.path().join("other");
+        create_data_dir(&other).unwrap();
+        assert_eq!(mode(&other), 0o700);
+    }
+
+    #[test]
+    fn an_existing_data_dir_keeps_the_operators_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o750)).unwrap();
+        create_data_dir(dir.path()).unwrap();
+        kept_key(dir.path()).unwrap();
+        assert_eq!(mode(dir.path()), 0o750);
+        assert_eq!(mode(&dir.path().join("token.key")), 0o600);
     }
 }

@@ -212,7 +212,7 @@ async fn updates_follow_the_device_across_nodes_and_survive_a_dead_node() {
     assert_eq!(updates(&frame), vec![(channel.clone(), 5, None)]);
 
     // Node 3 reports what it saw of its peers.
-    let reply = http("GET", &n3.endpoint_url("/realstatus/"), None, None).await;
+    let reply = http("GET", &n3.admin_url("/realstatus/"), None, None).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     let peers = &reply.json()["cluster"]["peers"];
     assert_eq!(
@@ -505,8 +505,8 @@ async fn realstatus_reports_the_memcache_store_and_the_cluster() {
     let mut cluster = Cluster::start(1).await;
     let node = &cluster.nodes[0];
     for url in [
-        node.endpoint_url("/realstatus/"),
-        node.ws_http_url("/realstatus"),
+        node.admin_url("/realstatus/"),
+        node.admin_url("/realstatus"),
     ] {
         let reply = http("GET", &url, None, None).await;
         assert_eq!(reply.status, 200, "{url}: {}", reply.body);
@@ -525,11 +525,19 @@ async fn realstatus_reports_the_memcache_store_and_the_cluster() {
             "{url}: the node's own router URL"
         );
     }
+    // The public listeners tell the internet nothing about the cluster.
+    for url in [
+        node.endpoint_url("/realstatus/"),
+        node.ws_http_url("/realstatus"),
+    ] {
+        let reply = http("GET", &url, None, None).await;
+        assert_eq!(reply.body, r#"{"status":"OK"}"#, "{url}");
+    }
 
     // Both memcached servers are checked: losing either one is a 503.
     cluster.memcached[1].stop();
     let node = &cluster.nodes[0];
-    let reply = http("GET", &node.endpoint_url("/realstatus/"), None, None).await;
+    let reply = http("GET", &node.admin_url("/realstatus/"), None, None).await;
     assert_eq!(reply.status, 503, "{}", reply.body);
     assert_eq!(
         reply.json()["store"]["status"],

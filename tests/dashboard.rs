@@ -1,4 +1,4 @@
-//! `/dashboard/`: one self-contained HTML page on the endpoint listener whose numbers,
+//! `/dashboard/`: one self-contained HTML page on the operator listener whose numbers,
 //! rendered in headless Chromium, follow what a device and an app server do.
 //!
 //! The browser test needs Debian's `chromium` package (`/usr/bin/chromium`, or the path
@@ -20,9 +20,9 @@ const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMIUM_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[tokio::test]
-async fn dashboard_is_one_self_contained_html_page_on_the_endpoint_listener() {
+async fn dashboard_is_one_self_contained_html_page_on_the_admin_listener() {
     let server = Server::start().await;
-    let reply = http("GET", &server.endpoint_url("/dashboard/"), None, None).await;
+    let reply = http("GET", &server.admin_url("/dashboard/"), None, None).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     let content_type = reply.header("content-type").unwrap_or_default();
     assert!(content_type.starts_with("text/html"), "{content_type}");
@@ -46,21 +46,26 @@ async fn dashboard_is_one_self_contained_html_page_on_the_endpoint_listener() {
         assert!(page.contains(own), "the page never fetches {own}");
     }
 
-    let bare = http("GET", &server.endpoint_url("/dashboard"), None, None).await;
+    let bare = http("GET", &server.admin_url("/dashboard"), None, None).await;
     assert_eq!(bare.status, 200);
     assert_eq!(&bare.body, page, "/dashboard and /dashboard/ differ");
 
-    let below = http("GET", &server.endpoint_url("/dashboard/x"), None, None).await;
+    let below = http("GET", &server.admin_url("/dashboard/x"), None, None).await;
     below.assert_error(404, &["Not Found"]);
-    let on_ws = http("GET", &server.ws_http_url("/dashboard/"), None, None).await;
-    on_ws.assert_error(404, &["Not Found"]);
+    for public in [
+        server.ws_http_url("/dashboard/"),
+        server.endpoint_url("/dashboard/"),
+    ] {
+        let reply = http("GET", &public, None, None).await;
+        reply.assert_error(404, &["Not Found"]);
+    }
 }
 
 #[tokio::test]
 async fn dashboard_in_chromium_follows_connections_and_live_updates() {
     let chromium = chromium();
     let server = Server::start().await;
-    let url = server.endpoint_url("/dashboard/");
+    let url = server.admin_url("/dashboard/");
 
     let before = load(&chromium, &url, None).await;
     assert_eq!(attribute(&before, "poll", "data-state"), "ok", "{before}");
@@ -131,7 +136,7 @@ async fn dashboard_in_chromium_lists_the_cluster_peers() {
         .await;
     device.recv_notification().await;
 
-    let dom = load(&chromium, &a.endpoint_url("/dashboard/"), None).await;
+    let dom = load(&chromium, &a.admin_url("/dashboard/"), None).await;
     let section = tag(&dom, "cluster");
     assert!(
         !section.contains(" hidden"),

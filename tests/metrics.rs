@@ -1,4 +1,4 @@
-//! `/metrics` on the endpoint listener: Prometheus text whose values move as a scripted
+//! `/metrics` on the operator listener: Prometheus text whose values move as a scripted
 //! device and app server use the server.
 
 mod common;
@@ -21,7 +21,7 @@ fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
 }
 
 async fn scrape(server: &Server) -> String {
-    let reply = http("GET", &server.endpoint_url("/metrics"), None, None).await;
+    let reply = http("GET", &server.admin_url("/metrics"), None, None).await;
     assert_eq!(reply.status, 200);
     let content_type = reply.header("content-type").unwrap_or_default();
     assert!(content_type.starts_with("text/plain"), "{content_type}");

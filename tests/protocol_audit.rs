@@ -977,11 +977,12 @@ async fn durations_in_minutes_hours_and_days_are_accepted() {
 
 /// The §8 keys and the flag names a reader of PROTOCOL.md would look for (a key's
 /// name in kebab case, prefixed by its section where the bare name would be ambiguous).
-const FLAGS: [(&str, &[&str]); 17] = [
+const FLAGS: &[(&str, &[&str])] = &[
     ("[server] ws_addr", &["--ws-addr"]),
     ("[server] endpoint_addr", &["--endpoint-addr"]),
     ("[server] endpoint_url", &["--endpoint-url"]),
     ("[server] token_keys", &["--token-key"]),
+    ("[server] admin_addr", &["--admin-addr"]),
     ("[protocol] hello_timeout", &["--hello-timeout"]),
     ("[protocol] min_ping_interval", &["--min-ping-interval"]),
     ("[protocol] retry_interval", &["--retry-interval"]),

@@ -33,6 +33,8 @@ pub struct Server {
     pub ws: SocketAddr,
     /// The endpoint (app server) listener.
     pub endpoint: SocketAddr,
+    /// The operator listener (metrics, dashboard, detailed health).
+    pub admin: SocketAddr,
     /// The router listener of a cluster node (memcache backend); `None` otherwise.
     pub router: Option<SocketAddr>,
     log: PathBuf,
@@ -44,7 +46,17 @@ pub struct Builder {
     sections: Vec<(String, Vec<(String, String)>)>,
     args: Vec<String>,
     open_files: Option<u64>,
+    envs: Vec<(String, String)>,
 }
+
+/// Environment variables the server reads settings from; the harness clears them so that
+/// a developer's shell cannot change a test (set them with [`Builder::env`]).
+const SETTING_ENVS: [&str; 4] = [
+    "SIMPLEPUSH_TOKEN_KEYS",
+    "SIMPLEPUSH_TOKEN_KEYS_FILE",
+    "SIMPLEPUSH_ROUTER_SECRET",
+    "SIMPLEPUSH_ROUTER_SECRET_FILE",
+];
 
 impl Builder {
     /// Sets `key = value` in `[section]`; `value` is a TOML literal (`"\"1s\""`, `"3"`).
@@ -141,6 +153,12 @@ impl Builder {
         self
     }
 
+    /// Sets an environment variable of the server process.
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.envs.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
     fn toml(&self) -> String {
         let mut text = String::new();
         for (section, entries) in &self.sections {
@@ -161,10 +179,15 @@ impl Builder {
         let log = dir.path().join("server.log");
         let stderr = std::fs::File::create(&log).unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_simplepush"));
+        for name in SETTING_ENVS {
+            command.env_remove(name);
+        }
         command
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .arg("--config")
             .arg(&config)
             .args(["--ws-addr", "127.0.0.1:0", "--endpoint-addr", "127.0.0.1:0"])
+            .args(["--admin-addr", "127.0.0.1:0"])
             .args(&self.args)
             .current_dir(dir.path())
             .stdin(Stdio::null())
@@ -193,6 +216,7 @@ impl Builder {
             child,
             ws: SocketAddr::from(([0, 0, 0, 0], 0)),
             endpoint: SocketAddr::from(([0, 0, 0, 0], 0)),
+            admin: SocketAddr::from(([0, 0, 0, 0], 0)),
             router: None,
             log,
             dir,
@@ -205,37 +229,45 @@ impl Builder {
             ),
             Err(_) => panic!("no listening line within 20 s:\n{}", server.log_text()),
         };
-        let (ws, endpoint, router) = parse_listening_line(&line);
+        let listening = parse_listening_line(&line);
+        let need = |name: &str| {
+            listening.get(name).copied().unwrap_or_else(|| {
+                panic!(
+                    "no {name}= in the startup line {line:?}:\n{}",
+                    server.log_text()
+                )
+            })
+        };
+        let (ws, endpoint, admin) = (need("ws"), need("endpoint"), need("admin"));
         server.ws = ws;
         server.endpoint = endpoint;
-        server.router = router;
+        server.admin = admin;
+        server.router = listening.get("router").copied();
         server
     }
 }
 
-/// Parses `simplepush listening ws=ADDR endpoint=ADDR` (a cluster node appends
-/// `router=ADDR`).
-fn parse_listening_line(line: &str) -> (SocketAddr, SocketAddr, Option<SocketAddr>) {
+/// Parses `simplepush listening ws=ADDR endpoint=ADDR admin=ADDR` (a cluster node adds
+/// `router=ADDR`) into its named addresses.
+fn parse_listening_line(line: &str) -> std::collections::HashMap<String, SocketAddr> {
     let words: Vec<&str> = line.split(' ').collect();
-    assert!(words.len() >= 4, "unexpected startup line {line:?}");
     assert_eq!(
-        &words[..2],
-        ["simplepush", "listening"],
+        words.get(..2),
+        Some(&["simplepush", "listening"][..]),
         "startup line {line:?}"
     );
-    let ws = words[2]
-        .strip_prefix("ws=")
-        .unwrap_or_else(|| panic!("no ws= in {line:?}"));
-    let endpoint = words[3]
-        .strip_prefix("endpoint=")
-        .unwrap_or_else(|| panic!("no endpoint= in {line:?}"));
-    let router = words.get(4).map(|word| {
-        word.strip_prefix("router=")
-            .unwrap_or_else(|| panic!("no router= in {line:?}"))
-            .parse()
-            .unwrap()
-    });
-    (ws.parse().unwrap(), endpoint.parse().unwrap(), router)
+    words[2..]
+        .iter()
+        .map(|word| {
+            let (name, addr) = word
+                .split_once('=')
+                .unwrap_or_else(|| panic!("no NAME=ADDR: {word:?} in {line:?}"));
+            let addr = addr
+                .parse()
+                .unwrap_or_else(|e| panic!("{word:?} in {line:?}: {e}"));
+            (name.to_owned(), addr)
+        })
+        .collect()
 }
 
 impl Server {
@@ -251,6 +283,7 @@ impl Server {
             sections: Vec::new(),
             args: Vec::new(),
             open_files: None,
+            envs: Vec::new(),
         }
         .protocol("min_ping_interval", "\"0\"")
         // Cluster nodes bind a router listener too; never a fixed port in tests.
@@ -281,6 +314,11 @@ impl Server {
     /// A URL on the endpoint listener.
     pub fn endpoint_url(&self, path: &str) -> String {
         format!("http://{}{}", self.endpoint, path)
+    }
+
+    /// A URL on the operator listener (metrics, dashboard, detailed health).
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
     }
 
     /// A URL on the websocket listener (health pages).
@@ -322,9 +360,10 @@ impl Server {
         reply.json()
     }
 
-    /// `GET /metrics` (Prometheus text), asserting it answered 200.
+    /// `GET /metrics` (Prometheus text) on the operator listener, asserting it answered
+    /// 200.
     pub async fn metrics_text(&self) -> String {
-        let reply = http("GET", &self.endpoint_url("/metrics"), None, None).await;
+        let reply = http("GET", &self.admin_url("/metrics"), None, None).await;
         assert_eq!(reply.status, 200, "/metrics: {}", reply.body);
         reply.body
     }

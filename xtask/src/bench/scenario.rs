@@ -77,7 +77,8 @@ impl Backend {
 /// The server config of a benchmark node.
 fn config(bench: &Bench, backend: &Backend, extra_server: &str) -> String {
     let mut text = format!(
-        "[server]\nws_addr = \"127.0.0.1:0\"\nendpoint_addr = \"127.0.0.1:0\"\n{extra_server}\
+        "[server]\nws_addr = \"127.0.0.1:0\"\nendpoint_addr = \"127.0.0.1:0\"\n\
+         admin_addr = \"127.0.0.1:0\"\n{extra_server}\
          [protocol]\nmin_ping_interval = \"0\"\n\
          [store]\nbackend = \"{}\"\npath = \"data\"\nfsync = {}\n",
         backend.name, bench.fsync
@@ -226,13 +227,13 @@ impl Bench {
         let mut server = self.start_server(backend, &extra)?;
         let (ws, put_to) = (server.ws, server.endpoint);
         let rss_before = server.rss_kib()? as f64;
-        let probe = Probe::start(ws, put_to)?;
+        let probe = Probe::start(ws, put_to, server.admin)?;
         let run = put_run(&mut [&mut server], ws, put_to, p, false, false);
         let during = probe.finish();
         let run = run?;
         let during = during?;
         // The storm is over: the same app server again, alone.
-        let after = Probe::start(ws, put_to)?;
+        let after = Probe::start(ws, put_to, server.admin)?;
         std::thread::sleep(PROBE_AFTER);
         let after = after.finish()?;
         let rss_after = server.rss_kib()? as f64;
@@ -380,7 +381,12 @@ struct Probe {
 
 impl Probe {
     /// Connects the probe's device and starts PUTting.
-    fn start(ws: std::net::SocketAddr, endpoint: std::net::SocketAddr) -> Result<Probe> {
+    /// `admin` is the node's operator listener, where the shed counts are read.
+    fn start(
+        ws: std::net::SocketAddr,
+        endpoint: std::net::SocketAddr,
+        admin: Option<std::net::SocketAddr>,
+    ) -> Result<Probe> {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
@@ -390,7 +396,7 @@ impl Probe {
                     .enable_all()
                     .build()
                     .context("probe runtime")?
-                    .block_on(probe_run(ws, endpoint, &flag))
+                    .block_on(probe_run(ws, endpoint, admin, &flag))
             })
             .context("starting the probe thread")?;
         Ok(Probe { stop, thread })
@@ -408,6 +414,7 @@ impl Probe {
 async fn probe_run(
     ws: std::net::SocketAddr,
     endpoint: std::net::SocketAddr,
+    admin: Option<std::net::SocketAddr>,
     stop: &std::sync::atomic::AtomicBool,
 ) -> Result<ProbeReport> {
     use futures_util::{SinkExt, StreamExt};
@@ -526,10 +533,8 @@ async fn probe_run(
         }
     }
     let _ = device.close(None).await;
-    if let Ok(response) = client
-        .get(format!("http://{endpoint}/metrics"))
-        .send()
-        .await
+    if let Some(admin) = admin
+        && let Ok(response) = client.get(format!("http://{admin}/metrics")).send().await
         && let Ok(text) = response.text().await
     {
         report.shed_queue_delay = shed_count(&text, "queue_delay");

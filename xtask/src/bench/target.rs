@@ -52,6 +52,8 @@ pub struct ServerProc {
     pub ws: SocketAddr,
     /// Endpoint (PUT) listener.
     pub endpoint: SocketAddr,
+    /// Operator listener (`/metrics`) of simplepush; the baseline has none.
+    pub admin: Option<SocketAddr>,
     /// Router listener of a cluster node.
     pub router: Option<SocketAddr>,
     log: PathBuf,
@@ -93,6 +95,7 @@ impl ServerProc {
             child,
             ws: SocketAddr::from(([127, 0, 0, 1], 0)),
             endpoint: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin: None,
             router: None,
             log,
             _dir: dir,
@@ -116,10 +119,11 @@ impl ServerProc {
                 )
             }
         };
-        let (ws, endpoint, router) = parse_listening_line(&line)?;
-        server.ws = ws;
-        server.endpoint = endpoint;
-        server.router = router;
+        let listening = parse_listening_line(&line)?;
+        server.ws = listening.ws;
+        server.endpoint = listening.endpoint;
+        server.admin = listening.admin;
+        server.router = listening.router;
         Ok(server)
     }
 
@@ -161,10 +165,24 @@ impl Drop for ServerProc {
     }
 }
 
-/// Parses `simplepush listening ws=ADDR endpoint=ADDR [router=ADDR]`.
-pub fn parse_listening_line(line: &str) -> Result<(SocketAddr, SocketAddr, Option<SocketAddr>)> {
+/// The addresses a server's startup line names.
+#[derive(Debug)]
+pub struct Listening {
+    /// `ws=`.
+    pub ws: SocketAddr,
+    /// `endpoint=`.
+    pub endpoint: SocketAddr,
+    /// `admin=` (simplepush only).
+    pub admin: Option<SocketAddr>,
+    /// `router=` (cluster nodes only).
+    pub router: Option<SocketAddr>,
+}
+
+/// Parses `simplepush listening ws=ADDR endpoint=ADDR [admin=ADDR] [router=ADDR]`.
+pub fn parse_listening_line(line: &str) -> Result<Listening> {
     let mut ws = None;
     let mut endpoint = None;
+    let mut admin = None;
     let mut router = None;
     let mut words = line.split_whitespace();
     if words.next() != Some("simplepush") || words.next() != Some("listening") {
@@ -178,12 +196,18 @@ pub fn parse_listening_line(line: &str) -> Result<(SocketAddr, SocketAddr, Optio
         match key {
             "ws" => ws = Some(addr),
             "endpoint" => endpoint = Some(addr),
+            "admin" => admin = Some(addr),
             "router" => router = Some(addr),
             _ => {}
         }
     }
     match (ws, endpoint) {
-        (Some(ws), Some(endpoint)) => Ok((ws, endpoint, router)),
+        (Some(ws), Some(endpoint)) => Ok(Listening {
+            ws,
+            endpoint,
+            admin,
+            router,
+        }),
         _ => bail!("no ws= or endpoint= in {line:?}"),
     }
 }
@@ -237,15 +261,22 @@ mod tests {
 
     #[test]
     fn parses_the_listening_line() {
-        let (ws, endpoint, router) =
+        let baseline =
             parse_listening_line("simplepush listening ws=127.0.0.1:1 endpoint=127.0.0.1:2")
                 .unwrap();
-        assert_eq!((ws.port(), endpoint.port(), router), (1, 2, None));
-        let (_, _, router) = parse_listening_line(
-            "simplepush listening ws=127.0.0.1:1 endpoint=127.0.0.1:2 router=127.0.0.1:3",
+        assert_eq!(
+            (baseline.ws.port(), baseline.endpoint.port()),
+            (1, 2),
+            "{baseline:?}"
+        );
+        assert!(baseline.admin.is_none() && baseline.router.is_none());
+        let node = parse_listening_line(
+            "simplepush listening ws=127.0.0.1:1 endpoint=127.0.0.1:2 admin=127.0.0.1:4 \
+             router=127.0.0.1:3",
         )
         .unwrap();
-        assert_eq!(router.unwrap().port(), 3);
+        assert_eq!(node.router.unwrap().port(), 3);
+        assert_eq!(node.admin.unwrap().port(), 4);
         assert!(parse_listening_line("hello").is_err());
     }
 

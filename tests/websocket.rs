@@ -1335,3 +1335,85 @@ async fn sigterm_closes_sockets_with_1001_and_exits() {
     let status = server.wait_exit().await;
     assert!(status.success(), "exit status {status}");
 }
+
+// ---- acks of many channels -------------------------------------------------------------
+
+/// An ack naming more distinct channels than `max_channels` (in `updates` or in
+/// `expired`) is refused with 401, its `updates` echoed as sent, and the socket closed:
+/// no device has that many, and each would cost the store work.
+#[tokio::test]
+async fn ack_naming_more_than_max_channels_is_refused() {
+    let server = Server::builder()
+        .protocol("max_channels", "3")
+        .start()
+        .await;
+    let four: Vec<String> = (0..4).map(|_| chid()).collect();
+    let sent = json!(
+        four.iter()
+            .map(|c| json!({"channelID": c, "version": 1}))
+            .collect::<Vec<_>>()
+    );
+    let (mut device, _) = server.device().await;
+    device
+        .send(json!({"messageType": "ack", "updates": sent}))
+        .await;
+    device
+        .expect_refusal(
+            401,
+            "Invalid Command",
+            &[("messageType", json!("ack")), ("updates", sent.clone())],
+        )
+        .await;
+
+    let (mut device, _) = server.device().await;
+    device
+        .send(json!({"messageType": "ack", "updates": [], "expired": four}))
+        .await;
+    device
+        .expect_refusal(
+            401,
+            "Invalid Command",
+            &[("messageType", json!("ack")), ("updates", json!([]))],
+        )
+        .await;
+}
+
+/// A channel named many times in one ack counts once toward `max_channels`, and is
+/// acked at the greatest version named, whatever the order.
+#[tokio::test]
+async fn ack_repeating_its_channels_counts_each_once_at_its_greatest_version() {
+    let server = Server::builder()
+        .protocol("max_channels", "3")
+        .start()
+        .await;
+    let (mut device, uaid) = server.device().await;
+    let channels: Vec<String> = (0..3).map(|_| chid()).collect();
+    for channel in &channels {
+        let endpoint = device.register(channel).await;
+        server.put_version(&endpoint, 5, 200).await;
+        device.recv_notification().await;
+    }
+    // 300 entries over three channels: the first two acked up to 5 somewhere in the
+    // list, the third only up to 4.
+    let mut entries = Vec::new();
+    for round in 0..100u64 {
+        for (k, channel) in channels.iter().enumerate() {
+            let version = if k == 2 { round % 5 } else { round % 6 };
+            entries.push(json!({"channelID": channel, "version": version}));
+        }
+    }
+    device
+        .send(json!({"messageType": "ack", "updates": entries, "expired": [channels[0], channels[0]]}))
+        .await;
+    // Something is left, so the ack is answered with a flush of exactly that.
+    let frame = device.recv_notification().await;
+    assert_eq!(updates(&frame), vec![(channels[2].clone(), 5, None)]);
+    device.close().await;
+    server.wait_for_clients(0).await;
+    let mut device = server.connect().await;
+    device.hello(&uaid).await;
+    assert_eq!(
+        updates(&device.recv_notification().await),
+        vec![(channels[2].clone(), 5, None)]
+    );
+}

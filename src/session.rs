@@ -29,6 +29,7 @@ use crate::protocol::{
     UpdateEntry, is_uuid_shaped,
 };
 use crate::registry::{ConnectionGuard, Peer, Signals, Stamp};
+use crate::throttle::Throttle;
 
 /// The websocket of one device.
 pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
@@ -114,6 +115,7 @@ pub fn run(
         retry_at: None,
         keepalive,
         messages: 0,
+        throttle: Throttle::default(),
         _connected: connected,
     };
     async move {
@@ -140,6 +142,8 @@ struct Session {
     keepalive: KeepaliveTimer,
     /// Messages received from the device.
     messages: u64,
+    /// The device's allowance of commands (`command_rate`, `command_burst`).
+    throttle: Throttle,
     /// Counts this socket among the node's connections.
     _connected: ConnectionGuard,
 }
@@ -338,6 +342,13 @@ impl Session {
         if let Ok(command) = &command {
             let name = command.name();
             self.app.metrics.commands.with_label_values(&[name]).inc();
+            let (rate, burst) = (
+                self.app.protocol.command_rate,
+                self.app.protocol.command_burst,
+            );
+            if !self.throttle.admit(self.app.registry.now(), rate, burst) {
+                return self.fail(too_many_commands(command)).await;
+            }
         }
         match command {
             Err(Refusal::NotAnObject) => Err(End::InvalidPayload),
@@ -660,6 +671,29 @@ impl Session {
             };
             let _ = timeout(CLOSE_TIMEOUT, closing).await;
         }
+    }
+}
+
+/// The refusal of a command beyond the socket's allowance (PROTOCOL.md §3: 401, the
+/// command's identifying field echoed).
+fn too_many_commands(command: &Command) -> ErrorFrame {
+    let error = ErrorFrame::new(401, "too many commands").for_type(command.name());
+    let echo = match command {
+        Command::Hello {
+            uaid: Some(uaid), ..
+        } => Some(("uaid", Value::String(uaid.clone()))),
+        Command::Register { channel_id } | Command::Unregister { channel_id } => {
+            Some(("channelID", Value::String(channel_id.clone())))
+        }
+        Command::Ack {
+            sent_updates: Some(updates),
+            ..
+        } => Some(("updates", updates.clone())),
+        _ => None,
+    };
+    match echo {
+        Some((key, value)) => error.echo(key, value),
+        None => error,
     }
 }
 

@@ -709,7 +709,7 @@ async fn an_ack_frame_of_repeated_entries_costs_one_store_call() {
 /// server closes it. Answers the frames sent.
 async fn ack_flooder(
     server: &Server,
-    stop: std::sync::Arc<tokio::sync::Notify>,
+    stop: tokio_util::sync::CancellationToken,
 ) -> tokio::task::JoinHandle<u64> {
     let (mut device, uaid) = server.device().await;
     let channels: Vec<String> = (0..3).map(|_| chid()).collect();
@@ -721,35 +721,36 @@ async fn ack_flooder(
     let (frame, _) = repetitive_ack(&channels, 10);
     let hello = json!({"messageType": "hello", "uaid": uaid}).to_string();
     tokio::spawn(async move {
+        use futures_util::SinkExt;
         let mut sent = 0u64;
-        let stopped = stop.notified();
-        tokio::pin!(stopped);
-        loop {
-            let Ok((mut ws, _)) = tokio_tungstenite::connect_async(url.as_str()).await else {
-                continue;
-            };
-            use futures_util::SinkExt;
-            if ws.send(Message::text(hello.clone())).await.is_err() {
-                continue;
-            }
+        let flood = async {
             loop {
-                tokio::select! {
-                    _ = &mut stopped => return sent,
-                    result = ws.send(Message::text(frame.clone())) => {
-                        if result.is_err() {
-                            break;
-                        }
-                        sent += 1;
-                    }
+                let Ok((mut ws, _)) = tokio_tungstenite::connect_async(url.as_str()).await else {
+                    continue;
+                };
+                if ws.send(Message::text(hello.clone())).await.is_err() {
+                    continue;
+                }
+                while ws.send(Message::text(frame.clone())).await.is_ok() {
+                    sent += 1;
                 }
             }
+        };
+        tokio::select! {
+            () = stop.cancelled() => {}
+            () = flood => {}
         }
+        sent
     })
 }
 
-/// Several sockets flooding maximal ack frames of repeated entries: a well-behaved app
-/// server pushing to another device is answered as quickly as it is without the flood
-/// (within a wide margin), and the flood costs the store one call per frame at most.
+/// Several sockets flooding maximal ack frames of repeated entries (reconnecting when
+/// refused): the flood costs the store one call per frame at most (it cost one per
+/// entry, ~1,250 a frame), and a well-behaved app server pushing to another device
+/// stays served, its p99 under 500 ms (or 20 times its p99 without the flood, on a slow
+/// machine). Measured here: 1-5 ms quiet, 9-76 ms flooded; the old server showed the
+/// same latencies, as its per-entry store calls were cheap on one socket at a time:
+/// the store-call bound is what catches it.
 #[tokio::test]
 async fn an_ack_flood_leaves_a_well_behaved_app_server_served() {
     const FLOODERS: usize = 4;
@@ -779,14 +780,14 @@ async fn an_ack_flood_leaves_a_well_behaved_app_server_served() {
     };
     let quiet = latencies(PUTS, 1).await;
 
-    let stop = std::sync::Arc::new(tokio::sync::Notify::new());
+    let stop = tokio_util::sync::CancellationToken::new();
     let mut flooders = Vec::new();
     for _ in 0..FLOODERS {
         flooders.push(ack_flooder(&server, stop.clone()).await);
     }
     let calls_before = ack_store_calls(&server).await;
     let flooded = latencies(PUTS, 1 + PUTS as u64).await;
-    stop.notify_waiters();
+    stop.cancel();
     let mut frames = 0;
     for flooder in flooders {
         frames += flooder.await.unwrap();

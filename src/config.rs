@@ -115,6 +115,10 @@ pub struct ProtocolConfig {
     pub max_data_bytes: usize,
     /// Largest websocket message a device may send, in bytes.
     pub max_message_bytes: usize,
+    /// Commands per second a socket's allowance refills with (0 = no limit).
+    pub command_rate: u32,
+    /// Commands a socket may send at once before the rate applies (0 = no limit).
+    pub command_burst: u32,
 }
 
 impl Default for ProtocolConfig {
@@ -131,6 +135,8 @@ impl Default for ProtocolConfig {
             max_channels: 200,
             max_data_bytes: 4096,
             max_message_bytes: 64 * 1024,
+            command_rate: 50,
+            command_burst: 500,
         }
     }
 }
@@ -432,6 +438,8 @@ mod tests {
         assert_eq!(config.protocol.max_channels, 200);
         assert_eq!(config.protocol.max_data_bytes, 4096);
         assert_eq!(config.protocol.max_message_bytes, 65536);
+        assert_eq!(config.protocol.command_rate, 50);
+        assert_eq!(config.protocol.command_burst, 500);
         assert_eq!(config.store.backend, Backend::Memory);
         assert_eq!(config.store.path, PathBuf::from("simplepush-data"));
         assert_eq!(config.store.servers, vec!["127.0.0.1:11211".to_owned()]);

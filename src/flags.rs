@@ -120,6 +120,12 @@ struct ProtocolFlags {
     /// Largest websocket message, in bytes (max_message_bytes).
     #[arg(long, value_name = "BYTES")]
     max_message_bytes: Option<usize>,
+    /// Commands per second a socket's allowance refills with, 0: no limit (command_rate).
+    #[arg(long, value_name = "N")]
+    command_rate: Option<u32>,
+    /// Commands a socket may send at once, 0: no limit (command_burst).
+    #[arg(long, value_name = "N")]
+    command_burst: Option<u32>,
 }
 
 /// `[store]`.
@@ -249,6 +255,8 @@ impl ConfigFlags {
             p.max_channels => config.protocol.max_channels,
             p.max_data_bytes => config.protocol.max_data_bytes,
             p.max_message_bytes => config.protocol.max_message_bytes,
+            p.command_rate => config.protocol.command_rate,
+            p.command_burst => config.protocol.command_burst,
             st.backend => config.store.backend,
             st.path => config.store.path,
             st.servers => config.store.servers,
@@ -312,6 +320,8 @@ mod tests {
             "--max-channels=17",
             "--max-data-bytes=18",
             "--max-message-bytes=19",
+            "--command-rate=22",
+            "--command-burst=23",
             "--store=sqlite",
             "--path=/tmp/x",
             "--servers=h:1,h:2",
@@ -356,6 +366,7 @@ mod tests {
             ),
             (16, 17, 18, 19)
         );
+        assert_eq!((protocol.command_rate, protocol.command_burst), (22, 23));
         assert_eq!(config.store.backend, Backend::Sqlite);
         assert_eq!(config.store.path, PathBuf::from("/tmp/x"));
         assert_eq!(config.store.servers, ["h:1", "h:2"]);

@@ -8,6 +8,7 @@
 //! - [`listener`]: the accept loop under every listener.
 //! - [`routes`]: the warp routes of each listener.
 //! - [`upgrade`]: the websocket handshake. [`session`]: one device's socket.
+//! - [`throttle`]: the per-socket limit on device commands.
 //! - [`protocol`]: parsing device messages, building replies.
 //! - [`endpoint`]: `PUT /update/{token}`. [`health`]: `/status/`, `/realstatus/`.
 //! - [`registry`]: devices connected here. [`token`]: endpoint tokens.
@@ -39,6 +40,7 @@ pub mod routes;
 pub mod server;
 pub mod session;
 pub mod store;
+pub mod throttle;
 pub mod tls;
 pub mod token;
 pub mod upgrade;

@@ -227,24 +227,17 @@ impl Store for MeteredStore {
         self.timed("pending", self.inner.pending(uaid, now)).await
     }
 
-    async fn ack(
+    /// One counted call per batch; the single-entry `ack` and `ack_expired` come through
+    /// here too (the trait's provided methods), so they count as `ack_many`.
+    async fn ack_many(
         &self,
         uaid: &Uaid,
-        channel: &ChannelId,
-        version: u64,
-    ) -> Result<bool, StoreError> {
-        self.timed("ack", self.inner.ack(uaid, channel, version))
-            .await
-    }
-
-    async fn ack_expired(
-        &self,
-        uaid: &Uaid,
-        channel: &ChannelId,
+        updates: &[(ChannelId, u64)],
+        expired: &[ChannelId],
         now: u64,
     ) -> Result<bool, StoreError> {
-        let call = self.inner.ack_expired(uaid, channel, now);
-        self.timed("ack_expired", call).await
+        let call = self.inner.ack_many(uaid, updates, expired, now);
+        self.timed("ack_many", call).await
     }
 
     async fn drop_uaid(&self, uaid: &Uaid) -> Result<(), StoreError> {
@@ -301,6 +294,22 @@ mod tests {
         );
         assert!(
             text.contains(r#"simplepush_commands_total{command="hello",backend="memory"} 1"#),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn metered_store_counts_a_batch_of_acks_as_one_call() {
+        let metrics = Arc::new(Metrics::new("memory"));
+        let store = MeteredStore::new(Arc::new(MemoryStore::new()), metrics.clone());
+        let uaid = Uaid::from("u");
+        let updates: Vec<(ChannelId, u64)> = (0..50).map(|i| (ChannelId::from("c"), i)).collect();
+        let expired = vec![ChannelId::from("c"); 50];
+        store.ack_many(&uaid, &updates, &expired, 0).await.unwrap();
+        store.ack(&uaid, &ChannelId::from("c"), 1).await.unwrap();
+        let text = metrics.render(0);
+        assert!(
+            text.contains(r#"simplepush_store_seconds_count{op="ack_many",backend="memory"} 2"#),
             "{text}"
         );
     }

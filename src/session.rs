@@ -29,6 +29,7 @@ use crate::protocol::{
     UpdateEntry, is_uuid_shaped,
 };
 use crate::registry::{ConnectionGuard, Peer, Signals, Stamp};
+use crate::throttle::Throttle;
 
 /// The websocket of one device.
 pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
@@ -114,6 +115,7 @@ pub fn run(
         retry_at: None,
         keepalive,
         messages: 0,
+        throttle: Throttle::default(),
         _connected: connected,
     };
     async move {
@@ -140,6 +142,8 @@ struct Session {
     keepalive: KeepaliveTimer,
     /// Messages received from the device.
     messages: u64,
+    /// The device's allowance of commands (`command_rate`, `command_burst`).
+    throttle: Throttle,
     /// Counts this socket among the node's connections.
     _connected: ConnectionGuard,
 }
@@ -338,6 +342,13 @@ impl Session {
         if let Ok(command) = &command {
             let name = command.name();
             self.app.metrics.commands.with_label_values(&[name]).inc();
+            let (rate, burst) = (
+                self.app.protocol.command_rate,
+                self.app.protocol.command_burst,
+            );
+            if !self.throttle.admit(self.app.registry.now(), rate, burst) {
+                return self.fail(too_many_commands(command)).await;
+            }
         }
         match command {
             Err(Refusal::NotAnObject) => Err(End::InvalidPayload),
@@ -520,6 +531,10 @@ impl Session {
     }
 
     /// `sent_updates`: the `updates` field exactly as sent, which a refusal echoes.
+    ///
+    /// Whatever the frame holds, one store call: a channel named twice counts once (at
+    /// its greatest version), and more than `max_channels` distinct channels in
+    /// `updates` or in `expired` are refused, since no device has more.
     async fn ack(
         &mut self,
         updates: Vec<(String, u64)>,
@@ -531,24 +546,20 @@ impl Session {
             Ok(uaid) => uaid,
             Err(error) => return self.fail(error).await,
         };
+        let max = self.app.protocol.max_channels;
+        let Some(Acks { updates, expired }) = distinct_acks(updates, expired, max) else {
+            let reason = format!("an ack names at most {max} channels in updates and in expired");
+            let mut error = ErrorFrame::new(401, reason).for_type("ack");
+            if let Some((key, value)) = echo() {
+                error = error.echo(key, value);
+            }
+            return self.fail(error).await;
+        };
+        if updates.is_empty() && expired.is_empty() {
+            return Ok(());
+        }
         let store = self.app.store.clone();
-        let now = now_secs();
-        // Each answer says whether anything is left pending after it, so the last one
-        // decides whether to flush.
-        let mut left = Ok(false);
-        for (channel, version) in &updates {
-            let answer = store
-                .ack(&uaid, &ChannelId::from(channel.as_str()), *version)
-                .await;
-            left = left.and(answer);
-        }
-        for channel in &expired {
-            let answer = store
-                .ack_expired(&uaid, &ChannelId::from(channel.as_str()), now)
-                .await;
-            left = left.and(answer);
-        }
-        match left {
+        match store.ack_many(&uaid, &updates, &expired, now_secs()).await {
             Ok(true) => self.flush().await.map(drop),
             Ok(false) => Ok(()),
             Err(e) => {
@@ -666,6 +677,60 @@ impl Session {
     }
 }
 
+/// The refusal of a command beyond the socket's allowance (PROTOCOL.md §3: 401, the
+/// command's identifying field echoed).
+fn too_many_commands(command: &Command) -> ErrorFrame {
+    let error = ErrorFrame::new(401, "too many commands").for_type(command.name());
+    let echo = match command {
+        Command::Hello {
+            uaid: Some(uaid), ..
+        } => Some(("uaid", Value::String(uaid.clone()))),
+        Command::Register { channel_id } | Command::Unregister { channel_id } => {
+            Some(("channelID", Value::String(channel_id.clone())))
+        }
+        Command::Ack {
+            sent_updates: Some(updates),
+            ..
+        } => Some(("updates", updates.clone())),
+        _ => None,
+    };
+    match echo {
+        Some((key, value)) => error.echo(key, value),
+        None => error,
+    }
+}
+
+/// The acks of one frame, each channel once.
+#[derive(Debug, PartialEq, Eq)]
+struct Acks {
+    /// Each channel at the greatest version acked.
+    updates: Vec<(ChannelId, u64)>,
+    expired: Vec<ChannelId>,
+}
+
+/// The acks of one frame with each channel once; `None` when `updates` or `expired`
+/// names more than `max` distinct channels.
+fn distinct_acks(
+    mut updates: Vec<(String, u64)>,
+    mut expired: Vec<String>,
+    max: usize,
+) -> Option<Acks> {
+    // By channel, the greatest version first, so that dedup keeps it.
+    updates.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+    updates.dedup_by(|later, first| later.0 == first.0);
+    expired.sort_unstable();
+    expired.dedup();
+    if updates.len() > max || expired.len() > max {
+        return None;
+    }
+    let updates = updates
+        .into_iter()
+        .map(|(channel, version)| (ChannelId::new(channel), version))
+        .collect();
+    let expired = expired.into_iter().map(ChannelId::new).collect();
+    Some(Acks { updates, expired })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -737,5 +802,34 @@ mod tests {
             keepalive.check(start + Duration::from_secs(3600), config),
             Keepalive::Wait
         );
+    }
+
+    #[test]
+    fn distinct_acks_keep_each_channel_once_at_its_greatest_version() {
+        let updates = vec![
+            ("b".to_owned(), 3),
+            ("a".to_owned(), 1),
+            ("b".to_owned(), 9),
+            ("a".to_owned(), 4),
+            ("b".to_owned(), 2),
+        ];
+        let expired = vec!["x".to_owned(), "y".to_owned(), "x".to_owned()];
+        let Acks { updates, expired } = distinct_acks(updates, expired, 2).unwrap();
+        assert_eq!(
+            updates,
+            vec![(ChannelId::new("a"), 4), (ChannelId::new("b"), 9)]
+        );
+        assert_eq!(expired, vec![ChannelId::new("x"), ChannelId::new("y")]);
+    }
+
+    #[test]
+    fn distinct_acks_refuse_more_channels_than_max() {
+        let many = |n: usize| (0..n).map(|i| format!("c{i}")).collect::<Vec<_>>();
+        let repeated: Vec<(String, u64)> = (0..1000).map(|i| (format!("c{}", i % 3), i)).collect();
+        assert!(distinct_acks(repeated, many(3), 3).is_some());
+        let updates = many(4).into_iter().map(|c| (c, 1)).collect();
+        assert!(distinct_acks(updates, Vec::new(), 3).is_none());
+        assert!(distinct_acks(Vec::new(), many(4), 3).is_none());
+        assert!(distinct_acks(Vec::new(), Vec::new(), 0).is_some());
     }
 }

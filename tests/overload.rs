@@ -453,21 +453,14 @@ impl Store for StalledStore {
     async fn pending(&self, uaid: &Uaid, now: u64) -> Result<Pending, StoreError> {
         self.inner.pending(uaid, now).await
     }
-    async fn ack(
+    async fn ack_many(
         &self,
         uaid: &Uaid,
-        channel: &ChannelId,
-        version: u64,
-    ) -> Result<bool, StoreError> {
-        self.inner.ack(uaid, channel, version).await
-    }
-    async fn ack_expired(
-        &self,
-        uaid: &Uaid,
-        channel: &ChannelId,
+        updates: &[(ChannelId, u64)],
+        expired: &[ChannelId],
         now: u64,
     ) -> Result<bool, StoreError> {
-        self.inner.ack_expired(uaid, channel, now).await
+        self.inner.ack_many(uaid, updates, expired, now).await
     }
     async fn drop_uaid(&self, uaid: &Uaid) -> Result<(), StoreError> {
         self.inner.drop_uaid(uaid).await
@@ -500,6 +493,7 @@ async fn a_stalled_store_holds_every_slot_and_the_excess_is_shed_with_503() {
     let mut config = Config::default();
     config.server.ws_addr = "127.0.0.1:0".parse().unwrap();
     config.server.endpoint_addr = "127.0.0.1:0".parse().unwrap();
+    config.server.admin_addr = "127.0.0.1:0".parse().unwrap();
     config.server.max_inflight_requests = CAPACITY;
     config.server.max_queue_delay = Duration::ZERO;
     let key = simplepush::token::generate_key();
@@ -512,6 +506,7 @@ async fn a_stalled_store_holds_every_slot_and_the_excess_is_shed_with_503() {
     )
     .unwrap();
     let base = format!("http://{}", server.endpoint_addr().unwrap());
+    let admin = format!("http://{}", server.admin_addr().unwrap());
     let running = tokio::spawn(server.run());
 
     let tokens = simplepush::token::TokenCodec::new(&[key]).unwrap();
@@ -559,7 +554,7 @@ async fn a_stalled_store_holds_every_slot_and_the_excess_is_shed_with_503() {
         .await
         .unwrap();
     assert_eq!(forged.status().as_u16(), 404);
-    let metrics = client.get(format!("{base}/metrics")).send().await.unwrap();
+    let metrics = client.get(format!("{admin}/metrics")).send().await.unwrap();
     let metrics = metrics.text().await.unwrap();
     assert!(
         metrics

@@ -1335,3 +1335,208 @@ async fn sigterm_closes_sockets_with_1001_and_exits() {
     let status = server.wait_exit().await;
     assert!(status.success(), "exit status {status}");
 }
+
+// ---- acks of many channels, and the command allowance ----------------------------------
+
+/// An ack naming more distinct channels than `max_channels` (in `updates` or in
+/// `expired`) is refused with 401, its `updates` echoed as sent, and the socket closed:
+/// no device has that many, and each would cost the store work.
+#[tokio::test]
+async fn ack_naming_more_than_max_channels_is_refused() {
+    let server = Server::builder()
+        .protocol("max_channels", "3")
+        .start()
+        .await;
+    let four: Vec<String> = (0..4).map(|_| chid()).collect();
+    let sent = json!(
+        four.iter()
+            .map(|c| json!({"channelID": c, "version": 1}))
+            .collect::<Vec<_>>()
+    );
+    let (mut device, _) = server.device().await;
+    device
+        .send(json!({"messageType": "ack", "updates": sent}))
+        .await;
+    device
+        .expect_refusal(
+            401,
+            "Invalid Command",
+            &[("messageType", json!("ack")), ("updates", sent.clone())],
+        )
+        .await;
+
+    let (mut device, _) = server.device().await;
+    device
+        .send(json!({"messageType": "ack", "updates": [], "expired": four}))
+        .await;
+    device
+        .expect_refusal(
+            401,
+            "Invalid Command",
+            &[("messageType", json!("ack")), ("updates", json!([]))],
+        )
+        .await;
+}
+
+/// A channel named many times in one ack counts once toward `max_channels`, and is
+/// acked at the greatest version named, whatever the order.
+#[tokio::test]
+async fn ack_repeating_its_channels_counts_each_once_at_its_greatest_version() {
+    let server = Server::builder()
+        .protocol("max_channels", "3")
+        .start()
+        .await;
+    let (mut device, uaid) = server.device().await;
+    let channels: Vec<String> = (0..3).map(|_| chid()).collect();
+    for channel in &channels {
+        let endpoint = device.register(channel).await;
+        server.put_version(&endpoint, 5, 200).await;
+        device.recv_notification().await;
+    }
+    // 300 entries over three channels: the first two acked up to 5 somewhere in the
+    // list, the third only up to 4.
+    let mut entries = Vec::new();
+    for round in 0..100u64 {
+        for (k, channel) in channels.iter().enumerate() {
+            let version = if k == 2 { round % 5 } else { round % 6 };
+            entries.push(json!({"channelID": channel, "version": version}));
+        }
+    }
+    device
+        .send(json!({"messageType": "ack", "updates": entries, "expired": [channels[0], channels[0]]}))
+        .await;
+    // Something is left, so the ack is answered with a flush of exactly that.
+    let frame = device.recv_notification().await;
+    assert_eq!(updates(&frame), vec![(channels[2].clone(), 5, None)]);
+    device.close().await;
+    server.wait_for_clients(0).await;
+    let mut device = server.connect().await;
+    device.hello(&uaid).await;
+    assert_eq!(
+        updates(&device.recv_notification().await),
+        vec![(channels[2].clone(), 5, None)]
+    );
+}
+
+/// A device that says hello, registers `max_channels` channels back to back and acks
+/// them all in one frame stays well within the default command allowance.
+#[tokio::test]
+async fn registering_max_channels_back_to_back_is_never_throttled() {
+    let server = Server::start().await;
+    let (mut device, _) = server.device().await;
+    let channels: Vec<String> = (0..200).map(|_| chid()).collect();
+    for channel in &channels {
+        device.register(channel).await;
+    }
+    let acks: Vec<_> = channels
+        .iter()
+        .map(|c| json!({"channelID": c, "version": 1}))
+        .collect();
+    device
+        .send(json!({"messageType": "ack", "updates": acks, "expired": channels}))
+        .await;
+    for _ in 0..50 {
+        device.ping().await;
+    }
+}
+
+/// Commands beyond the default burst (500) come faster than the default rate (50 a
+/// second) refills it: 401 "too many commands", then close 1000, like pings too fast.
+#[tokio::test]
+async fn commands_beyond_the_default_burst_get_too_many_commands_and_close() {
+    let server = Server::start().await;
+    let mut device = server.connect().await;
+    let started = Instant::now();
+    let mut answered = 0u64;
+    let refusal = loop {
+        device.send_text("{}").await;
+        let text = device.recv_text().await;
+        if text != "{}" {
+            break serde_json::from_str::<serde_json::Value>(&text).unwrap();
+        }
+        answered += 1;
+        assert!(answered < 5_000, "5,000 pings and no refusal");
+    };
+    let elapsed = started.elapsed();
+    assert_error_frame(
+        &refusal,
+        401,
+        "Invalid Command",
+        &[
+            ("messageType", json!("ping")),
+            ("reason", json!("too many commands")),
+        ],
+    );
+    assert_eq!(device.recv_close().await, 1000);
+    let refilled = (elapsed.as_secs_f64() * 50.0).ceil() as u64;
+    assert!(
+        (500..=500 + refilled).contains(&answered),
+        "{answered} answered in {elapsed:?} before the refusal"
+    );
+}
+
+/// A device that keeps under `command_rate` is never refused, however long it goes on,
+/// even with a small burst; any command counts, not just pings.
+#[tokio::test]
+async fn a_device_under_the_command_rate_is_never_refused() {
+    let server = Server::builder()
+        .protocol("command_rate", "40")
+        .protocol("command_burst", "4")
+        .start()
+        .await;
+    let (mut device, _) = server.device().await;
+    let channel = chid();
+    // 20 a second for two seconds: half the rate.
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    for i in 0..40 {
+        tick.tick().await;
+        if i % 2 == 0 {
+            device.ping().await;
+        } else {
+            device.register(&channel).await;
+        }
+    }
+}
+
+/// The refusal of a command beyond the allowance names the command and echoes its
+/// identifying field; `--command-burst` sets the burst.
+#[tokio::test]
+async fn too_many_commands_echoes_the_refused_command() {
+    let server = Server::builder()
+        .protocol("command_rate", "1")
+        .arg("--command-burst")
+        .arg("3")
+        .start()
+        .await;
+    let started = Instant::now();
+    let (mut device, _) = server.device().await;
+    let channel = chid();
+    let mut answered = 1; // the hello
+    let frame = loop {
+        device
+            .send(json!({"messageType": "register", "channelID": channel}))
+            .await;
+        let frame = device.recv().await;
+        if frame["status"] != json!(200) {
+            break frame;
+        }
+        answered += 1;
+        assert!(answered < 100, "100 commands and no refusal");
+    };
+    assert_error_frame(
+        &frame,
+        401,
+        "Invalid Command",
+        &[
+            ("messageType", json!("register")),
+            ("channelID", json!(channel)),
+            ("reason", json!("too many commands")),
+        ],
+    );
+    assert_eq!(device.recv_close().await, 1000);
+    let refilled = started.elapsed().as_secs() + 1;
+    assert!(
+        (3..=3 + refilled).contains(&answered),
+        "{answered} commands answered"
+    );
+}

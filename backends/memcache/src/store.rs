@@ -80,16 +80,30 @@ enum Edit<T> {
     Write(T),
 }
 
-/// The edit of an ack: drops the pending update of `channel` if `clear` says so, and
-/// answers whether any channel of `device` still has one.
-fn clear_if(device: &mut Device, channel: &str, clear: impl FnOnce(&Slot) -> bool) -> Edit<bool> {
-    let cleared = match device.channels.get_mut(channel) {
-        Some(slot) if slot.as_ref().is_some_and(clear) => {
+/// The edit of an ack frame: drops the pending update of each channel of `updates`
+/// acked at its version or a later one, and of each channel of `expired` whose update
+/// has expired at `now`; answers whether any channel of `device` still has one.
+fn clear_acked(
+    device: &mut Device,
+    updates: &[(ChannelId, u64)],
+    expired: &[ChannelId],
+    now: u64,
+) -> Edit<bool> {
+    let mut cleared = false;
+    let mut clear_if = |channel: &ChannelId, clear: &dyn Fn(&Slot) -> bool| {
+        if let Some(slot) = device.channels.get_mut(channel.as_str())
+            && slot.as_ref().is_some_and(clear)
+        {
             *slot = None;
-            true
+            cleared = true;
         }
-        _ => false,
     };
+    for (channel, version) in updates {
+        clear_if(channel, &|pending| pending.version() <= *version);
+    }
+    for channel in expired {
+        clear_if(channel, &|pending| pending.expired_at(now));
+    }
     let left = device.channels.values().any(Option::is_some);
     if cleared {
         Edit::Write(left)
@@ -397,30 +411,16 @@ impl Store for MemcacheStore {
         Ok(self.device(uaid).await?.pending(now))
     }
 
-    async fn ack(
+    /// One read-modify-write of the device record for the whole batch.
+    async fn ack_many(
         &self,
         uaid: &Uaid,
-        channel: &ChannelId,
-        version: u64,
-    ) -> Result<bool, StoreError> {
-        let channel = channel.as_str().to_owned();
-        self.modify(uaid, move |device| {
-            clear_if(device, &channel, |pending| pending.version() <= version)
-        })
-        .await
-    }
-
-    async fn ack_expired(
-        &self,
-        uaid: &Uaid,
-        channel: &ChannelId,
+        updates: &[(ChannelId, u64)],
+        expired: &[ChannelId],
         now: u64,
     ) -> Result<bool, StoreError> {
-        let channel = channel.as_str().to_owned();
-        self.modify(uaid, move |device| {
-            clear_if(device, &channel, |pending| pending.expired_at(now))
-        })
-        .await
+        self.modify(uaid, |device| clear_acked(device, updates, expired, now))
+            .await
     }
 
     async fn drop_uaid(&self, uaid: &Uaid) -> Result<(), StoreError> {

@@ -295,25 +295,42 @@ impl Db {
         Ok(pending)
     }
 
-    /// Empties the pending slot of `channel` if what is pending satisfies `clear`;
-    /// answers whether any channel of `uaid` still has something pending.
-    fn clear_pending_if(
+    /// Empties the pending slot of each channel of `updates` acked at its version or a
+    /// later one, and of each channel of `expired` whose update has expired at `now`, in
+    /// one atomic write; answers whether any channel of `uaid` still has something
+    /// pending. Every entry is decided on the slot as it was before the batch, which is
+    /// what applying them one by one gives: an ack only ever empties a slot.
+    fn ack_many(
         &self,
         uaid: &Uaid,
-        channel: &ChannelId,
-        clear: impl FnOnce(&Update) -> bool,
+        updates: &[(ChannelId, u64)],
+        expired: &[ChannelId],
+        now: u64,
     ) -> Result<bool, StoreError> {
         let channels = self.family(CHANNELS)?;
-        let key = key::channel(uaid, channel)?;
-        let value = self
-            .db
-            .get_pinned_cf(channels, &key)
-            .map_err(from_rocksdb)?;
-        if let Some(value) = value
-            && record::decode_slot(&value)?.is_some_and(|pending| clear(&pending))
-        {
+        let mut batch = WriteBatch::default();
+        let mut clear_if = |channel: &ChannelId, clear: &dyn Fn(&Update) -> bool| {
+            let key = key::channel(uaid, channel)?;
+            let value = self
+                .db
+                .get_pinned_cf(channels, &key)
+                .map_err(from_rocksdb)?;
+            if let Some(value) = value
+                && record::decode_slot(&value)?.is_some_and(|pending| clear(&pending))
+            {
+                batch.put_cf(channels, &key, record::encode_slot(None));
+            }
+            Ok::<(), StoreError>(())
+        };
+        for (channel, version) in updates {
+            clear_if(channel, &|pending| pending.version <= *version)?;
+        }
+        for channel in expired {
+            clear_if(channel, &|pending| pending.is_expired(now))?;
+        }
+        if !batch.is_empty() {
             self.db
-                .put_cf_opt(channels, &key, record::encode_slot(None), &self.write)
+                .write_opt(batch, &self.write)
                 .map_err(from_rocksdb)?;
         }
         self.any_pending(uaid)
@@ -443,28 +460,16 @@ impl Store for RocksStore {
         self.run(move |db| db.pending(&uaid, now)).await
     }
 
-    async fn ack(
+    async fn ack_many(
         &self,
         uaid: &Uaid,
-        channel: &ChannelId,
-        version: u64,
-    ) -> Result<bool, StoreError> {
-        let (uaid, channel) = (uaid.clone(), channel.clone());
-        self.write(Sync::Lazy, move |db| {
-            db.clear_pending_if(&uaid, &channel, |pending| pending.version <= version)
-        })
-        .await
-    }
-
-    async fn ack_expired(
-        &self,
-        uaid: &Uaid,
-        channel: &ChannelId,
+        updates: &[(ChannelId, u64)],
+        expired: &[ChannelId],
         now: u64,
     ) -> Result<bool, StoreError> {
-        let (uaid, channel) = (uaid.clone(), channel.clone());
+        let (uaid, updates, expired) = (uaid.clone(), updates.to_vec(), expired.to_vec());
         self.write(Sync::Lazy, move |db| {
-            db.clear_pending_if(&uaid, &channel, |pending| pending.is_expired(now))
+            db.ack_many(&uaid, &updates, &expired, now)
         })
         .await
     }

@@ -332,39 +332,41 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn ack(
+    /// One write on the writer thread for the whole batch: its statements run in one
+    /// transaction (or savepoint), so the batch applies entirely or not at all.
+    async fn ack_many(
         &self,
         uaid: &Uaid,
-        channel: &ChannelId,
-        version: u64,
-    ) -> Result<bool, StoreError> {
-        let (uaid, channel) = (uaid.as_str().to_owned(), channel.as_str().to_owned());
-        let version = saturating(version);
-        self.write_ack(move |conn| {
-            conn.prepare_cached(
-                "UPDATE channel SET version = NULL, data = NULL, expires_at = NULL
-                 WHERE uaid = ?1 AND channel = ?2 AND version <= ?3",
-            )?
-            .execute(params![uaid, channel, version])?;
-            any_pending(conn, &uaid)
-        })
-        .await
-    }
-
-    async fn ack_expired(
-        &self,
-        uaid: &Uaid,
-        channel: &ChannelId,
+        updates: &[(ChannelId, u64)],
+        expired: &[ChannelId],
         now: u64,
     ) -> Result<bool, StoreError> {
-        let (uaid, channel) = (uaid.as_str().to_owned(), channel.as_str().to_owned());
+        let uaid = uaid.as_str().to_owned();
+        let updates: Vec<(String, i64)> = updates
+            .iter()
+            .map(|(channel, version)| (channel.as_str().to_owned(), saturating(*version)))
+            .collect();
+        let expired: Vec<String> = expired.iter().map(|c| c.as_str().to_owned()).collect();
         let now = saturating(now);
         self.write_ack(move |conn| {
-            conn.prepare_cached(
-                "UPDATE channel SET version = NULL, data = NULL, expires_at = NULL
-                 WHERE uaid = ?1 AND channel = ?2 AND expires_at <= ?3",
-            )?
-            .execute(params![uaid, channel, now])?;
+            if !updates.is_empty() {
+                let mut ack = conn.prepare_cached(
+                    "UPDATE channel SET version = NULL, data = NULL, expires_at = NULL
+                     WHERE uaid = ?1 AND channel = ?2 AND version <= ?3",
+                )?;
+                for (channel, version) in &updates {
+                    ack.execute(params![uaid, channel, version])?;
+                }
+            }
+            if !expired.is_empty() {
+                let mut ack = conn.prepare_cached(
+                    "UPDATE channel SET version = NULL, data = NULL, expires_at = NULL
+                     WHERE uaid = ?1 AND channel = ?2 AND expires_at <= ?3",
+                )?;
+                for channel in &expired {
+                    ack.execute(params![uaid, channel, now])?;
+                }
+            }
             any_pending(conn, &uaid)
         })
         .await

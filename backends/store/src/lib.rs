@@ -68,28 +68,54 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<PutOutcome, StoreError>;
 
     /// Everything pending for `uaid` at time `now`: updates whose `expires_at` is after
-    /// `now`, and the channels whose pending update has expired (reported until
-    /// [`Store::ack_expired`]). Read-only.
+    /// `now`, and the channels whose pending update has expired (reported until the
+    /// expiry is acknowledged, see [`Store::ack_many`]). Read-only.
     async fn pending(&self, uaid: &Uaid, now: u64) -> Result<Pending, StoreError>;
 
-    /// Drops the pending update of `channel` if its version is `<= version`; a newer
-    /// pending version stays. Unknown channels and nothing pending are fine.
+    /// Applies the acknowledgements of one device frame at once, atomically for `uaid`
+    /// (another call on `uaid` sees all of them or none):
+    /// - each `(channel, version)` of `updates` drops the channel's pending update if its
+    ///   version is `<= version`; a newer pending version (one that raced the ack) stays;
+    /// - each channel of `expired` drops the channel's pending update if it has expired
+    ///   at `now` (the device acknowledged the expiry); one that has not expired stays.
+    ///
+    /// A channel may appear several times and in both lists: the outcome is that of
+    /// applying every entry, so the greatest acked version counts. Unknown uaids and
+    /// channels, and channels with nothing pending, are fine; nothing is ever created.
+    /// Backends do it in one storage operation, whatever the number of entries.
     ///
     /// Answers whether `uaid` still has a pending update afterwards, in any channel,
     /// expired or not: the caller flushes only then, without a [`Store::pending`] read
-    /// after every ack.
-    async fn ack(&self, uaid: &Uaid, channel: &ChannelId, version: u64)
-    -> Result<bool, StoreError>;
+    /// after every ack. Empty lists change nothing and only answer that.
+    async fn ack_many(
+        &self,
+        uaid: &Uaid,
+        updates: &[(ChannelId, u64)],
+        expired: &[ChannelId],
+        now: u64,
+    ) -> Result<bool, StoreError>;
 
-    /// Drops the pending update of `channel` if it has expired at `now` (the device
-    /// acknowledged the expiry). A pending update that has not expired stays. Answers
-    /// as [`Store::ack`] does.
+    /// [`Store::ack_many`] of one update.
+    async fn ack(
+        &self,
+        uaid: &Uaid,
+        channel: &ChannelId,
+        version: u64,
+    ) -> Result<bool, StoreError> {
+        let updates = [(channel.clone(), version)];
+        self.ack_many(uaid, &updates, &[], 0).await
+    }
+
+    /// [`Store::ack_many`] of one expiry.
     async fn ack_expired(
         &self,
         uaid: &Uaid,
         channel: &ChannelId,
         now: u64,
-    ) -> Result<bool, StoreError>;
+    ) -> Result<bool, StoreError> {
+        self.ack_many(uaid, &[], std::slice::from_ref(channel), now)
+            .await
+    }
 
     /// Forgets `uaid` entirely: channels, pending updates and node record.
     async fn drop_uaid(&self, uaid: &Uaid) -> Result<(), StoreError>;

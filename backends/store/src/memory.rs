@@ -46,14 +46,17 @@ impl Device {
         self.channels.insert(index, (channel.clone(), None));
     }
 
-    /// Drops the pending update of `channel` if `clear` says so; answers whether any
-    /// channel still has one.
-    fn clear_if(&mut self, channel: &ChannelId, clear: impl FnOnce(&Update) -> bool) -> bool {
+    /// Drops the pending update of `channel` if `clear` says so.
+    fn clear_if(&mut self, channel: &ChannelId, clear: impl FnOnce(&Update) -> bool) {
         if let Some(slot) = self.slot(channel)
             && slot.as_ref().is_some_and(clear)
         {
             *slot = None;
         }
+    }
+
+    /// Whether any channel has a pending update.
+    fn has_pending(&self) -> bool {
         self.channels.iter().any(|(_, slot)| slot.is_some())
     }
 
@@ -189,25 +192,21 @@ impl Store for MemoryStore {
         Ok(pending)
     }
 
-    async fn ack(
+    async fn ack_many(
         &self,
         uaid: &Uaid,
-        channel: &ChannelId,
-        version: u64,
-    ) -> Result<bool, StoreError> {
-        Ok(self.with_device(uaid, false, |device| {
-            device.clear_if(channel, |pending| pending.version <= version)
-        }))
-    }
-
-    async fn ack_expired(
-        &self,
-        uaid: &Uaid,
-        channel: &ChannelId,
+        updates: &[(ChannelId, u64)],
+        expired: &[ChannelId],
         now: u64,
     ) -> Result<bool, StoreError> {
         Ok(self.with_device(uaid, false, |device| {
-            device.clear_if(channel, |pending| pending.is_expired(now))
+            for (channel, version) in updates {
+                device.clear_if(channel, |pending| pending.version <= *version);
+            }
+            for channel in expired {
+                device.clear_if(channel, |pending| pending.is_expired(now));
+            }
+            device.has_pending()
         }))
     }
 

@@ -209,6 +209,135 @@ pub async fn ack_of_unknown_is_harmless(store: TestStore) {
     assert_eq!(pending_version(&store, &u, &c).await, Some(2));
 }
 
+/// A uaid with `n` fresh channels, each with version `version` pending.
+async fn with_pending(store: &TestStore, n: usize, version: u64) -> (Uaid, Vec<ChannelId>) {
+    let u = uaid();
+    let channels: Vec<ChannelId> = (0..n).map(|_| channel()).collect();
+    for c in &channels {
+        store.register(&u, c, MAX).await.unwrap();
+        assert_eq!(put(store, &u, c, update(version)).await, PutOutcome::Stored);
+    }
+    (u, channels)
+}
+
+/// The channels with something pending (live or expired) at `now`, sorted.
+async fn pending_channels(store: &TestStore, uaid: &Uaid, now: u64) -> Vec<ChannelId> {
+    let all = store.pending(uaid, now).await.expect("pending");
+    let mut channels: Vec<ChannelId> = all.updates.into_iter().map(|(c, _)| c).collect();
+    channels.extend(all.expired);
+    channels.sort_unstable();
+    channels
+}
+
+/// One batch acks several channels at once, and answers whether any is left.
+pub async fn ack_many_acks_several_channels_at_once(store: TestStore) {
+    let (u, c) = with_pending(&store, 4, 5).await;
+    let acks = [(c[0].clone(), 5), (c[1].clone(), 6), (c[2].clone(), 5)];
+    assert!(
+        store.ack_many(&u, &acks, &[], NOW).await.unwrap(),
+        "the fourth is left"
+    );
+    assert_eq!(pending_channels(&store, &u, NOW).await, vec![c[3].clone()]);
+    let last = [(c[3].clone(), 5)];
+    assert!(!store.ack_many(&u, &last, &[], NOW).await.unwrap());
+    assert!(pending(&store, &u).await.is_empty());
+}
+
+/// An entry of a batch with an older version keeps the newer pending one (a put that
+/// raced the ack), while the other entries of the batch still apply.
+pub async fn ack_many_keeps_a_newer_version_that_raced_in(store: TestStore) {
+    let (u, c) = with_pending(&store, 2, 5).await;
+    put(&store, &u, &c[1], update(6)).await;
+    let acks = [(c[0].clone(), 5), (c[1].clone(), 5)];
+    assert!(store.ack_many(&u, &acks, &[], NOW).await.unwrap());
+    assert_eq!(pending_version(&store, &u, &c[0]).await, None);
+    assert_eq!(pending_version(&store, &u, &c[1]).await, Some(6));
+}
+
+/// A channel named several times in one batch is acked at the greatest version named,
+/// in whatever order the entries come.
+pub async fn ack_many_with_repeated_channels_takes_the_greatest_version(store: TestStore) {
+    let (u, c) = with_pending(&store, 3, 7).await;
+    let acks = [
+        (c[0].clone(), 3),
+        (c[0].clone(), 7),
+        (c[0].clone(), 2),
+        (c[1].clone(), 9),
+        (c[1].clone(), 1),
+        (c[2].clone(), 6),
+        (c[2].clone(), 6),
+    ];
+    assert!(
+        store.ack_many(&u, &acks, &[], NOW).await.unwrap(),
+        "the third still has 7 pending"
+    );
+    assert_eq!(pending_channels(&store, &u, NOW).await, vec![c[2].clone()]);
+    assert_eq!(pending_version(&store, &u, &c[2]).await, Some(7));
+}
+
+/// Expired entries drop only updates that have expired at `now`; updates and expiries
+/// mix in one batch, and a repeated or unknown expired channel is harmless.
+pub async fn ack_many_drops_expired_updates_only(store: TestStore) {
+    let u = uaid();
+    let channels: Vec<ChannelId> = (0..3).map(|_| channel()).collect();
+    for c in &channels {
+        store.register(&u, c, MAX).await.unwrap();
+    }
+    let short = |version| Update {
+        expires_at: NOW + 10,
+        ..update(version)
+    };
+    put(&store, &u, &channels[0], short(1)).await;
+    put(&store, &u, &channels[1], update(2)).await;
+    put(&store, &u, &channels[2], short(3)).await;
+    let expired = [
+        channels[0].clone(),
+        channels[1].clone(),
+        channels[0].clone(),
+    ];
+    // Before the expiry, acknowledging it keeps the update.
+    assert!(store.ack_many(&u, &[], &expired, NOW + 5).await.unwrap());
+    assert_eq!(pending_channels(&store, &u, NOW + 5).await.len(), 3);
+    let acks = [(channels[1].clone(), 2)];
+    let expired = [channels[0].clone(), channel(), channels[0].clone()];
+    assert!(
+        store.ack_many(&u, &acks, &expired, NOW + 10).await.unwrap(),
+        "the third has expired but its expiry was not acknowledged"
+    );
+    let left = store.pending(&u, NOW + 10).await.unwrap();
+    assert!(left.updates.is_empty());
+    assert_eq!(left.expired, vec![channels[2].clone()]);
+    let last = [channels[2].clone()];
+    assert!(!store.ack_many(&u, &[], &last, NOW + 10).await.unwrap());
+    // The channels stay registered.
+    assert_eq!(
+        put(&store, &u, &channels[0], update(4)).await,
+        PutOutcome::Stored
+    );
+}
+
+/// An empty batch, or one of unknown channels, changes nothing and answers whether
+/// anything is pending; an unknown uaid has nothing pending and is not created.
+pub async fn ack_many_answers_whether_anything_is_left(store: TestStore) {
+    let (u, c) = with_pending(&store, 1, 4).await;
+    assert!(store.ack_many(&u, &[], &[], NOW).await.unwrap());
+    let strangers = [(channel(), 100), (channel(), 100)];
+    let strange_expiries = [channel()];
+    assert!(
+        store
+            .ack_many(&u, &strangers, &strange_expiries, NOW + LATER)
+            .await
+            .unwrap()
+    );
+    assert_eq!(pending_version(&store, &u, &c[0]).await, Some(4));
+    let all = [(c[0].clone(), 4)];
+    assert!(!store.ack_many(&u, &all, &[], NOW).await.unwrap());
+    assert!(!store.ack_many(&u, &[], &[], NOW).await.unwrap());
+    let nobody = uaid();
+    assert!(!store.ack_many(&nobody, &strangers, &[], NOW).await.unwrap());
+    assert!(!store.knows_uaid(&nobody).await.unwrap());
+}
+
 /// Pending updates of several channels are all reported, and reading them changes
 /// nothing.
 pub async fn pending_lists_every_channel_and_is_read_only(store: TestStore) {
@@ -380,6 +509,11 @@ macro_rules! conformance_suite {
             ack_of_older_version_keeps_newer,
             ack_answers_whether_anything_is_left,
             ack_of_unknown_is_harmless,
+            ack_many_acks_several_channels_at_once,
+            ack_many_keeps_a_newer_version_that_raced_in,
+            ack_many_with_repeated_channels_takes_the_greatest_version,
+            ack_many_drops_expired_updates_only,
+            ack_many_answers_whether_anything_is_left,
             pending_lists_every_channel_and_is_read_only,
             expired_update_is_reported_until_acknowledged,
             put_replaces_expired_update,

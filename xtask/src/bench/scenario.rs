@@ -74,12 +74,13 @@ impl Backend {
     }
 }
 
-/// The server config of a benchmark node.
+/// The server config of a benchmark node. Pings and commands are not throttled: the
+/// generator's devices ack every notification, at whatever rate a scenario pushes.
 fn config(bench: &Bench, backend: &Backend, extra_server: &str) -> String {
     let mut text = format!(
         "[server]\nws_addr = \"127.0.0.1:0\"\nendpoint_addr = \"127.0.0.1:0\"\n\
          admin_addr = \"127.0.0.1:0\"\n{extra_server}\
-         [protocol]\nmin_ping_interval = \"0\"\n\
+         [protocol]\nmin_ping_interval = \"0\"\ncommand_rate = 0\n\
          [store]\nbackend = \"{}\"\npath = \"data\"\nfsync = {}\n",
         backend.name, bench.fsync
     );

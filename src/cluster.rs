@@ -155,9 +155,19 @@ impl Cluster {
     }
 
     /// Clears the record of `uaid` if it still names this node (the device left).
-    pub async fn forget(&self, store: &dyn Store, uaid: &Uaid) {
-        if let Err(error) = store.clear_node(uaid, &self.me).await {
-            tracing::debug!(%error, "clearing the node record failed");
+    ///
+    /// `still_here` is asked once the record is cleared: a newer session of the device
+    /// on this node that recorded itself while the clear was on its way would have lost
+    /// its record, so it is written again.
+    pub async fn forget(&self, store: &dyn Store, uaid: &Uaid, still_here: impl Fn() -> bool) {
+        match store.clear_node(uaid, &self.me).await {
+            Ok(true) if still_here() => {
+                if let Err(error) = store.set_node(uaid, &self.me).await {
+                    tracing::debug!(%error, "recording the node again failed");
+                }
+            }
+            Ok(_) => {}
+            Err(error) => tracing::debug!(%error, "clearing the node record failed"),
         }
     }
 
@@ -442,5 +452,33 @@ mod tests {
         assert_eq!(body_limit(4096), MAX_ROUTED_BYTES);
         assert!(body_limit(100_000) > 600_000);
         assert_eq!(body_limit(usize::MAX), usize::MAX);
+    }
+
+    #[tokio::test]
+    async fn forgetting_keeps_the_record_of_a_newer_session_here() {
+        let store = simplepush_store::MemoryStore::new();
+        let me = "http://127.0.0.1:3000";
+        let cluster = Cluster::new(me.into(), "s", Peers::around([127, 0, 0, 1].into()));
+        let uaid = Uaid::from("a1");
+
+        // A newer session recorded itself before the older one's clear landed.
+        store.set_node(&uaid, me).await.unwrap();
+        cluster.forget(&store, &uaid, || true).await;
+        assert_eq!(store.node(&uaid).await.unwrap().as_deref(), Some(me));
+
+        // No session holds the device here: the record goes.
+        cluster.forget(&store, &uaid, || false).await;
+        assert_eq!(store.node(&uaid).await.unwrap(), None);
+
+        // A record naming another node is never touched.
+        store
+            .set_node(&uaid, "http://127.0.0.2:3000")
+            .await
+            .unwrap();
+        cluster.forget(&store, &uaid, || true).await;
+        assert_eq!(
+            store.node(&uaid).await.unwrap().as_deref(),
+            Some("http://127.0.0.2:3000")
+        );
     }
 }

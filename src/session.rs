@@ -662,7 +662,9 @@ impl Session {
             if self.app.registry.release(uaid, &self.peer)
                 && let Some(cluster) = &self.app.cluster
             {
-                cluster.forget(&*self.app.store, uaid).await;
+                let registry = &self.app.registry;
+                let still_here = || registry.get(uaid).is_some();
+                cluster.forget(&*self.app.store, uaid, still_here).await;
             }
         }
         if let Some(frame) = end.close_frame() {

@@ -88,8 +88,8 @@ fn frame(first: u8, payload: &[u8], mask: bool) -> Vec<u8> {
     out
 }
 
-/// Opens a websocket by hand, so that any bytes at all can follow the handshake.
-async fn raw_upgrade(addr: SocketAddr) -> TcpStream {
+/// Connects and sends a websocket upgrade request, leaving the reply unread.
+async fn send_upgrade(addr: SocketAddr) -> TcpStream {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     stream
         .write_all(
@@ -98,6 +98,12 @@ async fn raw_upgrade(addr: SocketAddr) -> TcpStream {
         )
         .await
         .unwrap();
+    stream
+}
+
+/// Opens a websocket by hand, so that any bytes at all can follow the handshake.
+async fn raw_upgrade(addr: SocketAddr) -> TcpStream {
+    let mut stream = send_upgrade(addr).await;
     // Byte by byte up to the blank line: nothing after the 101 may be consumed here.
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
@@ -843,14 +849,7 @@ async fn connection_floods_under_a_low_open_file_limit_leave_the_store_and_the_o
 
 /// Sends a websocket upgrade and returns the reply's status with the open socket.
 async fn try_upgrade(addr: SocketAddr) -> (Option<u16>, TcpStream) {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(
-            b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-        )
-        .await
-        .unwrap();
+    let mut stream = send_upgrade(addr).await;
     let status = reply_status(&mut stream, WAIT).await;
     (status, stream)
 }

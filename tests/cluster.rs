@@ -9,9 +9,9 @@ mod common;
 use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use common::{End, Memcached, Reply, Server, WAIT, chid, hex_id, http, http_with, updates};
+use common::{
+    End, Memcached, Reply, Server, WAIT, chid, hex_id, http, http_with, router_signature, updates,
+};
 use serde_json::{Value, json};
 
 /// Memcached servers and cluster nodes sharing them, a token key and a router secret.
@@ -102,30 +102,6 @@ async fn router_request(
     http_with(method, url, &all, body).await
 }
 
-/// The headers that sign a router request as README's "Running a cluster" describes:
-/// HMAC-SHA256 keyed by the secret over method, path, timestamp, nonce and body.
-fn signed(
-    secret: &str,
-    method: &str,
-    path: &str,
-    timestamp: u64,
-    body: &str,
-) -> Vec<(String, String)> {
-    let nonce = URL_SAFE_NO_PAD.encode(uuid::Uuid::new_v4().as_bytes());
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
-    let mut message = format!("{method}\n{path}\n{timestamp}\n{nonce}\n").into_bytes();
-    message.extend_from_slice(body.as_bytes());
-    let mac = URL_SAFE_NO_PAD.encode(ring::hmac::sign(&key, &message).as_ref());
-    vec![
-        (
-            "authorization".to_owned(),
-            format!("SimplepushRouter {mac}"),
-        ),
-        ("x-simplepush-timestamp".to_owned(), timestamp.to_string()),
-        ("x-simplepush-nonce".to_owned(), nonce),
-    ]
-}
-
 /// A signed router request to `node`, timestamped now.
 async fn signed_request(
     node: &Server,
@@ -134,7 +110,7 @@ async fn signed_request(
     path: &str,
     body: Option<&str>,
 ) -> Reply {
-    let headers = signed(secret, method, path, common::unix_now(), body.unwrap_or(""));
+    let headers = router_signature(secret, method, path, common::unix_now(), body.unwrap_or(""));
     router_request(method, &node.router_url(path), &headers, body).await
 }
 
@@ -243,26 +219,29 @@ async fn router_requests_must_be_signed_fresh_and_new() {
     // over another body, a stale and a far-future timestamp: all 401.
     let body = routed_update(&channel, 7);
     let other = hex_id();
-    let wrong_body = signed(secret, "PUT", &path, now, &routed_update(&channel, 6));
+    let wrong_body = router_signature(secret, "PUT", &path, now, &routed_update(&channel, 6));
     let refused: Vec<(&str, Vec<(String, String)>)> = vec![
         ("no header", vec![]),
         (
             "a bearer secret",
             vec![("authorization".to_owned(), format!("Bearer {secret}"))],
         ),
-        ("another secret", signed(&other, "PUT", &path, now, &body)),
+        (
+            "another secret",
+            router_signature(&other, "PUT", &path, now, &body),
+        ),
         ("another body", wrong_body),
         (
             "a stale timestamp",
-            signed(secret, "PUT", &path, now - 120, &body),
+            router_signature(secret, "PUT", &path, now - 120, &body),
         ),
         (
             "a future timestamp",
-            signed(secret, "PUT", &path, now + 120, &body),
+            router_signature(secret, "PUT", &path, now + 120, &body),
         ),
         (
             "another path",
-            signed(secret, "PUT", "/route/x", now, &body),
+            router_signature(secret, "PUT", "/route/x", now, &body),
         ),
     ];
     for (what, headers) in &refused {
@@ -290,7 +269,7 @@ async fn router_requests_must_be_signed_fresh_and_new() {
 
     // Signed and fresh, the connected device is reached...
     let body = routed_update(&channel, 8);
-    let headers = signed(secret, "PUT", &path, common::unix_now(), &body);
+    let headers = router_signature(secret, "PUT", &path, common::unix_now(), &body);
     let reply = router_request("PUT", &route, &headers, Some(&body)).await;
     assert_eq!(reply.status, 200, "routed PUT: {}", reply.body);
     let frame = device.recv_notification().await;
@@ -421,6 +400,7 @@ async fn realstatus_and_logs_never_show_a_uaid() {
     for url in [
         b.endpoint_url("/realstatus/"),
         b.ws_http_url("/realstatus/"),
+        b.admin_url("/realstatus/"),
     ] {
         let reply = http("GET", &url, None, None).await;
         assert!(
@@ -433,6 +413,16 @@ async fn realstatus_and_logs_never_show_a_uaid() {
             "{url} shows a route URL: {}",
             reply.body
         );
+        if url != b.admin_url("/realstatus/") {
+            // The public listeners say only OK or ERROR.
+            assert_eq!(
+                reply.json()["cluster"],
+                Value::Null,
+                "{url}: {}",
+                reply.body
+            );
+            continue;
+        }
         let peer = &reply.json()["cluster"]["peers"][a.router_url("")];
         assert_eq!(peer["reachable"], json!(false), "{url}: {}", reply.body);
         let kind = peer["error"].as_str().unwrap_or_default();

@@ -46,32 +46,25 @@ async fn token_keys_from_a_file_and_from_the_environment_open_the_same_endpoints
     .unwrap();
     let file = file.to_str().unwrap();
 
-    let minter = Server::builder()
-        .arg("--token-keys-file")
-        .arg(file)
-        .start()
-        .await;
+    let minter = keyless().arg("--token-keys-file").arg(file).start().await;
     let token = minted_token(&minter).await;
     // The token opens on servers given the same keys in every other way; the store of a
     // second memory server does not know the channel (410), a shared one does (202).
     let same_keys = [
-        Server::builder()
+        keyless()
             .env("SIMPLEPUSH_TOKEN_KEYS", &format!("{key},{older}"))
             .start()
             .await,
-        Server::builder()
+        keyless()
             .env("SIMPLEPUSH_TOKEN_KEYS_FILE", file)
             .start()
             .await,
-        Server::builder()
+        keyless()
             .set("server", "token_keys_file", &format!("{file:?}"))
             .start()
             .await,
         // The minting key alone is enough to open what it minted.
-        Server::builder()
-            .env("SIMPLEPUSH_TOKEN_KEYS", &key)
-            .start()
-            .await,
+        keyless().env("SIMPLEPUSH_TOKEN_KEYS", &key).start().await,
     ];
     for (i, server) in same_keys.iter().enumerate() {
         let status = put_status(server, &token).await;
@@ -81,10 +74,7 @@ async fn token_keys_from_a_file_and_from_the_environment_open_the_same_endpoints
         );
     }
     // A server with other keys cannot open it (the control: 404 is what failure looks like).
-    let other = Server::builder()
-        .env("SIMPLEPUSH_TOKEN_KEYS", &older)
-        .start()
-        .await;
+    let other = keyless().env("SIMPLEPUSH_TOKEN_KEYS", &older).start().await;
     assert_eq!(put_status(&other, &token).await, 404);
 }
 
@@ -200,25 +190,40 @@ async fn router_secret_from_a_file_or_the_environment_guards_the_router() {
     let nodes = [
         memcached
             .server()
+            .unset("router", "secret")
             .arg("--router-secret-file")
             .arg(file.to_str().unwrap())
             .start()
             .await,
         memcached
             .server()
+            .unset("router", "secret")
             .env("SIMPLEPUSH_ROUTER_SECRET", &secret)
             .start()
             .await,
     ];
     for node in &nodes {
-        let url = node.router_url(&format!("/route/{}", common::hex_id()));
-        for (authorization, status) in [
-            (format!("Bearer {secret}"), 404),
-            (format!("Bearer {}", common::hex_id()), 401),
-        ] {
-            let headers = [("authorization", authorization.as_str())];
+        let path = format!("/route/{}", common::hex_id());
+        let url = node.router_url(&path);
+        for (signer, status) in [(secret.clone(), 404), (common::hex_id(), 401)] {
+            let headers =
+                common::router_signature(&signer, "DELETE", &path, common::unix_now(), "");
+            let headers: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str()))
+                .collect();
             let reply = common::http_with("DELETE", &url, &headers, None).await;
-            assert_eq!(reply.status, status, "{authorization:?}: {}", reply.body);
+            assert_eq!(
+                reply.status, status,
+                "signed with {signer:?}: {}",
+                reply.body
+            );
         }
     }
+}
+
+/// A server whose token keys the test gives: without the harness's own (a memcache test
+/// store gets some by default).
+fn keyless() -> common::Builder {
+    Server::builder().unset("server", "token_keys")
 }

@@ -549,6 +549,32 @@ pub async fn http_with(
     }
 }
 
+/// The headers that sign a router request as README's "Running a cluster" describes:
+/// HMAC-SHA256 keyed by the secret over method, path, timestamp, nonce and body.
+pub fn router_signature(
+    secret: &str,
+    method: &str,
+    path: &str,
+    timestamp: u64,
+    body: &str,
+) -> Vec<(String, String)> {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let nonce = URL_SAFE_NO_PAD.encode(uuid::Uuid::new_v4().as_bytes());
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+    let mut message = format!("{method}\n{path}\n{timestamp}\n{nonce}\n").into_bytes();
+    message.extend_from_slice(body.as_bytes());
+    let mac = URL_SAFE_NO_PAD.encode(ring::hmac::sign(&key, &message).as_ref());
+    vec![
+        (
+            "authorization".to_owned(),
+            format!("SimplepushRouter {mac}"),
+        ),
+        ("x-simplepush-timestamp".to_owned(), timestamp.to_string()),
+        ("x-simplepush-nonce".to_owned(), nonce),
+    ]
+}
+
 /// Current UNIX time in seconds.
 pub fn unix_now() -> u64 {
     SystemTime::now()

@@ -9,12 +9,12 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::app_server::token::TokenCodec;
 use crate::cluster::Cluster;
 use crate::config::ProtocolConfig;
-use crate::metrics::Metrics;
-use crate::overload::QueueDelay;
-use crate::registry::Registry;
-use crate::token::TokenCodec;
+use crate::device::registry::Registry;
+use crate::ops::metrics::Metrics;
+use crate::ops::overload::QueueDelay;
 
 /// The state of one server: its store, its connected devices, its keys and settings.
 pub struct App {

@@ -17,9 +17,9 @@ use warp::reply::Response;
 use warp::{Filter, Rejection};
 
 use crate::app::{App, now_secs};
-use crate::endpoint::read_body;
+use crate::app_server::endpoint::read_body;
+use crate::device::protocol::is_uuid_shaped;
 use crate::error::{HttpError, json_response};
-use crate::protocol::is_uuid_shaped;
 
 mod peers;
 mod signature;

@@ -6,7 +6,7 @@ use simplepush_store::StoreError;
 use warp::http::{HeaderValue, StatusCode, header};
 use warp::reply::Response;
 
-use crate::protocol::ErrorFrame;
+use crate::device::protocol::ErrorFrame;
 
 /// Seconds an app server is asked to wait after a 503.
 const RETRY_AFTER_SECS: u32 = 5;

@@ -1,46 +1,35 @@
-//! simplepush: a SimplePush server. Devices keep a websocket to us; app servers `PUT`
-//! versions to endpoints; we store each update first, deliver it live when the device
+//! simplepush: a push server. Devices keep a websocket to us; app servers send to
+//! per-channel endpoints; we store each message first, deliver it live when the device
 //! is connected, and flush what is pending at its next hello.
 //!
-//! A map of the modules:
-//! - [`config`]: the TOML configuration and its defaults.
-//! - [`server`]: binds the listeners and runs until shutdown.
-//! - [`listener`]: the accept loop under every listener.
-//! - [`routes`]: the warp routes of each listener.
-//! - [`upgrade`]: the websocket handshake. [`session`]: one device's socket.
-//! - [`throttle`]: the per-socket limit on device commands.
-//! - [`protocol`]: parsing device messages, building replies.
-//! - [`endpoint`]: `PUT /update/{token}`. [`health`]: `/status/`, `/realstatus/`.
-//! - [`registry`]: devices connected here. [`token`]: endpoint tokens.
-//! - [`store`]: opens the configured backend. [`error`]: failures to statuses.
-//! - [`tls`]: optional TLS on the public listeners.
-//! - [`metrics`]: Prometheus metrics and the store's timing wrapper.
-//! - [`overload`]: sheds endpoint requests while the runtime's queue delay is too long.
-//! - [`dashboard`]: `/dashboard/` (operator listener), a live page over `/metrics` and
-//!   `/realstatus/`.
+//! The house, room by room (imports point down this list, never up):
+//! - [`device`]: the devices' side: the websocket handshake, one session per socket,
+//!   the protocol's messages, the registry of devices connected here, the command limit.
+//! - [`app_server`]: the app servers' side: the endpoints they send to and the tokens in
+//!   their URLs.
 //! - [`cluster`]: node-to-node routing when nodes share memcached.
+//! - [`ops`]: what operators see: metrics, health, the dashboard, overload shedding.
 //! - [`cli`]: the `client` and `push` subcommands, to try a server end to end.
+//!
+//! And what holds them together:
+//! - [`config`] and [`flags`]: the TOML configuration, its defaults and its flags.
+//! - [`server`]: binds the listeners and runs until shutdown; [`listener`]: the accept
+//!   loop under every listener; [`routes`]: the warp routes of each listener;
+//!   [`tls`]: optional TLS on the public listeners.
+//! - [`store`]: opens the configured backend. [`error`]: failures to statuses.
 //! - [`app`]: the state shared by everything above.
 
 pub mod app;
+pub mod app_server;
 pub mod cli;
 pub mod cluster;
 pub mod config;
-pub mod dashboard;
-pub mod endpoint;
+pub mod device;
 pub mod error;
 pub mod flags;
-pub mod health;
 pub mod listener;
-pub mod metrics;
-pub mod overload;
-pub mod protocol;
-pub mod registry;
+pub mod ops;
 pub mod routes;
 pub mod server;
-pub mod session;
 pub mod store;
-pub mod throttle;
 pub mod tls;
-pub mod token;
-pub mod upgrade;

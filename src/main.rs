@@ -79,7 +79,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let serve = match cli.command {
         Some(Command::Genkey) => {
-            println!("{}", simplepush::token::generate_key());
+            println!("{}", simplepush::app_server::token::generate_key());
             return Ok(());
         }
         Some(Command::Client(options)) => return run_client(options),

@@ -10,8 +10,10 @@ use warp::reply::Response;
 use warp::{Filter, Rejection};
 
 use crate::app::App;
+use crate::app_server::endpoint;
+use crate::device::upgrade;
 use crate::error::HttpError;
-use crate::{endpoint, health, upgrade};
+use crate::ops::health;
 
 fn with_app(app: Arc<App>) -> impl Filter<Extract = (Arc<App>,), Error = Infallible> + Clone {
     warp::any().map(move || app.clone())
@@ -153,7 +155,7 @@ pub fn admin_listener(
     health(app.clone(), Detail::Operator)
         .or(metrics(app))
         .unify()
-        .or(crate::dashboard::route())
+        .or(crate::ops::dashboard::route())
         .unify()
         .or(not_found())
         .unify()

@@ -14,14 +14,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::app::App;
+use crate::app_server::token::{KeyError, TokenCodec};
 use crate::cluster::{Cluster, Peers};
 use crate::config::{Backend, Config};
+use crate::device::registry::Registry;
 use crate::listener::{Slots, Sockets};
-use crate::metrics::{MeteredStore, Metrics};
-use crate::overload::QueueDelay;
-use crate::registry::Registry;
+use crate::ops::metrics::{MeteredStore, Metrics};
+use crate::ops::overload::QueueDelay;
 use crate::tls::{self, TlsError};
-use crate::token::{KeyError, TokenCodec};
 use crate::{listener, routes};
 
 /// Sessions get this long to send their close frames at shutdown.

@@ -140,7 +140,7 @@ pub fn token_keys(config: &Config) -> Result<Vec<String>, OpenError> {
     match config.store.backend {
         Backend::Sqlite | Backend::Rocksdb => Ok(vec![kept_key(&config.store.path)?]),
         // A memcache node without configured keys refuses to start (`Server::bind`).
-        Backend::Memcache | Backend::Memory => Ok(vec![crate::token::generate_key()]),
+        Backend::Memcache | Backend::Memory => Ok(vec![crate::app_server::token::generate_key()]),
     }
 }
 
@@ -162,7 +162,7 @@ fn kept_key(dir: &Path) -> Result<String, OpenError> {
         Err(_) => {}
     }
     create_data_dir(dir)?;
-    let key = crate::token::generate_key();
+    let key = crate::app_server::token::generate_key();
     let temporary = dir.join("token.key.tmp");
     {
         use std::io::Write;
@@ -186,7 +186,7 @@ mod tests {
         let first = kept_key(&dir.path().join("data")).unwrap();
         let second = kept_key(&dir.path().join("data")).unwrap();
         assert_eq!(first, second);
-        assert!(crate::token::TokenCodec::new(&[first]).is_ok());
+        assert!(crate::app_server::token::TokenCodec::new(&[first]).is_ok());
     }
 
     fn mode(path: &Path) -> u32 {

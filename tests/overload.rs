@@ -496,7 +496,7 @@ async fn a_stalled_store_holds_every_slot_and_the_excess_is_shed_with_503() {
     config.server.admin_addr = "127.0.0.1:0".parse().unwrap();
     config.server.max_inflight_requests = CAPACITY;
     config.server.max_queue_delay = Duration::ZERO;
-    let key = simplepush::token::generate_key();
+    let key = simplepush::app_server::token::generate_key();
     let shutdown = CancellationToken::new();
     let server = simplepush::server::Server::bind(
         &config,
@@ -509,7 +509,7 @@ async fn a_stalled_store_holds_every_slot_and_the_excess_is_shed_with_503() {
     let admin = format!("http://{}", server.admin_addr().unwrap());
     let running = tokio::spawn(server.run());
 
-    let tokens = simplepush::token::TokenCodec::new(&[key]).unwrap();
+    let tokens = simplepush::app_server::token::TokenCodec::new(&[key]).unwrap();
     let mut endpoints = Vec::new();
     for _ in 0..CAPACITY + 1 {
         let uaid = Uaid::new(uuid::Uuid::new_v4().simple().to_string());

@@ -36,7 +36,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::protocol::is_uuid_shaped;
+use crate::device::protocol::is_uuid_shaped;
 
 /// How long connecting (TCP and the websocket handshake) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

@@ -1,11 +1,11 @@
-//! Fuzz target: the PUT body parsing of `simplepush::endpoint` (`parse_form`, then
+//! Fuzz target: the PUT body parsing of `simplepush::app_server::endpoint` (`parse_form`, then
 //! `parse_version`) never panics, and accepts exactly the versions PROTOCOL.md §5 allows:
 //! missing or empty means "now"; otherwise a non-negative integer that fits i64, else 400.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use simplepush::endpoint::{parse_form, parse_version};
+use simplepush::app_server::endpoint::{parse_form, parse_version};
 
 const NOW: u64 = 1_700_000_000;
 

@@ -1,11 +1,11 @@
-//! Fuzz target: `simplepush::protocol::parse` on arbitrary websocket payloads never panics,
+//! Fuzz target: `simplepush::device::protocol::parse` on arbitrary websocket payloads never panics,
 //! and what it accepts or refuses agrees with PROTOCOL.md §2–§4.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
-use simplepush::protocol::{self, Command, Refusal, is_uuid_shaped};
+use simplepush::device::protocol::{self, Command, Refusal, is_uuid_shaped};
 
 fuzz_target!(|data: &[u8]| {
     match protocol::parse(data) {

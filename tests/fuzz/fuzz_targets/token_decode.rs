@@ -1,4 +1,4 @@
-//! Fuzz target: `simplepush::token::TokenCodec::decode` (fixed key) never panics on any
+//! Fuzz target: `simplepush::app_server::token::TokenCodec::decode` (fixed key) never panics on any
 //! string; a token it minted opens to the same ids, and no single-bit flip of it opens.
 //!
 //! The first input byte picks the mode: even, decode the rest as a token; odd, build ids
@@ -9,7 +9,7 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use simplepush::token::TokenCodec;
+use simplepush::app_server::token::TokenCodec;
 use simplepush_store::{ChannelId, Uaid};
 
 /// The bytes 0..32, base64url: a fixed key, so every run decodes alike.

@@ -12,8 +12,8 @@ use warp::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use warp::reply::Response;
 
 use crate::app::App;
+use crate::device::session;
 use crate::error::HttpError;
-use crate::session;
 
 /// The subprotocol SimplePush clients may offer; selected when offered, never required.
 const SUBPROTOCOL: &str = "push-notification";

@@ -15,7 +15,7 @@ use warp::reply::Response;
 
 use crate::app::{App, now_secs};
 use crate::error::{HttpError, json_response};
-use crate::metrics::{SHED_INFLIGHT, SHED_QUEUE_DELAY};
+use crate::ops::metrics::{SHED_INFLIGHT, SHED_QUEUE_DELAY};
 
 /// A request body must arrive within this time once its headers are in. It is read
 /// before any in-flight slot is taken (a sender that never finishes its body must not

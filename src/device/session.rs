@@ -23,13 +23,13 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, error::CapacityE
 use tracing::Instrument;
 
 use crate::app::{App, now_secs};
-use crate::error::store_error_frame;
-use crate::protocol::{
+use crate::device::protocol::{
     self, Command, ErrorFrame, HelloReply, Notification, Refusal, RegisterReply, UnregisterReply,
     UpdateEntry, is_uuid_shaped,
 };
-use crate::registry::{ConnectionGuard, Peer, Signals, Stamp};
-use crate::throttle::Throttle;
+use crate::device::registry::{ConnectionGuard, Peer, Signals, Stamp};
+use crate::device::throttle::Throttle;
+use crate::error::store_error_frame;
 
 /// The websocket of one device.
 pub type Socket = WebSocketStream<TokioIo<Upgraded>>;

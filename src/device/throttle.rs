@@ -1,7 +1,7 @@
 //! The per-socket limit on device commands: a token bucket of `command_burst` commands
 //! refilled at `command_rate` per second (`[protocol]`), kept as one number per socket.
 
-use crate::registry::Stamp;
+use crate::device::registry::Stamp;
 
 /// A socket's command allowance.
 ///

@@ -1,0 +1,10 @@
+//! The devices' side: a device upgrades to a websocket ([`upgrade`]), keeps one
+//! [`session`] per socket that speaks the [`protocol`], is found by app servers through
+//! the [`registry`] of devices connected here, and may send only so many commands
+//! ([`throttle`]).
+
+pub mod protocol;
+pub mod registry;
+pub mod session;
+pub mod throttle;
+pub mod upgrade;

@@ -19,7 +19,8 @@ use futures_util::future::join_all;
 use serde_json::json;
 use simplepush::config::Config;
 use simplepush_store::{
-    ChannelId, MemoryStore, Pending, PutOutcome, RegisterOutcome, Store, StoreError, Uaid, Update,
+    ChannelId, MemoryStore, Message, MessageId, Pending, PutOutcome, QueueOutcome, RegisterOutcome,
+    Store, StoreError, Uaid, Update,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -461,6 +462,40 @@ impl Store for StalledStore {
         now: u64,
     ) -> Result<bool, StoreError> {
         self.inner.ack_many(uaid, updates, expired, now).await
+    }
+    async fn put_message(
+        &self,
+        uaid: &Uaid,
+        message: &Message,
+        max_queued: usize,
+        now: u64,
+    ) -> Result<QueueOutcome, StoreError> {
+        self.inner.put_message(uaid, message, max_queued, now).await
+    }
+    async fn messages(
+        &self,
+        uaid: &Uaid,
+        now: u64,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError> {
+        self.inner.messages(uaid, now, limit).await
+    }
+    async fn ack_messages(
+        &self,
+        uaid: &Uaid,
+        ids: &[MessageId],
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        self.inner.ack_messages(uaid, ids, now).await
+    }
+    async fn delete_message(
+        &self,
+        uaid: &Uaid,
+        channel: &ChannelId,
+        id: &MessageId,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        self.inner.delete_message(uaid, channel, id, now).await
     }
     async fn drop_uaid(&self, uaid: &Uaid) -> Result<(), StoreError> {
         self.inner.drop_uaid(uaid).await

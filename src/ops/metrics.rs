@@ -10,7 +10,8 @@ use prometheus::{
     Registry, TextEncoder,
 };
 use simplepush_store::{
-    ChannelId, Pending, PutOutcome, RegisterOutcome, Store, StoreError, Uaid, Update,
+    ChannelId, Message, MessageId, Pending, PutOutcome, QueueOutcome, RegisterOutcome, Store,
+    StoreError, Uaid, Update,
 };
 
 /// Latency buckets in seconds, from 50 µs to 5 s.
@@ -238,6 +239,48 @@ impl Store for MeteredStore {
     ) -> Result<bool, StoreError> {
         let call = self.inner.ack_many(uaid, updates, expired, now);
         self.timed("ack_many", call).await
+    }
+
+    async fn put_message(
+        &self,
+        uaid: &Uaid,
+        message: &Message,
+        max_queued: usize,
+        now: u64,
+    ) -> Result<QueueOutcome, StoreError> {
+        let call = self.inner.put_message(uaid, message, max_queued, now);
+        self.timed("put_message", call).await
+    }
+
+    async fn messages(
+        &self,
+        uaid: &Uaid,
+        now: u64,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError> {
+        self.timed("messages", self.inner.messages(uaid, now, limit))
+            .await
+    }
+
+    async fn ack_messages(
+        &self,
+        uaid: &Uaid,
+        ids: &[MessageId],
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        self.timed("ack_messages", self.inner.ack_messages(uaid, ids, now))
+            .await
+    }
+
+    async fn delete_message(
+        &self,
+        uaid: &Uaid,
+        channel: &ChannelId,
+        id: &MessageId,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        let call = self.inner.delete_message(uaid, channel, id, now);
+        self.timed("delete_message", call).await
     }
 
     async fn drop_uaid(&self, uaid: &Uaid) -> Result<(), StoreError> {

@@ -26,6 +26,9 @@ pub(crate) enum Error {
     /// A version that an SQLite INTEGER cannot hold.
     #[error("version {0} is beyond the largest storable version {max}", max = i64::MAX)]
     VersionOutOfRange(u64),
+    /// A message TTL that an SQLite INTEGER cannot hold.
+    #[error("TTL {0} is beyond the largest storable TTL {max}", max = i64::MAX)]
+    TtlOutOfRange(u64),
     /// The store was closed; nothing more can be read or written.
     #[error("the store is closed")]
     Closed,
@@ -53,6 +56,7 @@ impl From<Error> for StoreError {
             Error::SchemaTooNew { .. } => StoreError::Corrupt(message),
             Error::NoWal(_)
             | Error::VersionOutOfRange(_)
+            | Error::TtlOutOfRange(_)
             | Error::CheckMismatch { .. }
             | Error::Task(_) => StoreError::Internal(message),
             Error::Writer(error) => error,

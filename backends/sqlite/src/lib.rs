@@ -1,7 +1,7 @@
-//! The SQLite store of simplepush: [`SqliteStore`] keeps channels, pending updates and
-//! node records in one database file in WAL mode, written through a single connection
-//! (on a thread of its own, committing concurrent writes together) and read through a
-//! small pool of read-only connections.
+//! The SQLite store of simplepush: [`SqliteStore`] keeps channels, pending updates,
+//! queued WebPush messages and node records in one database file in WAL mode, written
+//! through a single connection (on a thread of its own, committing concurrent writes
+//! together) and read through a small pool of read-only connections.
 //!
 //! - `store.rs`: [`SqliteStore`], [`SqliteOptions`] and the [`Store`](simplepush_store::Store)
 //!   implementation (every SQL statement lives there).

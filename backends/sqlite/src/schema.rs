@@ -6,7 +6,7 @@ use crate::error::Error;
 
 /// Migration `i` takes a database from schema version `i` to `i + 1`; version 0 is an
 /// empty file. Append new migrations; never edit a released one.
-const MIGRATIONS: &[&str] = &[V1];
+const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// The first schema.
 ///
@@ -35,12 +35,47 @@ CREATE TABLE health (
 ) STRICT;
 ";
 
+/// The WebPush message queue.
+///
+/// One row per queued message, keyed by (uaid, id): message ids increase in arrival
+/// order, so a device's queue is one range of the primary key, read in order. A rowid
+/// table, unlike the others, because a row carries up to a few KiB of body, and
+/// WITHOUT ROWID tables want small rows. `message_channel` serves what a put and an
+/// unregister ask of one channel: its messages, its expired ones, the one of a topic.
+/// `IF NOT EXISTS` besides `user_version`, so a half-known file cannot stop an upgrade.
+const V2: &str = "
+CREATE TABLE IF NOT EXISTS message (
+    uaid       TEXT NOT NULL,
+    id         TEXT NOT NULL,
+    channel    TEXT NOT NULL,
+    ttl        INTEGER NOT NULL CHECK (ttl >= 0),
+    expires_at INTEGER NOT NULL CHECK (expires_at >= 0),
+    topic      TEXT,
+    urgency    TEXT NOT NULL CHECK (urgency IN ('very-low', 'low', 'normal', 'high')),
+    encoding   TEXT,
+    encryption TEXT,
+    crypto_key TEXT,
+    body       BLOB,
+    PRIMARY KEY (uaid, id),
+    CHECK ((encoding IS NULL) = (body IS NULL)),
+    CHECK (encoding IS NOT NULL OR (encryption IS NULL AND crypto_key IS NULL))
+) STRICT;
+
+CREATE INDEX IF NOT EXISTS message_channel ON message (uaid, channel, topic);
+";
+
 /// The schema version this build writes.
 pub(crate) const CURRENT: i64 = MIGRATIONS.len() as i64;
 
 /// Brings the database to [`CURRENT`] in one transaction, so a failed migration leaves
 /// the file as it was. Refuses a database from a newer build.
 pub(crate) fn migrate(conn: &mut Connection) -> Result<(), Error> {
+    migrate_to(conn, MIGRATIONS.len())
+}
+
+/// Brings the database to schema version `target` (at most [`CURRENT`]); tests make
+/// the databases of earlier builds with it.
+pub(crate) fn migrate_to(conn: &mut Connection, target: usize) -> Result<(), Error> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let found: i64 = tx.pragma_query_value(None, "user_version", |row| row.get(0))?;
     let start = match usize::try_from(found) {
@@ -52,13 +87,76 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<(), Error> {
             });
         }
     };
-    if start == MIGRATIONS.len() {
+    if start >= target {
         return Ok(());
     }
-    for migration in &MIGRATIONS[start..] {
+    for migration in &MIGRATIONS[start..target] {
         tx.execute_batch(migration)?;
     }
-    tx.pragma_update(None, "user_version", CURRENT)?;
+    tx.pragma_update(None, "user_version", target as i64)?;
     tx.commit()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The names of the tables and indexes in the database.
+    fn objects(conn: &Connection) -> Vec<String> {
+        let mut stmt = conn
+            .prepare("SELECT name FROM sqlite_schema WHERE name NOT LIKE 'sqlite_%' ORDER BY name")
+            .unwrap();
+        let names = stmt.query_map([], |row| row.get(0)).unwrap();
+        names.collect::<Result<_, _>>().unwrap()
+    }
+
+    fn version(conn: &Connection) -> i64 {
+        conn.pragma_query_value(None, "user_version", |row| row.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_version_1_database_gains_the_message_queue_and_keeps_its_rows() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate_to(&mut conn, 1).unwrap();
+        assert_eq!(version(&conn), 1);
+        assert_eq!(objects(&conn), ["channel", "health", "node"]);
+        conn.execute_batch(
+            "INSERT INTO channel (uaid, channel, version, data, expires_at)
+                 VALUES ('u', 'c', 7, 'seven', 100);
+             INSERT INTO node (uaid, node) VALUES ('u', 'http://node-a');",
+        )
+        .unwrap();
+
+        migrate(&mut conn).unwrap();
+        assert_eq!(version(&conn), CURRENT);
+        assert_eq!(
+            objects(&conn),
+            ["channel", "health", "message", "message_channel", "node"]
+        );
+        let kept: (i64, String, String) = conn
+            .query_row(
+                "SELECT version, data, node FROM channel JOIN node USING (uaid)",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!(kept, (7, "seven".to_owned(), "http://node-a".to_owned()));
+        // Migrating a current database again changes nothing.
+        migrate(&mut conn).unwrap();
+        assert_eq!(version(&conn), CURRENT);
+    }
+
+    #[test]
+    fn a_failed_migration_leaves_the_database_as_it_was() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate_to(&mut conn, 1).unwrap();
+        // A table of the name the next migration means for an index makes it fail.
+        conn.execute_batch("CREATE TABLE message_channel (x INTEGER)")
+            .unwrap();
+        assert!(migrate(&mut conn).is_err());
+        assert_eq!(version(&conn), 1);
+        assert!(!objects(&conn).contains(&"message".to_owned()));
+    }
 }

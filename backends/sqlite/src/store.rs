@@ -5,9 +5,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
+use rusqlite::types::Type;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use simplepush_store::{
-    ChannelId, Pending, PutOutcome, RegisterOutcome, Store, StoreError, Uaid, Update,
+    ChannelId, Message, MessageId, Payload, Pending, PutOutcome, QueueOutcome, RegisterOutcome,
+    Store, StoreError, Uaid, Update, Urgency,
 };
 
 use crate::connection::{open_reader, open_writer};
@@ -196,6 +198,76 @@ fn any_pending(conn: &Connection, uaid: &str) -> Result<bool, Error> {
         .query_row([uaid], |row| row.get(0))?)
 }
 
+/// The queued messages of a device not expired at a time, oldest first, at most so
+/// many: `?1` uaid, `?2` now, `?3` limit. A range scan of the primary key.
+const QUEUED: &str = "SELECT id, channel, ttl, expires_at, topic, urgency,
+                             encoding, encryption, crypto_key, body
+                      FROM message WHERE uaid = ?1 AND expires_at > ?2
+                      ORDER BY id LIMIT ?3";
+
+/// A [`Message`] as its columns store it.
+struct MessageRow {
+    id: String,
+    channel: String,
+    ttl: i64,
+    expires_at: i64,
+    topic: Option<String>,
+    urgency: &'static str,
+    encoding: Option<String>,
+    encryption: Option<String>,
+    crypto_key: Option<String>,
+    body: Option<Vec<u8>>,
+}
+
+impl MessageRow {
+    fn of(message: &Message) -> Result<MessageRow, Error> {
+        let payload = message.payload.as_ref();
+        Ok(MessageRow {
+            id: message.id.as_str().to_owned(),
+            channel: message.channel.as_str().to_owned(),
+            ttl: i64::try_from(message.ttl).map_err(|_| Error::TtlOutOfRange(message.ttl))?,
+            expires_at: saturating(message.expires_at),
+            topic: message.topic.clone(),
+            urgency: message.urgency.as_str(),
+            encoding: payload.map(|p| p.encoding.clone()),
+            encryption: payload.and_then(|p| p.encryption.clone()),
+            crypto_key: payload.and_then(|p| p.crypto_key.clone()),
+            body: payload.map(|p| p.body.clone()),
+        })
+    }
+}
+
+/// Reads a row of [`QUEUED`] back into a [`Message`].
+fn message_of(row: &Row<'_>) -> rusqlite::Result<Message> {
+    let urgency: String = row.get(5)?;
+    let urgency = Urgency::parse(&urgency).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            5,
+            Type::Text,
+            format!("unknown urgency {urgency:?}").into(),
+        )
+    })?;
+    let encoding: Option<String> = row.get(6)?;
+    let payload = match encoding {
+        None => None,
+        Some(encoding) => Some(Payload {
+            encoding,
+            encryption: row.get(7)?,
+            crypto_key: row.get(8)?,
+            body: row.get::<_, Option<Vec<u8>>>(9)?.unwrap_or_default(),
+        }),
+    };
+    Ok(Message {
+        id: MessageId::new(row.get::<_, String>(0)?),
+        channel: ChannelId::new(row.get::<_, String>(1)?),
+        ttl: unsigned(row, 2)?,
+        expires_at: unsigned(row, 3)?,
+        topic: row.get(4)?,
+        urgency,
+        payload,
+    })
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     fn name(&self) -> &'static str {
@@ -247,8 +319,11 @@ impl Store for SqliteStore {
     async fn unregister(&self, uaid: &Uaid, channel: &ChannelId) -> Result<(), StoreError> {
         let (uaid, channel) = (uaid.as_str().to_owned(), channel.as_str().to_owned());
         self.write(move |conn| {
+            // Both or neither: the writer undoes a write that fails halfway.
             conn.prepare_cached("DELETE FROM channel WHERE uaid = ?1 AND channel = ?2")?
-                .execute([uaid, channel])?;
+                .execute([&uaid, &channel])?;
+            conn.prepare_cached("DELETE FROM message WHERE uaid = ?1 AND channel = ?2")?
+                .execute([&uaid, &channel])?;
             Ok(())
         })
         .await
@@ -372,13 +447,155 @@ impl Store for SqliteStore {
         .await
     }
 
+    /// One write on the writer thread, synced like [`Store::put_update`]: the
+    /// registration check, the channel's expired messages, the topic it replaces, the
+    /// bound and the insert are one savepoint of the batch, so all or nothing.
+    async fn put_message(
+        &self,
+        uaid: &Uaid,
+        message: &Message,
+        max_queued: usize,
+        now: u64,
+    ) -> Result<QueueOutcome, StoreError> {
+        let uaid = uaid.as_str().to_owned();
+        let row = MessageRow::of(message).map_err(StoreError::from)?;
+        let max_queued = i64::try_from(max_queued).unwrap_or(i64::MAX);
+        let now = saturating(now);
+        self.write(move |conn| {
+            let registered: bool = conn
+                .prepare_cached(
+                    "SELECT EXISTS (SELECT 1 FROM channel WHERE uaid = ?1 AND channel = ?2)",
+                )?
+                .query_row([&uaid, &row.channel], |row| row.get(0))?;
+            if !registered {
+                return Ok(QueueOutcome::Gone);
+            }
+            conn.prepare_cached(
+                "DELETE FROM message WHERE uaid = ?1 AND channel = ?2 AND expires_at <= ?3",
+            )?
+            .execute(params![uaid, row.channel, now])?;
+            // What stays queued beside the new message: all but the one of its topic.
+            let held: i64 = conn
+                .prepare_cached(
+                    "SELECT count(*) FROM message
+                     WHERE uaid = ?1 AND channel = ?2 AND (?3 IS NULL OR topic IS NOT ?3)",
+                )?
+                .query_row(params![uaid, row.channel, row.topic], |row| row.get(0))?;
+            if held >= max_queued {
+                return Ok(QueueOutcome::Full);
+            }
+            if row.topic.is_some() {
+                conn.prepare_cached(
+                    "DELETE FROM message WHERE uaid = ?1 AND channel = ?2 AND topic = ?3",
+                )?
+                .execute(params![uaid, row.channel, row.topic])?;
+            }
+            conn.prepare_cached(
+                "INSERT INTO message (uaid, id, channel, ttl, expires_at, topic, urgency,
+                                      encoding, encryption, crypto_key, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )?
+            .execute(params![
+                uaid,
+                row.id,
+                row.channel,
+                row.ttl,
+                row.expires_at,
+                row.topic,
+                row.urgency,
+                row.encoding,
+                row.encryption,
+                row.crypto_key,
+                row.body,
+            ])?;
+            Ok(QueueOutcome::Stored)
+        })
+        .await
+    }
+
+    /// A range of the primary key, in id order, on a reader.
+    async fn messages(
+        &self,
+        uaid: &Uaid,
+        now: u64,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError> {
+        let uaid = uaid.as_str().to_owned();
+        let now = saturating(now);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(QUEUED)?;
+            let rows = stmt.query_map(params![uaid, now, limit], message_of)?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    /// One unsynced write, like [`Store::ack_many`]: a lost ack only means a delivery
+    /// more. It also drops the expired messages of `uaid`, which nothing else would
+    /// on a channel that gets no more messages.
+    async fn ack_messages(
+        &self,
+        uaid: &Uaid,
+        ids: &[MessageId],
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        let uaid = uaid.as_str().to_owned();
+        let ids: Vec<String> = ids.iter().map(|id| id.as_str().to_owned()).collect();
+        let now = saturating(now);
+        self.write_ack(move |conn| {
+            if !ids.is_empty() {
+                let mut ack =
+                    conn.prepare_cached("DELETE FROM message WHERE uaid = ?1 AND id = ?2")?;
+                for id in &ids {
+                    ack.execute([&uaid, id])?;
+                }
+            }
+            conn.prepare_cached("DELETE FROM message WHERE uaid = ?1 AND expires_at <= ?2")?
+                .execute(params![uaid, now])?;
+            Ok(conn
+                .prepare_cached("SELECT EXISTS (SELECT 1 FROM message WHERE uaid = ?1)")?
+                .query_row([&uaid], |row| row.get(0))?)
+        })
+        .await
+    }
+
+    /// Unsynced, like an ack: a withdrawal lost in a crash only means a delivery more.
+    async fn delete_message(
+        &self,
+        uaid: &Uaid,
+        channel: &ChannelId,
+        id: &MessageId,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        let (uaid, channel, id) = (
+            uaid.as_str().to_owned(),
+            channel.as_str().to_owned(),
+            id.as_str().to_owned(),
+        );
+        let now = saturating(now);
+        self.write_ack(move |conn| {
+            let expires_at: Option<i64> = conn
+                .prepare_cached(
+                    "DELETE FROM message WHERE uaid = ?1 AND id = ?2 AND channel = ?3
+                     RETURNING expires_at",
+                )?
+                .query_row([uaid, id, channel], |row| row.get(0))
+                .optional()?;
+            Ok(expires_at.is_some_and(|expires_at| expires_at > now))
+        })
+        .await
+    }
+
     async fn drop_uaid(&self, uaid: &Uaid) -> Result<(), StoreError> {
         let uaid = uaid.as_str().to_owned();
         self.write(move |conn| {
-            // Both or neither: the writer undoes a write that fails halfway.
+            // All or nothing: the writer undoes a write that fails halfway.
             conn.prepare_cached("DELETE FROM channel WHERE uaid = ?1")?
                 .execute([&uaid])?;
             conn.prepare_cached("DELETE FROM node WHERE uaid = ?1")?
+                .execute([&uaid])?;
+            conn.prepare_cached("DELETE FROM message WHERE uaid = ?1")?
                 .execute([&uaid])?;
             Ok(())
         })
@@ -503,5 +720,104 @@ mod tests {
             StoreError::from(attempt.unwrap_err()),
             StoreError::Unavailable(_)
         ));
+    }
+
+    /// A message with data, as a WebPush app server sends one.
+    fn message(id: &str, channel: &ChannelId) -> Message {
+        Message {
+            id: MessageId::new(id),
+            channel: channel.clone(),
+            ttl: 60,
+            expires_at: 2_000,
+            topic: Some("news".to_owned()),
+            urgency: Urgency::Low,
+            payload: Some(Payload {
+                encoding: "aesgcm".to_owned(),
+                encryption: Some("salt=abc".to_owned()),
+                crypto_key: Some("dh=def".to_owned()),
+                body: vec![0, 1, 2, 255],
+            }),
+        }
+    }
+
+    /// A database file as the build before the message queue left it (schema 1, WAL),
+    /// with a device that has a pending update.
+    fn version_1_database(dir: &Path) {
+        let mut conn = Connection::open(dir.join(FILE_NAME)).unwrap();
+        conn.pragma_update(None, "journal_mode", "wal").unwrap();
+        crate::schema::migrate_to(&mut conn, 1).unwrap();
+        conn.execute(
+            "INSERT INTO channel (uaid, channel, version, data, expires_at)
+             VALUES ('u-old', 'c-old', 7, 'seven', 5000)",
+            [],
+        )
+        .unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_database_of_the_old_schema_opens_and_queues_messages() {
+        let dir = tempfile::tempdir().unwrap();
+        version_1_database(dir.path());
+        let (u, c) = (Uaid::new("u-old"), ChannelId::new("c-old"));
+
+        let store = SqliteStore::open(dir.path(), SqliteOptions::default()).unwrap();
+        let pending = store.pending(&u, 1_000).await.unwrap();
+        assert_eq!(pending.updates.len(), 1, "{pending:?}");
+        assert_eq!(pending.updates[0].1.version, 7);
+        let sent = message("m1", &c);
+        let put = store.put_message(&u, &sent, 10, 1_000).await.unwrap();
+        assert_eq!(put, QueueOutcome::Stored);
+        assert_eq!(
+            store.messages(&u, 1_000, 10).await.unwrap(),
+            vec![sent.clone()]
+        );
+        store.close().await.unwrap();
+
+        // Reopened, it is a current database with the message still queued.
+        let store = SqliteStore::open(dir.path(), SqliteOptions::default()).unwrap();
+        let version: i64 = store
+            .inner
+            .read(|conn| Ok(conn.pragma_query_value(None, "user_version", |r| r.get(0))?))
+            .unwrap();
+        assert_eq!(version, crate::schema::CURRENT);
+        assert_eq!(store.messages(&u, 1_000, 10).await.unwrap(), [sent]);
+    }
+
+    /// The plan SQLite makes for `sql`, one step a line.
+    fn plan(store: &SqliteStore, sql: &str) -> String {
+        let sql = format!("EXPLAIN QUERY PLAN {sql}");
+        store
+            .inner
+            .read(move |conn| {
+                let mut stmt = conn.prepare(&sql)?;
+                let steps = stmt.query_map([], |row| row.get::<_, String>(3))?;
+                Ok(steps.collect::<Result<Vec<_>, _>>()?.join("\n"))
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn message_reads_are_index_searches_in_id_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), SqliteOptions::default()).unwrap();
+        // A device's queue: a range of the primary key, already in id order.
+        let queued = plan(
+            &store,
+            &QUEUED
+                .replace("?1", "'u'")
+                .replace("?2", "0")
+                .replace("?3", "9"),
+        );
+        assert!(queued.contains("SEARCH message USING INDEX"), "{queued}");
+        assert!(queued.contains("(uaid=?)"), "{queued}");
+        assert!(!queued.contains("TEMP B-TREE"), "{queued}");
+        // A channel's messages and the one of a topic: the channel index.
+        for sql in [
+            "SELECT count(*) FROM message WHERE uaid = 'u' AND channel = 'c'",
+            "DELETE FROM message WHERE uaid = 'u' AND channel = 'c' AND topic = 't'",
+        ] {
+            let found = plan(&store, sql);
+            assert!(found.contains("INDEX message_channel"), "{sql}: {found}");
+        }
     }
 }

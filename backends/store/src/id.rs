@@ -13,6 +13,12 @@ pub struct Uaid(Arc<str>);
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ChannelId(String);
 
+/// A WebPush message id, minted by the server: printable ASCII without spaces, at most
+/// 64 bytes, unique, and increasing (as strings, byte by byte) in the order messages
+/// arrive, so that stores keep the order by sorting on it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MessageId(String);
+
 macro_rules! string_id {
     ($name:ident) => {
         impl $name {
@@ -49,3 +55,4 @@ macro_rules! string_id {
 
 string_id!(Uaid);
 string_id!(ChannelId);
+string_id!(MessageId);

@@ -12,9 +12,11 @@ pub mod testkit;
 pub mod writer;
 
 pub use error::StoreError;
-pub use id::{ChannelId, Uaid};
+pub use id::{ChannelId, MessageId, Uaid};
 pub use memory::MemoryStore;
-pub use model::{Pending, PutOutcome, RegisterOutcome, Update};
+pub use model::{
+    Message, Payload, Pending, PutOutcome, QueueOutcome, RegisterOutcome, Update, Urgency,
+};
 
 use async_trait::async_trait;
 
@@ -50,8 +52,9 @@ pub trait Store: Send + Sync + 'static {
         max_channels: usize,
     ) -> Result<RegisterOutcome, StoreError>;
 
-    /// Drops `channel` and its pending update; later puts to it answer
-    /// [`PutOutcome::Gone`]. Idempotent: unknown channels are fine.
+    /// Drops `channel` with its pending update and its queued WebPush messages; later
+    /// puts to it answer [`PutOutcome::Gone`] (and [`QueueOutcome::Gone`]). Idempotent:
+    /// unknown channels are fine.
     async fn unregister(&self, uaid: &Uaid, channel: &ChannelId) -> Result<(), StoreError>;
 
     /// Records `update` as pending for a registered channel, keeping only the greatest
@@ -117,7 +120,60 @@ pub trait Store: Send + Sync + 'static {
             .await
     }
 
-    /// Forgets `uaid` entirely: channels, pending updates and node record.
+    /// Queues a WebPush `message` for its channel (`message.channel`) of `uaid`.
+    ///
+    /// - The channel not registered for `uaid`: [`QueueOutcome::Gone`], nothing stored.
+    /// - A message with a `topic` replaces the channel's queued message with the same
+    ///   topic, if there is one: that one is removed and the new one queued in its own
+    ///   place (by its id, so last).
+    /// - Messages of the channel that have expired at `now` are removed (or at least
+    ///   never counted nor returned again).
+    /// - If the channel still holds `max_queued` unexpired messages, not counting one
+    ///   this message replaces: [`QueueOutcome::Full`], nothing changed.
+    ///
+    /// Atomic for `uaid`. Durable backends persist before returning (a 201 means on
+    /// disk), as [`Store::put_update`] does.
+    async fn put_message(
+        &self,
+        uaid: &Uaid,
+        message: &Message,
+        max_queued: usize,
+        now: u64,
+    ) -> Result<QueueOutcome, StoreError>;
+
+    /// The queued WebPush messages of `uaid` over all its channels that have not
+    /// expired at `now`, oldest first (ascending id), at most `limit` of them (the
+    /// oldest). Read-only; nothing is removed.
+    async fn messages(
+        &self,
+        uaid: &Uaid,
+        now: u64,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError>;
+
+    /// Removes the messages of `uaid` with these ids (whatever their channel), in one
+    /// storage operation, atomically for `uaid`. Unknown ids and repeats are fine.
+    /// Answers whether `uaid` still has a queued message unexpired at `now`.
+    async fn ack_messages(
+        &self,
+        uaid: &Uaid,
+        ids: &[MessageId],
+        now: u64,
+    ) -> Result<bool, StoreError>;
+
+    /// Removes message `id` of `channel` of `uaid` (an app server withdrew it). Answers
+    /// whether it was queued and unexpired at `now`; a message of another channel, or
+    /// of another uaid, is never touched.
+    async fn delete_message(
+        &self,
+        uaid: &Uaid,
+        channel: &ChannelId,
+        id: &MessageId,
+        now: u64,
+    ) -> Result<bool, StoreError>;
+
+    /// Forgets `uaid` entirely: channels, pending updates, queued messages and node
+    /// record.
     async fn drop_uaid(&self, uaid: &Uaid) -> Result<(), StoreError>;
 
     /// Records that `uaid` is connected to the node reachable at `node` (cluster

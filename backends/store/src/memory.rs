@@ -8,7 +8,10 @@ use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 
-use crate::{ChannelId, Pending, PutOutcome, RegisterOutcome, Store, StoreError, Uaid, Update};
+use crate::{
+    ChannelId, Message, MessageId, Pending, PutOutcome, QueueOutcome, RegisterOutcome, Store,
+    StoreError, Uaid, Update,
+};
 
 /// Shards keep unrelated devices from contending on one lock.
 const SHARDS: usize = 64;
@@ -67,10 +70,31 @@ impl Device {
     }
 }
 
+/// The devices of one shard, and the WebPush messages queued for them. Queues live
+/// beside the devices, not in them, so a device with nothing queued pays nothing.
+#[derive(Debug, Default)]
+struct Shard {
+    devices: HashMap<Uaid, Device>,
+    /// Queued messages by uaid, ascending id; never an empty vector.
+    queues: HashMap<Uaid, Vec<Message>>,
+}
+
+impl Shard {
+    /// Keeps the messages of `uaid` for which `keep` holds, forgetting an emptied queue.
+    fn retain_messages(&mut self, uaid: &Uaid, keep: impl FnMut(&Message) -> bool) {
+        if let Some(queue) = self.queues.get_mut(uaid) {
+            queue.retain(keep);
+            if queue.is_empty() {
+                self.queues.remove(uaid);
+            }
+        }
+    }
+}
+
 /// A [`Store`] held in process memory, sharded by uaid.
 #[derive(Debug)]
 pub struct MemoryStore {
-    shards: Vec<Mutex<HashMap<Uaid, Device>>>,
+    shards: Vec<Mutex<Shard>>,
 }
 
 impl Default for MemoryStore {
@@ -83,11 +107,11 @@ impl MemoryStore {
     /// An empty store.
     pub fn new() -> Self {
         Self {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
         }
     }
 
-    fn shard(&self, uaid: &Uaid) -> MutexGuard<'_, HashMap<Uaid, Device>> {
+    fn shard(&self, uaid: &Uaid) -> MutexGuard<'_, Shard> {
         let mut hasher = DefaultHasher::new();
         uaid.hash(&mut hasher);
         let index = (hasher.finish() as usize) % SHARDS;
@@ -102,12 +126,12 @@ impl MemoryStore {
     /// empty.
     fn with_device<T>(&self, uaid: &Uaid, missing: T, f: impl FnOnce(&mut Device) -> T) -> T {
         let mut shard = self.shard(uaid);
-        let Some(device) = shard.get_mut(uaid) else {
+        let Some(device) = shard.devices.get_mut(uaid) else {
             return missing;
         };
         let answer = f(device);
         if device.is_empty() {
-            shard.remove(uaid);
+            shard.devices.remove(uaid);
         }
         answer
     }
@@ -122,6 +146,7 @@ impl Store for MemoryStore {
     async fn knows_uaid(&self, uaid: &Uaid) -> Result<bool, StoreError> {
         Ok(self
             .shard(uaid)
+            .devices
             .get(uaid)
             .is_some_and(|device| !device.channels.is_empty()))
     }
@@ -133,13 +158,13 @@ impl Store for MemoryStore {
         max_channels: usize,
     ) -> Result<RegisterOutcome, StoreError> {
         let mut shard = self.shard(uaid);
-        let device = shard.entry(uaid.clone()).or_default();
+        let device = shard.devices.entry(uaid.clone()).or_default();
         let Err(index) = device.find(channel) else {
             return Ok(RegisterOutcome::Registered);
         };
         if device.channels.len() >= max_channels {
             if device.is_empty() {
-                shard.remove(uaid);
+                shard.devices.remove(uaid);
             }
             return Ok(RegisterOutcome::TooManyChannels);
         }
@@ -149,6 +174,8 @@ impl Store for MemoryStore {
 
     async fn unregister(&self, uaid: &Uaid, channel: &ChannelId) -> Result<(), StoreError> {
         self.with_device(uaid, (), |device| device.remove(channel));
+        self.shard(uaid)
+            .retain_messages(uaid, |message| message.channel != *channel);
         Ok(())
     }
 
@@ -178,7 +205,7 @@ impl Store for MemoryStore {
     async fn pending(&self, uaid: &Uaid, now: u64) -> Result<Pending, StoreError> {
         let shard = self.shard(uaid);
         let mut pending = Pending::default();
-        if let Some(device) = shard.get(uaid) {
+        if let Some(device) = shard.devices.get(uaid) {
             for (channel, slot) in &device.channels {
                 if let Some(update) = slot {
                     if !update.is_expired(now) {
@@ -210,19 +237,114 @@ impl Store for MemoryStore {
         }))
     }
 
+    async fn put_message(
+        &self,
+        uaid: &Uaid,
+        message: &Message,
+        max_queued: usize,
+        now: u64,
+    ) -> Result<QueueOutcome, StoreError> {
+        let mut shard = self.shard(uaid);
+        let registered = shard
+            .devices
+            .get(uaid)
+            .is_some_and(|device| device.find(&message.channel).is_ok());
+        if !registered {
+            return Ok(QueueOutcome::Gone);
+        }
+        let channel = &message.channel;
+        let replaced = |queued: &Message| {
+            queued.channel == *channel && message.topic.is_some() && queued.topic == message.topic
+        };
+        let queue = shard.queues.entry(uaid.clone()).or_default();
+        queue.retain(|queued| !(queued.channel == *channel && queued.is_expired(now)));
+        let held = queue
+            .iter()
+            .filter(|queued| queued.channel == *channel && !replaced(queued))
+            .count();
+        if held >= max_queued {
+            if queue.is_empty() {
+                shard.queues.remove(uaid);
+            }
+            return Ok(QueueOutcome::Full);
+        }
+        queue.retain(|queued| !replaced(queued));
+        let at = queue.partition_point(|queued| queued.id < message.id);
+        queue.insert(at, message.clone());
+        Ok(QueueOutcome::Stored)
+    }
+
+    async fn messages(
+        &self,
+        uaid: &Uaid,
+        now: u64,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError> {
+        Ok(self
+            .shard(uaid)
+            .queues
+            .get(uaid)
+            .map_or_else(Vec::new, |queue| {
+                queue
+                    .iter()
+                    .filter(|message| !message.is_expired(now))
+                    .take(limit)
+                    .cloned()
+                    .collect()
+            }))
+    }
+
+    async fn ack_messages(
+        &self,
+        uaid: &Uaid,
+        ids: &[MessageId],
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        let mut shard = self.shard(uaid);
+        shard.retain_messages(uaid, |message| !ids.contains(&message.id));
+        Ok(shard
+            .queues
+            .get(uaid)
+            .is_some_and(|queue| queue.iter().any(|message| !message.is_expired(now))))
+    }
+
+    async fn delete_message(
+        &self,
+        uaid: &Uaid,
+        channel: &ChannelId,
+        id: &MessageId,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        let mut shard = self.shard(uaid);
+        let mut found = false;
+        shard.retain_messages(uaid, |message| {
+            let hit = message.id == *id && message.channel == *channel;
+            found |= hit && !message.is_expired(now);
+            !hit
+        });
+        Ok(found)
+    }
+
     async fn drop_uaid(&self, uaid: &Uaid) -> Result<(), StoreError> {
-        self.shard(uaid).remove(uaid);
+        let mut shard = self.shard(uaid);
+        shard.devices.remove(uaid);
+        shard.queues.remove(uaid);
         Ok(())
     }
 
     async fn set_node(&self, uaid: &Uaid, node: &str) -> Result<(), StoreError> {
-        self.shard(uaid).entry(uaid.clone()).or_default().node = Some(Box::from(node));
+        self.shard(uaid)
+            .devices
+            .entry(uaid.clone())
+            .or_default()
+            .node = Some(Box::from(node));
         Ok(())
     }
 
     async fn node(&self, uaid: &Uaid) -> Result<Option<String>, StoreError> {
         Ok(self
             .shard(uaid)
+            .devices
             .get(uaid)
             .and_then(|d| d.node.as_deref().map(str::to_owned)))
     }

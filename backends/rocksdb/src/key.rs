@@ -1,11 +1,13 @@
-//! How uaids and channel ids become RocksDB keys.
+//! How uaids, channel ids and message ids become RocksDB keys.
 //!
-//! A channel key is `len(uaid) as u32 BE ++ uaid ++ channel`. The length prefix makes
-//! the uaid part unambiguous whatever bytes ids contain, so the keys of one uaid are
-//! exactly the keys starting with [`uaid_prefix`], and no other uaid's keys interleave
-//! with them.
+//! A channel key is `len(uaid) as u32 BE ++ uaid ++ channel`, a message key
+//! `len(uaid) as u32 BE ++ uaid ++ message id` (each in its own column family). The
+//! length prefix makes the uaid part unambiguous whatever bytes ids contain, so the keys
+//! of one uaid are exactly the keys starting with [`uaid_prefix`], and no other uaid's
+//! keys interleave with them. Message ids increase as byte strings in arrival order,
+//! which is RocksDB's key order, so a prefix scan yields a device's queue oldest first.
 
-use simplepush_store::{ChannelId, StoreError, Uaid};
+use simplepush_store::{ChannelId, MessageId, StoreError, Uaid};
 
 /// The prefix every channel key of `uaid` starts with.
 pub(crate) fn uaid_prefix(uaid: &Uaid) -> Result<Vec<u8>, StoreError> {
@@ -25,14 +27,29 @@ pub(crate) fn channel(uaid: &Uaid, channel: &ChannelId) -> Result<Vec<u8>, Store
     Ok(key)
 }
 
+/// The key of message `id` under `uaid`.
+pub(crate) fn message(uaid: &Uaid, id: &MessageId) -> Result<Vec<u8>, StoreError> {
+    let mut key = uaid_prefix(uaid)?;
+    key.extend_from_slice(id.as_str().as_bytes());
+    Ok(key)
+}
+
 /// The channel id of a key found under `prefix`.
 pub(crate) fn channel_of(prefix: &[u8], key: &[u8]) -> Result<ChannelId, StoreError> {
+    id_of(prefix, key, "channel").map(ChannelId::new)
+}
+
+/// The message id of a key found under `prefix`.
+pub(crate) fn message_id_of(prefix: &[u8], key: &[u8]) -> Result<MessageId, StoreError> {
+    id_of(prefix, key, "message").map(MessageId::new)
+}
+
+/// The id that follows the uaid `prefix` in `key`, a `what` key.
+fn id_of<'k>(prefix: &[u8], key: &'k [u8], what: &str) -> Result<&'k str, StoreError> {
     let rest = key
         .strip_prefix(prefix)
-        .ok_or_else(|| StoreError::Internal("channel key outside its uaid prefix".to_owned()))?;
-    let id = std::str::from_utf8(rest)
-        .map_err(|_| StoreError::Corrupt("channel id is not UTF-8".to_owned()))?;
-    Ok(ChannelId::new(id))
+        .ok_or_else(|| StoreError::Internal(format!("{what} key outside its uaid prefix")))?;
+    std::str::from_utf8(rest).map_err(|_| StoreError::Corrupt(format!("{what} id is not UTF-8")))
 }
 
 /// The smallest key greater than every key starting with `prefix`, if there is one
@@ -60,6 +77,18 @@ mod tests {
         let key = channel(&u, &c).unwrap();
         assert!(key.starts_with(&prefix));
         assert_eq!(channel_of(&prefix, &key).unwrap(), c);
+    }
+
+    #[test]
+    fn message_keys_sort_like_their_ids_and_round_trip() {
+        let u = Uaid::new("abc");
+        let prefix = uaid_prefix(&u).unwrap();
+        let ids = ["0001", "0001a", "0002", "01"].map(MessageId::new);
+        let keys: Vec<Vec<u8>> = ids.iter().map(|id| message(&u, id).unwrap()).collect();
+        assert!(keys.is_sorted());
+        for (id, key) in ids.iter().zip(&keys) {
+            assert_eq!(&message_id_of(&prefix, key).unwrap(), id);
+        }
     }
 
     #[test]

@@ -8,8 +8,17 @@
 //!   value is the channel's pending slot ([`crate::record`]), empty when nothing is
 //!   pending. Channel and pending update share one key, so registering, unregistering
 //!   and replacing an update are each a single write.
+//! - column family `messages`: one key per queued WebPush message, the uaid prefix then
+//!   the message id ([`crate::key`]), so a device's queue is one prefix scan in id
+//!   (arrival) order; the value is the message ([`crate::record`]). The checks of a put
+//!   (topic, bound, expiry) scan that device's queue only.
 //! - column family `nodes`: uaid → the node the device was last seen on.
 //! - default column family: the format version and the health-check key.
+//!
+//! `messages` was added to format version 1 without changing it: the layout only grew,
+//! so a database written before it opens unchanged (RocksDB creates the family empty)
+//! and nothing migrates. A build from before it refuses to open a database that has it
+//! (RocksDB requires every family to be opened), so it never runs without the queues.
 
 use std::ops::ControlFlow;
 use std::path::Path;
@@ -20,7 +29,8 @@ use async_trait::async_trait;
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DB, ReadOptions, WriteBatch, WriteOptions};
 use simplepush_store::writer::{Commit, Job, Sync, Writer};
 use simplepush_store::{
-    ChannelId, Pending, PutOutcome, RegisterOutcome, Store, StoreError, Uaid, Update,
+    ChannelId, Message, MessageId, Pending, PutOutcome, QueueOutcome, RegisterOutcome, Store,
+    StoreError, Uaid, Update,
 };
 
 use crate::error::{from_join, from_rocksdb};
@@ -35,6 +45,7 @@ const FORMAT_KEY: &[u8] = b"format_version";
 const CHECK_KEY: &[u8] = b"check";
 const CHANNELS: &str = "channels";
 const NODES: &str = "nodes";
+const MESSAGES: &str = "messages";
 /// RocksDB's info logs (`LOG.old.*`) kept in the directory.
 const KEEP_LOG_FILES: usize = 10;
 
@@ -84,7 +95,7 @@ impl RocksStore {
         db_options.create_if_missing(true);
         db_options.create_missing_column_families(true);
         db_options.set_keep_log_file_num(KEEP_LOG_FILES);
-        let families = [CHANNELS, NODES]
+        let families = [CHANNELS, NODES, MESSAGES]
             .map(|name| ColumnFamilyDescriptor::new(name, rocksdb::Options::default()));
         let db = DB::open_cf_descriptors(&db_options, dir, families).map_err(from_rocksdb)?;
         let db = Db {
@@ -173,13 +184,34 @@ impl Db {
     fn scan_channels(
         &self,
         prefix: &[u8],
+        visit: impl FnMut(&[u8], &[u8]) -> Result<ControlFlow<()>, StoreError>,
+    ) -> Result<(), StoreError> {
+        self.scan(CHANNELS, prefix, visit)
+    }
+
+    /// Calls `visit(message key, value)` for each queued message of `uaid`, oldest
+    /// first, until it breaks.
+    fn scan_messages(
+        &self,
+        prefix: &[u8],
+        visit: impl FnMut(&[u8], &[u8]) -> Result<ControlFlow<()>, StoreError>,
+    ) -> Result<(), StoreError> {
+        self.scan(MESSAGES, prefix, visit)
+    }
+
+    /// Calls `visit(key, value)` for each key of `family` that starts with `prefix`, in
+    /// key order, until it breaks. One iterator, so one consistent view.
+    fn scan(
+        &self,
+        family: &str,
+        prefix: &[u8],
         mut visit: impl FnMut(&[u8], &[u8]) -> Result<ControlFlow<()>, StoreError>,
     ) -> Result<(), StoreError> {
         let mut read = ReadOptions::default();
         if let Some(end) = key::prefix_end(prefix) {
             read.set_iterate_upper_bound(end);
         }
-        let mut iter = self.db.raw_iterator_cf_opt(self.family(CHANNELS)?, read);
+        let mut iter = self.db.raw_iterator_cf_opt(self.family(family)?, read);
         iter.seek(prefix);
         while let Some((key, value)) = iter.item() {
             if !key.starts_with(prefix) || visit(key, value)?.is_break() {
@@ -235,14 +267,18 @@ impl Db {
         Ok(RegisterOutcome::Registered)
     }
 
+    /// Deletes the channel key and the channel's queued messages in one atomic write.
     fn unregister(&self, uaid: &Uaid, channel: &ChannelId) -> Result<(), StoreError> {
-        self.db
-            .delete_cf_opt(
-                self.family(CHANNELS)?,
-                key::channel(uaid, channel)?,
-                &self.write,
-            )
-            .map_err(from_rocksdb)
+        let messages = self.family(MESSAGES)?;
+        let mut batch = WriteBatch::default();
+        batch.delete_cf(self.family(CHANNELS)?, key::channel(uaid, channel)?);
+        self.scan_messages(&key::uaid_prefix(uaid)?, |key, value| {
+            if record::decode_message_head(value)?.channel == channel.as_str() {
+                batch.delete_cf(messages, key);
+            }
+            Ok(ControlFlow::Continue(()))
+        })?;
+        self.db.write_opt(batch, &self.write).map_err(from_rocksdb)
     }
 
     fn put_update(
@@ -350,11 +386,151 @@ impl Db {
         Ok(found)
     }
 
-    fn drop_uaid(&self, uaid: &Uaid) -> Result<(), StoreError> {
-        let channels = self.family(CHANNELS)?;
+    /// Queues `message` if its channel is registered: in one atomic write, drops the
+    /// uaid's messages that have expired at `now` (of every channel, since the scan
+    /// sees them all anyway) and the channel's message of the same topic, and adds the
+    /// new one, unless the channel's other unexpired messages already reach
+    /// `max_queued` (then nothing is written).
+    fn put_message(
+        &self,
+        uaid: &Uaid,
+        message: &Message,
+        max_queued: usize,
+        now: u64,
+    ) -> Result<QueueOutcome, StoreError> {
+        let channel_key = key::channel(uaid, &message.channel)?;
+        if self
+            .db
+            .get_pinned_cf(self.family(CHANNELS)?, &channel_key)
+            .map_err(from_rocksdb)?
+            .is_none()
+        {
+            return Ok(QueueOutcome::Gone);
+        }
+        let messages = self.family(MESSAGES)?;
+        let channel = message.channel.as_str();
+        let topic = message.topic.as_deref();
         let mut batch = WriteBatch::default();
-        self.scan_channels(&key::uaid_prefix(uaid)?, |key, _| {
+        let mut held = 0;
+        self.scan_messages(&key::uaid_prefix(uaid)?, |key, value| {
+            let queued = record::decode_message_head(value)?;
+            if queued.expires_at <= now {
+                batch.delete_cf(messages, key);
+            } else if queued.channel == channel {
+                if topic.is_some() && queued.topic == topic {
+                    batch.delete_cf(messages, key);
+                } else {
+                    held += 1;
+                }
+            }
+            Ok(ControlFlow::Continue(()))
+        })?;
+        if held >= max_queued {
+            return Ok(QueueOutcome::Full);
+        }
+        batch.put_cf(
+            messages,
+            key::message(uaid, &message.id)?,
+            record::encode_message(message)?,
+        );
+        self.db
+            .write_opt(batch, &self.write)
+            .map_err(from_rocksdb)?;
+        Ok(QueueOutcome::Stored)
+    }
+
+    /// The oldest `limit` messages of `uaid` unexpired at `now`, from one scan.
+    fn messages(&self, uaid: &Uaid, now: u64, limit: usize) -> Result<Vec<Message>, StoreError> {
+        let prefix = key::uaid_prefix(uaid)?;
+        let mut found = Vec::new();
+        if limit == 0 {
+            return Ok(found);
+        }
+        self.scan_messages(&prefix, |key, value| {
+            if record::decode_message_head(value)?.expires_at > now {
+                let id = key::message_id_of(&prefix, key)?;
+                found.push(record::decode_message(id, value)?);
+            }
+            Ok(if found.len() >= limit {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            })
+        })?;
+        Ok(found)
+    }
+
+    /// Deletes the keys of `ids` in one atomic write (deleting an absent key is a
+    /// no-op, so nothing is read first), then answers whether an unexpired message of
+    /// `uaid` is left.
+    fn ack_messages(&self, uaid: &Uaid, ids: &[MessageId], now: u64) -> Result<bool, StoreError> {
+        let messages = self.family(MESSAGES)?;
+        let mut batch = WriteBatch::default();
+        for id in ids {
+            batch.delete_cf(messages, key::message(uaid, id)?);
+        }
+        if !batch.is_empty() {
+            self.db
+                .write_opt(batch, &self.write)
+                .map_err(from_rocksdb)?;
+        }
+        self.any_message(uaid, now)
+    }
+
+    /// Whether `uaid` has a queued message unexpired at `now`.
+    fn any_message(&self, uaid: &Uaid, now: u64) -> Result<bool, StoreError> {
+        let mut found = false;
+        self.scan_messages(&key::uaid_prefix(uaid)?, |_, value| {
+            found = record::decode_message_head(value)?.expires_at > now;
+            Ok(if found {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            })
+        })?;
+        Ok(found)
+    }
+
+    /// Deletes message `id` of `uaid` if it belongs to `channel`; answers whether it
+    /// was there and unexpired at `now`.
+    fn delete_message(
+        &self,
+        uaid: &Uaid,
+        channel: &ChannelId,
+        id: &MessageId,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        let messages = self.family(MESSAGES)?;
+        let key = key::message(uaid, id)?;
+        let Some(value) = self
+            .db
+            .get_pinned_cf(messages, &key)
+            .map_err(from_rocksdb)?
+        else {
+            return Ok(false);
+        };
+        let queued = record::decode_message_head(&value)?;
+        if queued.channel != channel.as_str() {
+            return Ok(false);
+        }
+        let live = queued.expires_at > now;
+        drop(value);
+        self.db
+            .delete_cf_opt(messages, &key, &self.write)
+            .map_err(from_rocksdb)?;
+        Ok(live)
+    }
+
+    fn drop_uaid(&self, uaid: &Uaid) -> Result<(), StoreError> {
+        let (channels, messages) = (self.family(CHANNELS)?, self.family(MESSAGES)?);
+        let prefix = key::uaid_prefix(uaid)?;
+        let mut batch = WriteBatch::default();
+        self.scan_channels(&prefix, |key, _| {
             batch.delete_cf(channels, key);
+            Ok(ControlFlow::Continue(()))
+        })?;
+        self.scan_messages(&prefix, |key, _| {
+            batch.delete_cf(messages, key);
             Ok(ControlFlow::Continue(()))
         })?;
         batch.delete_cf(self.family(NODES)?, uaid.as_str());
@@ -474,6 +650,57 @@ impl Store for RocksStore {
         .await
     }
 
+    async fn put_message(
+        &self,
+        uaid: &Uaid,
+        message: &Message,
+        max_queued: usize,
+        now: u64,
+    ) -> Result<QueueOutcome, StoreError> {
+        let (uaid, message) = (uaid.clone(), message.clone());
+        self.write(Sync::Durable, move |db| {
+            db.put_message(&uaid, &message, max_queued, now)
+        })
+        .await
+    }
+
+    async fn messages(
+        &self,
+        uaid: &Uaid,
+        now: u64,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError> {
+        let uaid = uaid.clone();
+        self.run(move |db| db.messages(&uaid, now, limit)).await
+    }
+
+    /// Lazy like [`Store::ack_many`]: a lost ack only delivers a message again.
+    async fn ack_messages(
+        &self,
+        uaid: &Uaid,
+        ids: &[MessageId],
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        let (uaid, ids) = (uaid.clone(), ids.to_vec());
+        self.write(Sync::Lazy, move |db| db.ack_messages(&uaid, &ids, now))
+            .await
+    }
+
+    /// Lazy like an ack: a lost delete only delivers a withdrawn message.
+    async fn delete_message(
+        &self,
+        uaid: &Uaid,
+        channel: &ChannelId,
+        id: &MessageId,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        let (uaid, channel, id) = (uaid.clone(), channel.clone(), id.clone());
+        self.write(Sync::Lazy, move |db| {
+            db.delete_message(&uaid, &channel, &id, now)
+        })
+        .await
+    }
+
     async fn drop_uaid(&self, uaid: &Uaid) -> Result<(), StoreError> {
         let uaid = uaid.clone();
         self.write(Sync::Durable, move |db| db.drop_uaid(&uaid))
@@ -519,12 +746,13 @@ mod tests {
     use super::*;
 
     const NOW: u64 = 1_000;
+    const LATER: u64 = NOW + 3600;
 
     fn update(version: u64, data: &str) -> Update {
         Update {
             version,
             data: Some(data.to_owned()),
-            expires_at: NOW + 3600,
+            expires_at: LATER,
         }
     }
 
@@ -533,6 +761,29 @@ mod tests {
             Uaid::new("0123456789abcdef0123456789abcdef"),
             ChannelId::new("channel-1"),
         )
+    }
+
+    /// A message of `channel-1` (see [`ids`]) with a binary body, expiring at `expires_at`.
+    fn message(id: &str, topic: Option<&str>, expires_at: u64) -> Message {
+        Message {
+            id: MessageId::new(id),
+            channel: ids().1,
+            ttl: 60,
+            expires_at,
+            topic: topic.map(str::to_owned),
+            urgency: simplepush_store::Urgency::High,
+            payload: Some(simplepush_store::Payload {
+                encoding: "aes128gcm".to_owned(),
+                encryption: None,
+                crypto_key: None,
+                body: format!("{id}\0\u{ff}").into_bytes(),
+            }),
+        }
+    }
+
+    /// Queues `message` for `uaid` at [`NOW`].
+    async fn queue(store: &RocksStore, uaid: &Uaid, message: Message, max: usize) -> QueueOutcome {
+        store.put_message(uaid, &message, max, NOW).await.unwrap()
     }
 
     fn open(dir: &Path, fsync: bool) -> RocksStore {
@@ -572,16 +823,17 @@ mod tests {
         }
     }
 
-    /// Set in the environment of the child process of [`update_survives_abort`].
+    /// Set in the environment of the child process of [`answered_writes_survive_abort`].
     const ABORT_DIR: &str = "SIMPLEPUSH_ROCKSDB_ABORT_DIR";
 
     /// The second channel of [`abort_after_put`], whose update is acked (unsynced).
     const ACKED: &str = "acked-channel";
 
-    /// The child half of [`update_survives_abort`]: stores an update, acks another,
-    /// then dies without running any destructor, as under `kill -9`.
+    /// The child half of [`answered_writes_survive_abort`]: stores an update, acks
+    /// another, queues two messages and acks the first (unsynced), then dies without
+    /// running any destructor, as under `kill -9`.
     #[tokio::test]
-    #[ignore = "run by update_survives_abort in a child process"]
+    #[ignore = "run by answered_writes_survive_abort in a child process"]
     async fn abort_after_put() {
         let Some(dir) = std::env::var_os(ABORT_DIR) else {
             return;
@@ -596,11 +848,17 @@ mod tests {
         let put = store.put_update(&u, &c, update(42, "answered"), NOW).await;
         assert_eq!(put.unwrap(), PutOutcome::Stored);
         assert!(store.ack(&u, &acked, 7).await.unwrap(), "42 is left");
+        for id in ["m1", "m2"] {
+            let put = queue(&store, &u, message(id, None, LATER), 10).await;
+            assert_eq!(put, QueueOutcome::Stored);
+        }
+        let acked = store.ack_messages(&u, &[MessageId::new("m1")], NOW).await;
+        assert!(acked.unwrap(), "m2 is left");
         std::process::abort();
     }
 
     #[tokio::test]
-    async fn update_survives_abort() {
+    async fn answered_writes_survive_abort() {
         let dir = tempfile::tempdir().unwrap();
         let mut child = Command::new(std::env::current_exe().unwrap());
         child
@@ -620,6 +878,9 @@ mod tests {
         // The answered put survived, and so did the ack of the other channel.
         let pending = store.pending(&u, NOW).await.unwrap();
         assert_eq!(pending.updates, vec![(c, update(42, "answered"))]);
+        // The same for the queued messages and the ack of the first.
+        let queued = store.messages(&u, NOW, 10).await.unwrap();
+        assert_eq!(queued, vec![message("m2", None, LATER)]);
     }
 
     #[tokio::test]
@@ -651,6 +912,27 @@ mod tests {
         assert!(corrupt(
             store.clear_node(&u, "http://node-a").await.map(drop)
         ));
+        // A damaged message fails what reads the queue, until an ack deletes it unread.
+        let bad = MessageId::new("m-bad");
+        db.db
+            .put_cf(
+                db.family(MESSAGES).unwrap(),
+                key::message(&u, &bad).unwrap(),
+                b"\x01short",
+            )
+            .unwrap();
+        assert!(corrupt(store.messages(&u, NOW, 10).await.map(drop)));
+        assert!(corrupt(
+            store
+                .put_message(&u, &message("m1", None, LATER), 10, NOW)
+                .await
+                .map(drop)
+        ));
+        assert!(corrupt(
+            store.delete_message(&u, &c, &bad, NOW).await.map(drop)
+        ));
+        assert!(!store.ack_messages(&u, &[bad], NOW).await.unwrap());
+        assert!(store.messages(&u, NOW, 10).await.unwrap().is_empty());
         // What does not decode the value still works, and unregistering clears it.
         assert!(store.knows_uaid(&u).await.unwrap());
         store.unregister(&u, &c).await.unwrap();
@@ -709,5 +991,79 @@ mod tests {
         assert!(!store.knows_uaid(&u).await.unwrap());
         assert!(store.knows_uaid(&before).await.unwrap());
         assert!(store.knows_uaid(&after).await.unwrap());
+    }
+
+    /// A database written before the `messages` family existed: only the families and
+    /// records of that layout, as the earlier build wrote them.
+    fn old_layout_database(dir: &Path, uaid: &Uaid, channel: &ChannelId) {
+        let mut options = rocksdb::Options::default();
+        options.create_if_missing(true);
+        options.create_missing_column_families(true);
+        let db = DB::open_cf(&options, dir, [CHANNELS, NODES]).unwrap();
+        db.put(FORMAT_KEY, record::encode_format(1)).unwrap();
+        let slot = record::encode_slot(Some(&update(5, "old")));
+        let channels = db.cf_handle(CHANNELS).unwrap();
+        db.put_cf(channels, key::channel(uaid, channel).unwrap(), slot)
+            .unwrap();
+        db.flush_wal(true).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_database_from_before_messages_opens_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let (u, c) = ids();
+        old_layout_database(dir.path(), &u, &c);
+        let store = open(dir.path(), true);
+        let pending = store.pending(&u, NOW).await.unwrap();
+        assert_eq!(pending.updates, vec![(c.clone(), update(5, "old"))]);
+        let put = queue(&store, &u, message("m1", None, LATER), 10).await;
+        assert_eq!(put, QueueOutcome::Stored);
+        store.close().await.unwrap();
+        drop(store);
+        let store = open(dir.path(), true);
+        let queued = store.messages(&u, NOW, 10).await.unwrap();
+        assert_eq!(queued, vec![message("m1", None, LATER)]);
+    }
+
+    #[tokio::test]
+    async fn queues_count_and_list_only_their_uaid() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), false);
+        let c = ids().1;
+        // Neighbouring uaids whose keys sort right before and after `u`'s, each with a
+        // full queue on a channel of the same name.
+        let (before, u, after) = (Uaid::new("aaa"), Uaid::new("aab"), Uaid::new("aac"));
+        for (n, uaid) in [&before, &u, &after].into_iter().enumerate() {
+            store.register(uaid, &c, 10).await.unwrap();
+            if n != 1 {
+                for i in 0..2 {
+                    let id = format!("{n}-{i}");
+                    let put = queue(&store, uaid, message(&id, Some("t"), LATER), 2).await;
+                    assert_eq!(put, QueueOutcome::Stored, "{id}");
+                }
+            }
+        }
+        // `u`'s queue is empty: its neighbours' messages neither fill it nor replace
+        // by topic, and are not listed, withdrawn or acked through it.
+        for id in ["x1", "x2"] {
+            let put = queue(&store, &u, message(id, None, LATER), 2).await;
+            assert_eq!(put, QueueOutcome::Stored);
+        }
+        let ids_of = |messages: Vec<Message>| -> Vec<String> {
+            messages.iter().map(|m| m.id.to_string()).collect()
+        };
+        assert_eq!(
+            ids_of(store.messages(&u, NOW, 10).await.unwrap()),
+            ["x1", "x2"]
+        );
+        let neighbour = MessageId::new("0-1");
+        assert!(!store.delete_message(&u, &c, &neighbour, NOW).await.unwrap());
+        let x = [MessageId::new("x1"), MessageId::new("x2"), neighbour];
+        assert!(!store.ack_messages(&u, &x, NOW).await.unwrap());
+        store.drop_uaid(&u).await.unwrap();
+        for (uaid, first) in [(&before, "0"), (&after, "2")] {
+            let listed = ids_of(store.messages(uaid, NOW, 10).await.unwrap());
+            assert_eq!(listed, [format!("{first}-1")], "topic t replaced {first}-0");
+        }
     }
 }

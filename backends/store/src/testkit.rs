@@ -3,8 +3,12 @@
 //! Each function uses fresh random ids, so the suite is safe on a shared memcached.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::{ChannelId, Pending, PutOutcome, RegisterOutcome, Store, Uaid, Update};
+use crate::{
+    ChannelId, Message, MessageId, Payload, Pending, PutOutcome, QueueOutcome, RegisterOutcome,
+    Store, Uaid, Update, Urgency,
+};
 
 /// A store under test.
 pub type TestStore = Arc<dyn Store>;
@@ -209,12 +213,21 @@ pub async fn ack_of_unknown_is_harmless(store: TestStore) {
     assert_eq!(pending_version(&store, &u, &c).await, Some(2));
 }
 
-/// A uaid with `n` fresh channels, each with version `version` pending.
-async fn with_pending(store: &TestStore, n: usize, version: u64) -> (Uaid, Vec<ChannelId>) {
+/// A fresh uaid with `n` fresh registered channels.
+async fn with_channels(store: &TestStore, n: usize) -> (Uaid, Vec<ChannelId>) {
     let u = uaid();
     let channels: Vec<ChannelId> = (0..n).map(|_| channel()).collect();
     for c in &channels {
-        store.register(&u, c, MAX).await.unwrap();
+        let outcome = store.register(&u, c, MAX).await.expect("register");
+        assert_eq!(outcome, RegisterOutcome::Registered);
+    }
+    (u, channels)
+}
+
+/// A uaid with `n` fresh channels, each with version `version` pending.
+async fn with_pending(store: &TestStore, n: usize, version: u64) -> (Uaid, Vec<ChannelId>) {
+    let (u, channels) = with_channels(store, n).await;
+    for c in &channels {
         assert_eq!(put(store, &u, c, update(version)).await, PutOutcome::Stored);
     }
     (u, channels)
@@ -487,6 +500,511 @@ pub async fn node_record_keeps_channels(store: TestStore) {
     assert_eq!(pending_version(&store, &u, &c).await, Some(3));
 }
 
+// ---- WebPush message queues ----
+
+/// More messages than any test queues for one uaid: `messages` limits that return all.
+const ALL: usize = 1000;
+
+/// When the short-lived messages of a test expire.
+const SOON: u64 = NOW + 10;
+
+/// How many message ids this process has minted; the counter orders them.
+static MINTED: AtomicU64 = AtomicU64::new(0);
+
+/// A fresh message id, greater (as a string) than every one minted before it in this
+/// process, as the server's ids grow in arrival order: a zero-padded counter, then a
+/// random part so that processes sharing a store never mint the same id. 52 bytes.
+fn message_id() -> MessageId {
+    let n = MINTED.fetch_add(1, Ordering::Relaxed);
+    MessageId::new(format!("{n:020}{}", uuid::Uuid::new_v4().simple()))
+}
+
+/// A fresh message for `channel`: no topic, normal urgency, no data, live until LATER.
+fn message(channel: &ChannelId) -> Message {
+    Message {
+        id: message_id(),
+        channel: channel.clone(),
+        ttl: LATER - NOW,
+        expires_at: LATER,
+        topic: None,
+        urgency: Urgency::Normal,
+        payload: None,
+    }
+}
+
+/// A fresh message for `channel` with `topic`.
+fn with_topic(channel: &ChannelId, topic: &str) -> Message {
+    Message {
+        topic: Some(topic.to_owned()),
+        ..message(channel)
+    }
+}
+
+/// A fresh message for `channel` that expires at `expires_at`.
+fn expiring(channel: &ChannelId, expires_at: u64) -> Message {
+    Message {
+        ttl: expires_at - NOW,
+        expires_at,
+        ..message(channel)
+    }
+}
+
+/// An `aes128gcm` payload of `body`.
+fn aes128gcm(body: Vec<u8>) -> Option<Payload> {
+    Some(Payload {
+        encoding: "aes128gcm".to_owned(),
+        encryption: None,
+        crypto_key: None,
+        body,
+    })
+}
+
+/// Queues `message` at NOW with room for `max_queued` per channel.
+async fn queue(
+    store: &TestStore,
+    uaid: &Uaid,
+    message: &Message,
+    max_queued: usize,
+) -> QueueOutcome {
+    store
+        .put_message(uaid, message, max_queued, NOW)
+        .await
+        .expect("put_message")
+}
+
+/// Queues every message (each must be stored) in order, and answers them.
+async fn queue_all(store: &TestStore, uaid: &Uaid, messages: Vec<Message>) -> Vec<Message> {
+    for m in &messages {
+        assert_eq!(queue(store, uaid, m, MAX).await, QueueOutcome::Stored);
+    }
+    messages
+}
+
+/// Every message of `uaid` live at `now`, oldest first.
+async fn queued_at(store: &TestStore, uaid: &Uaid, now: u64) -> Vec<Message> {
+    store.messages(uaid, now, ALL).await.expect("messages")
+}
+
+/// Every message of `uaid` live at NOW, oldest first.
+async fn queued(store: &TestStore, uaid: &Uaid) -> Vec<Message> {
+    queued_at(store, uaid, NOW).await
+}
+
+fn ids(messages: &[Message]) -> Vec<MessageId> {
+    messages.iter().map(|m| m.id.clone()).collect()
+}
+
+/// Whether `delete_message` found message `id` of `channel` of `uaid` at `now`.
+async fn deleted(
+    store: &TestStore,
+    uaid: &Uaid,
+    channel: &ChannelId,
+    id: &MessageId,
+    now: u64,
+) -> bool {
+    store
+        .delete_message(uaid, channel, id, now)
+        .await
+        .expect("delete_message")
+}
+
+/// A message to a channel never registered, unregistered, or of an unknown uaid is Gone,
+/// and nothing is stored (nor the uaid created).
+pub async fn put_message_to_unknown_channel_is_gone(store: TestStore) {
+    let (u, c) = with_channels(&store, 2).await;
+    store.unregister(&u, &c[1]).await.unwrap();
+    let gone = [
+        (&u, message(&channel()), "never registered"),
+        (&u, message(&c[1]), "unregistered"),
+    ];
+    for (who, m, why) in &gone {
+        assert_eq!(
+            queue(&store, who, m, MAX).await,
+            QueueOutcome::Gone,
+            "{why}"
+        );
+    }
+    let stranger = uaid();
+    let outcome = queue(&store, &stranger, &message(&c[0]), MAX).await;
+    assert_eq!(outcome, QueueOutcome::Gone, "unknown uaid");
+    assert!(queued(&store, &u).await.is_empty());
+    assert!(queued(&store, &stranger).await.is_empty());
+    assert!(!store.ack_messages(&u, &[], NOW).await.unwrap());
+    assert!(!store.knows_uaid(&stranger).await.unwrap());
+    let taken = message(&c[0]);
+    assert_eq!(queue(&store, &u, &taken, MAX).await, QueueOutcome::Stored);
+    assert_eq!(queued(&store, &u).await, vec![taken]);
+}
+
+/// Messages of several channels come back oldest first with every field as queued:
+/// each urgency, no payload, `aes128gcm` and `aesgcm` payloads with bodies of every
+/// byte value; reading them twice changes nothing.
+pub async fn messages_come_back_oldest_first_with_every_field(store: TestStore) {
+    let (u, c) = with_channels(&store, 3).await;
+    let every_byte: Vec<u8> = (0..=255).collect();
+    let legacy = Payload {
+        encoding: "aesgcm".to_owned(),
+        encryption: Some(r#"keyid="p256dh";salt=c2FsdHkgdGVzdCBzYWx0"#.to_owned()),
+        crypto_key: Some(r#"keyid="p256dh";dh=BPdhKeyOfTheTest_-, p256ecdsa=BVapid"#.to_owned()),
+        body: every_byte.iter().rev().copied().collect(),
+    };
+    let sent = vec![
+        Message {
+            urgency: Urgency::VeryLow,
+            ..message(&c[0])
+        },
+        Message {
+            // Accepted 15 s before NOW: ttl and expires_at are kept apart.
+            ttl: 60,
+            expires_at: NOW + 45,
+            topic: Some("weather".to_owned()),
+            urgency: Urgency::Low,
+            payload: aes128gcm(every_byte.clone()),
+            ..message(&c[1])
+        },
+        Message {
+            urgency: Urgency::High,
+            payload: Some(legacy),
+            ..message(&c[2])
+        },
+        Message {
+            ttl: 2_419_200,
+            expires_at: NOW + 2_419_200,
+            payload: aes128gcm(vec![0; 3]),
+            ..message(&c[0])
+        },
+        message(&c[1]),
+    ];
+    let sent = queue_all(&store, &u, sent).await;
+    assert_eq!(queued(&store, &u).await, sent);
+    assert_eq!(queued(&store, &u).await, sent, "reading removes nothing");
+}
+
+/// The largest message the server accepts round-trips: a 64-byte id of assorted
+/// printable characters, a 32-character topic and a 4096-byte body.
+pub async fn largest_message_round_trips(store: TestStore) {
+    let (u, c) = registered(&store).await;
+    let id = MessageId::new(format!("{}{}", message_id(), r#"!"'%*,:;\_~/"#));
+    assert_eq!(id.as_str().len(), 64);
+    let topic = "0123456789-_abcdefghijklmnopqrst";
+    assert_eq!(topic.len(), 32);
+    let largest = Message {
+        id,
+        urgency: Urgency::High,
+        payload: aes128gcm((0..4096u32).map(|i| (i * 7 % 256) as u8).collect()),
+        ..with_topic(&c, topic)
+    };
+    let sent = queue_all(&store, &u, vec![largest]).await;
+    assert_eq!(queued(&store, &u).await, sent);
+    assert!(!store.ack_messages(&u, &ids(&sent), NOW).await.unwrap());
+    assert!(queued(&store, &u).await.is_empty());
+}
+
+/// `ack_messages` removes exactly the named messages of the uaid, whatever their
+/// channel; repeats, unknown ids and other uaids' ids are harmless; it answers whether
+/// anything is left.
+pub async fn ack_messages_removes_exactly_the_named_ids(store: TestStore) {
+    let (u, c) = with_channels(&store, 2).await;
+    let sent = vec![
+        message(&c[0]),
+        message(&c[1]),
+        message(&c[0]),
+        message(&c[1]),
+    ];
+    let sent = queue_all(&store, &u, sent).await;
+    let (other, their_channel) = registered(&store).await;
+    let theirs = queue_all(&store, &other, vec![message(&their_channel)]).await;
+    let acked = [
+        sent[1].id.clone(),
+        sent[1].id.clone(),
+        message_id(),
+        theirs[0].id.clone(),
+    ];
+    assert!(
+        store.ack_messages(&u, &acked, NOW).await.unwrap(),
+        "three are left"
+    );
+    let left = vec![sent[0].clone(), sent[2].clone(), sent[3].clone()];
+    assert_eq!(queued(&store, &u).await, left);
+    assert_eq!(queued(&store, &other).await, theirs);
+    assert!(
+        store.ack_messages(&u, &[], NOW).await.unwrap(),
+        "only answers"
+    );
+    assert_eq!(queued(&store, &u).await, left);
+    assert!(!store.ack_messages(&u, &ids(&sent), NOW).await.unwrap());
+    assert!(queued(&store, &u).await.is_empty());
+    assert!(!store.ack_messages(&u, &[], NOW).await.unwrap());
+    let nobody = uaid();
+    assert!(
+        !store
+            .ack_messages(&nobody, &ids(&theirs), NOW)
+            .await
+            .unwrap()
+    );
+    assert!(!store.knows_uaid(&nobody).await.unwrap());
+    assert_eq!(queued(&store, &other).await, theirs);
+}
+
+/// A message with a topic replaces the channel's queued message of that topic and
+/// comes last; the topic on another channel, another topic, or no topic replaces
+/// nothing.
+pub async fn topic_replaces_the_queued_message_of_that_topic(store: TestStore) {
+    let (u, c) = with_channels(&store, 2).await;
+    let sent = vec![
+        with_topic(&c[0], "news"),
+        message(&c[0]),
+        with_topic(&c[0], "sport"),
+        with_topic(&c[1], "news"),
+    ];
+    let sent = queue_all(&store, &u, sent).await;
+    let newer = queue_all(&store, &u, vec![with_topic(&c[0], "news"), message(&c[0])]).await;
+    let mut expected = sent[1..].to_vec();
+    expected.extend(newer);
+    assert_eq!(queued(&store, &u).await, expected);
+    assert!(
+        !deleted(&store, &u, &c[0], &sent[0].id, NOW).await,
+        "replaced"
+    );
+}
+
+/// Expired messages are never returned (nor counted by `limit`), do not count toward
+/// the bound, and do not make `ack_messages` answer true.
+pub async fn expired_messages_are_never_returned_nor_counted(store: TestStore) {
+    let (u, c) = registered(&store).await;
+    let sent = vec![expiring(&c, SOON), expiring(&c, SOON), message(&c)];
+    let sent = queue_all(&store, &u, sent).await;
+    assert_eq!(queued_at(&store, &u, SOON - 1).await, sent);
+    let live = vec![sent[2].clone()];
+    assert_eq!(queued_at(&store, &u, SOON).await, live);
+    assert_eq!(store.messages(&u, SOON, 1).await.unwrap(), live, "limit");
+    // At SOON the channel holds one live message: two more fit under a bound of 3.
+    let more = [message(&c), message(&c), message(&c)];
+    let outcomes = [
+        QueueOutcome::Stored,
+        QueueOutcome::Stored,
+        QueueOutcome::Full,
+    ];
+    for (m, outcome) in more.iter().zip(outcomes) {
+        assert_eq!(store.put_message(&u, m, 3, SOON).await.unwrap(), outcome);
+    }
+    let mut live_ids = ids(&live);
+    live_ids.extend(ids(&more[..2]));
+    assert_eq!(ids(&queued_at(&store, &u, SOON).await), live_ids);
+    assert!(!store.ack_messages(&u, &live_ids, SOON).await.unwrap());
+    // A uaid holding only a message that expires: true before, false after.
+    let (other, their_channel) = registered(&store).await;
+    queue_all(&store, &other, vec![expiring(&their_channel, SOON)]).await;
+    assert!(store.ack_messages(&other, &[], NOW).await.unwrap());
+    assert!(!store.ack_messages(&other, &[], SOON).await.unwrap());
+}
+
+/// `delete_message` removes only message `id` of that channel of that uaid, and
+/// answers whether it was there and live.
+pub async fn delete_message_removes_only_that_message(store: TestStore) {
+    let (u, c) = with_channels(&store, 2).await;
+    let sent = vec![message(&c[0]), message(&c[1]), expiring(&c[0], SOON)];
+    let sent = queue_all(&store, &u, sent).await;
+    let other = uaid();
+    store.register(&other, &c[0], MAX).await.unwrap();
+    let id = &sent[0].id;
+    assert!(
+        !deleted(&store, &u, &c[1], id, NOW).await,
+        "another channel"
+    );
+    assert!(
+        !deleted(&store, &other, &c[0], id, NOW).await,
+        "another uaid"
+    );
+    assert!(
+        !deleted(&store, &u, &c[0], &message_id(), NOW).await,
+        "unknown"
+    );
+    assert_eq!(queued(&store, &u).await, sent);
+    assert!(deleted(&store, &u, &c[0], id, NOW).await);
+    assert!(
+        !deleted(&store, &u, &c[0], id, NOW).await,
+        "already deleted"
+    );
+    assert_eq!(queued(&store, &u).await, sent[1..]);
+    assert!(
+        !deleted(&store, &u, &c[0], &sent[2].id, SOON).await,
+        "expired"
+    );
+    assert_eq!(queued_at(&store, &u, SOON).await, sent[1..2]);
+}
+
+/// Unregistering a channel drops its queue, not the other channels'; registering it
+/// again starts empty (nothing counts toward the bound, no topic is replaced).
+pub async fn unregister_drops_the_channel_queue(store: TestStore) {
+    let (u, c) = with_channels(&store, 2).await;
+    let sent = vec![message(&c[0]), message(&c[1]), with_topic(&c[0], "news")];
+    let sent = queue_all(&store, &u, sent).await;
+    store.unregister(&u, &c[0]).await.unwrap();
+    let kept = vec![sent[1].clone()];
+    assert_eq!(queued(&store, &u).await, kept);
+    let outcome = queue(&store, &u, &message(&c[0]), MAX).await;
+    assert_eq!(outcome, QueueOutcome::Gone);
+    assert!(!deleted(&store, &u, &c[0], &sent[0].id, NOW).await);
+    store.register(&u, &c[0], MAX).await.unwrap();
+    assert_eq!(queued(&store, &u).await, kept);
+    let fresh = with_topic(&c[0], "news");
+    assert_eq!(queue(&store, &u, &fresh, 1).await, QueueOutcome::Stored);
+    assert_eq!(queued(&store, &u).await, vec![sent[1].clone(), fresh]);
+}
+
+/// A channel holds at most `max_queued` messages: one more is Full and changes
+/// nothing, while other channels still take messages, a topic replacement is Stored,
+/// and an ack makes room.
+pub async fn queue_is_bounded_per_channel(store: TestStore) {
+    let (u, c) = with_channels(&store, 2).await;
+    let full = [message(&c[0]), with_topic(&c[0], "news"), message(&c[0])];
+    for m in &full {
+        assert_eq!(queue(&store, &u, m, 3).await, QueueOutcome::Stored);
+    }
+    let refused = [message(&c[0]), with_topic(&c[0], "sport")];
+    for m in &refused {
+        assert_eq!(queue(&store, &u, m, 3).await, QueueOutcome::Full);
+    }
+    assert_eq!(queued(&store, &u).await, full);
+    assert!(!deleted(&store, &u, &c[0], &refused[0].id, NOW).await);
+    let taken = [message(&c[1]), with_topic(&c[0], "news")];
+    for m in &taken {
+        assert_eq!(queue(&store, &u, m, 3).await, QueueOutcome::Stored);
+    }
+    let mut expected = vec![full[0].clone(), full[2].clone()];
+    expected.extend(taken.iter().cloned());
+    assert_eq!(queued(&store, &u).await, expected);
+    assert!(store.ack_messages(&u, &ids(&full[..1]), NOW).await.unwrap());
+    let after_ack = message(&c[0]);
+    assert_eq!(queue(&store, &u, &after_ack, 3).await, QueueOutcome::Stored);
+    let outcome = queue(&store, &u, &message(&c[0]), 3).await;
+    assert_eq!(outcome, QueueOutcome::Full);
+    expected.remove(0);
+    expected.push(after_ack);
+    assert_eq!(queued(&store, &u).await, expected);
+}
+
+/// `messages(limit)` answers the oldest `limit` messages.
+pub async fn messages_answers_the_oldest_up_to_the_limit(store: TestStore) {
+    let (u, c) = with_channels(&store, 2).await;
+    let sent = queue_all(&store, &u, (0..5).map(|i| message(&c[i % 2])).collect()).await;
+    for limit in [0, 1, 3, 5, 6, usize::MAX] {
+        let got = store.messages(&u, NOW, limit).await.unwrap();
+        assert_eq!(got, sent[..limit.min(sent.len())], "limit {limit}");
+    }
+}
+
+/// Dropping a uaid drops its messages, and only its own; its channels, registered
+/// again, start empty.
+pub async fn drop_uaid_drops_messages(store: TestStore) {
+    let (u, c) = registered(&store).await;
+    let (other, their_channel) = registered(&store).await;
+    queue_all(&store, &u, vec![message(&c), message(&c)]).await;
+    let theirs = queue_all(&store, &other, vec![message(&their_channel)]).await;
+    store.drop_uaid(&u).await.unwrap();
+    assert!(queued(&store, &u).await.is_empty());
+    assert!(!store.ack_messages(&u, &[], NOW).await.unwrap());
+    let outcome = queue(&store, &u, &message(&c), MAX).await;
+    assert_eq!(outcome, QueueOutcome::Gone);
+    store.register(&u, &c, MAX).await.unwrap();
+    assert!(queued(&store, &u).await.is_empty());
+    assert_eq!(queued(&store, &other).await, theirs);
+}
+
+/// The same channel id under two uaids has two queues: topics, bounds, acks, deletes
+/// and unregisters of one never touch the other.
+pub async fn message_queues_of_uaids_are_isolated(store: TestStore) {
+    let (a, c) = registered(&store).await;
+    let b = uaid();
+    store.register(&b, &c, MAX).await.unwrap();
+    let ours = queue_all(&store, &a, vec![with_topic(&c, "news"), message(&c)]).await;
+    let mut theirs = queue_all(&store, &b, vec![with_topic(&c, "news")]).await;
+    let extra = message(&c);
+    assert_eq!(queue(&store, &b, &extra, 2).await, QueueOutcome::Stored);
+    theirs.push(extra);
+    assert_eq!(queued(&store, &a).await, ours);
+    assert_eq!(queued(&store, &b).await, theirs);
+    assert!(store.ack_messages(&b, &ids(&ours), NOW).await.unwrap());
+    assert!(!deleted(&store, &b, &c, &ours[1].id, NOW).await);
+    assert_eq!(queued(&store, &a).await, ours);
+    store.unregister(&b, &c).await.unwrap();
+    assert!(queued(&store, &b).await.is_empty());
+    assert_eq!(queued(&store, &a).await, ours);
+}
+
+/// Concurrent puts on one uaid lose nothing and come back in id order.
+pub async fn concurrent_put_messages_lose_nothing(store: TestStore) {
+    let (u, c) = with_channels(&store, 4).await;
+    let tasks: Vec<_> = (0..16)
+        .map(|task| {
+            let (store, u, c) = (store.clone(), u.clone(), c.clone());
+            tokio::spawn(async move {
+                let mut sent = Vec::new();
+                for i in 0..10 {
+                    let m = message(&c[(task + i) % c.len()]);
+                    assert_eq!(queue(&store, &u, &m, MAX).await, QueueOutcome::Stored);
+                    sent.push(m);
+                }
+                sent
+            })
+        })
+        .collect();
+    let mut sent = Vec::new();
+    for task in tasks {
+        sent.extend(task.await.unwrap());
+    }
+    sent.sort_by(|x, y| x.id.cmp(&y.id));
+    assert_eq!(sent.len(), 160);
+    assert_eq!(queued(&store, &u).await, sent);
+}
+
+/// SimplePush updates and WebPush messages of one channel do not disturb each other:
+/// acks of one never remove the other, each answers only for its own kind, and a
+/// pending update does not count toward the message bound.
+pub async fn updates_and_messages_are_independent(store: TestStore) {
+    let (u, c) = registered(&store).await;
+    assert_eq!(put(&store, &u, &c, update(5)).await, PutOutcome::Stored);
+    let first = message(&c);
+    assert_eq!(queue(&store, &u, &first, 1).await, QueueOutcome::Stored);
+    assert_eq!(pending_version(&store, &u, &c).await, Some(5));
+    assert!(
+        !store.ack(&u, &c, 5).await.unwrap(),
+        "messages are not updates"
+    );
+    assert_eq!(queued(&store, &u).await, vec![first.clone()]);
+    assert_eq!(put(&store, &u, &c, update(6)).await, PutOutcome::Stored);
+    let acked = ids(std::slice::from_ref(&first));
+    assert!(
+        !store.ack_messages(&u, &acked, NOW).await.unwrap(),
+        "updates are not messages"
+    );
+    assert_eq!(pending_version(&store, &u, &c).await, Some(6));
+    assert!(queued(&store, &u).await.is_empty());
+}
+
+/// Whether a uaid is known depends on its channels only: queued messages do not keep
+/// it known, and acking or deleting its last message does not forget it.
+pub async fn knows_uaid_is_decided_by_channels_not_messages(store: TestStore) {
+    let (u, c) = with_channels(&store, 2).await;
+    let sent = queue_all(&store, &u, vec![message(&c[0]), message(&c[1])]).await;
+    assert!(store.ack_messages(&u, &ids(&sent[..1]), NOW).await.unwrap());
+    assert!(deleted(&store, &u, &c[1], &sent[1].id, NOW).await);
+    assert!(!store.ack_messages(&u, &[], NOW).await.unwrap());
+    assert!(
+        store.knows_uaid(&u).await.unwrap(),
+        "no message left, channels are"
+    );
+    queue_all(&store, &u, vec![message(&c[0])]).await;
+    store.unregister(&u, &c[1]).await.unwrap();
+    assert!(store.knows_uaid(&u).await.unwrap());
+    store.unregister(&u, &c[0]).await.unwrap();
+    assert!(
+        !store.knows_uaid(&u).await.unwrap(),
+        "a message does not keep it known"
+    );
+}
+
 /// The health check answers on a working store.
 pub async fn check_succeeds(store: TestStore) {
     store.check().await.expect("check");
@@ -523,6 +1041,21 @@ macro_rules! conformance_suite {
             concurrent_puts_keep_greatest,
             node_record_is_cleared_only_by_its_node,
             node_record_keeps_channels,
+            put_message_to_unknown_channel_is_gone,
+            messages_come_back_oldest_first_with_every_field,
+            largest_message_round_trips,
+            ack_messages_removes_exactly_the_named_ids,
+            topic_replaces_the_queued_message_of_that_topic,
+            expired_messages_are_never_returned_nor_counted,
+            delete_message_removes_only_that_message,
+            unregister_drops_the_channel_queue,
+            queue_is_bounded_per_channel,
+            messages_answers_the_oldest_up_to_the_limit,
+            drop_uaid_drops_messages,
+            message_queues_of_uaids_are_isolated,
+            concurrent_put_messages_lose_nothing,
+            updates_and_messages_are_independent,
+            knows_uaid_is_decided_by_channels_not_messages,
             check_succeeds,
         );
     };

@@ -917,3 +917,35 @@ async fn nodes_putting_and_acking_at_once_lose_nothing() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_items_spread_over_servers_and_come_back_in_order() {
+    let (a, b) = (Memcached::start(), Memcached::start());
+    let store = connect(&[&a.address, &b.address], MemcacheOptions::default());
+    let (u, c) = (uaid(), channel(1));
+    store.register(&u, &c, 10).await.unwrap();
+    let ids: Vec<String> = (0..40).map(message_id).collect();
+    for id in &ids {
+        put(&store, &u, &message(id, &c, None), 100).await;
+    }
+    let on_a = ids
+        .iter()
+        .filter(|id| a.raw(&format!("sp1:m:{u}:{id}")).is_some())
+        .count();
+    assert!((5..=35).contains(&on_a), "{on_a} of 40 items on one server");
+    let messages = store.messages(&u, NOW, 100).await.unwrap();
+    let got: Vec<&str> = messages.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(got, ids);
+    assert!(
+        messages
+            .iter()
+            .all(|m| m == &message(m.id.as_str(), &c, None))
+    );
+    // Acked in one call, every item goes, on both servers.
+    let all: Vec<MessageId> = ids.iter().map(|id| MessageId::from(id.as_str())).collect();
+    assert!(!store.ack_messages(&u, &all, NOW).await.unwrap());
+    for id in &ids {
+        let key = format!("sp1:m:{u}:{id}");
+        assert!(a.raw(&key).is_none() && b.raw(&key).is_none(), "item kept");
+    }
+}

@@ -76,9 +76,11 @@ impl From<Error> for StoreError {
     }
 }
 
-/// A key without the id in it: `sp1:d:…` for `sp1:d:<uaid>`.
+/// A key without the ids in it: `sp1:d:…` for `sp1:d:<uaid>`, `sp1:m:…` for
+/// `sp1:m:<uaid>:<message id>` (what follows the second `:` is never shown).
 fn kind(key: &str) -> String {
-    match key.rfind(':') {
+    let second = key.match_indices(':').nth(1).map(|(at, _)| at);
+    match second {
         Some(end) => format!("{}…", &key[..=end]),
         None => "an item".to_owned(),
     }
@@ -203,6 +205,24 @@ mod tests {
         for message in messages {
             assert!(!message.contains(uaid), "{message}");
             assert!(message.contains("sp1:d:…"), "{message}");
+        }
+        // Message items: neither the uaid nor the message id.
+        let key = format!("sp1:m:{uaid}:0001-secret");
+        let messages = [
+            memcache(MetaError::Timeout {
+                key: key.clone().into_bytes(),
+            })
+            .to_string(),
+            StoreError::from(Error::Undecodable {
+                key: key.clone(),
+                reason: "x".into(),
+            })
+            .to_string(),
+        ];
+        for message in messages {
+            assert!(!message.contains(uaid), "{message}");
+            assert!(!message.contains("secret"), "{message}");
+            assert!(message.contains("sp1:m:…"), "{message}");
         }
     }
 

@@ -1,5 +1,5 @@
 //! Memcached keys for a device's records. Uaids come from devices, so they are used
-//! verbatim only when plainly safe, and hashed otherwise.
+//! verbatim only when plainly safe, and hashed otherwise; message ids likewise.
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
@@ -10,18 +10,33 @@ use simplepush_store::Uaid;
 /// The prefix of every key this store writes; the digit is the layout version.
 const PREFIX: &str = "sp1";
 
-/// The longest id used verbatim; longer ones are hashed. Keeps every key far below
+/// The longest uaid used verbatim; longer ones are hashed. Keeps every key far below
 /// memcached's 250-byte limit.
 const MAX_VERBATIM: usize = 128;
 
+/// The longest message id used verbatim (the ids the server mints are at most 64
+/// bytes): a message key is at most `sp1:m:` (6), a uaid part (128), `:` and a message
+/// id part (65, hashed), 200 bytes.
+const MAX_VERBATIM_MESSAGE: usize = 64;
+
 /// The key of the item holding a device's channels and pending updates.
 pub(crate) fn device(uaid: &Uaid) -> String {
-    format!("{PREFIX}:d:{}", id_part(uaid.as_str()))
+    format!("{PREFIX}:d:{}", id_part(uaid.as_str(), MAX_VERBATIM))
+}
+
+/// The key of the item holding the body of queued message `id` of `uaid`. The uaid
+/// part never holds `:`, so two (uaid, id) pairs never share a key.
+pub(crate) fn message(uaid: &Uaid, id: &str) -> String {
+    format!(
+        "{PREFIX}:m:{}:{}",
+        id_part(uaid.as_str(), MAX_VERBATIM),
+        id_part(id, MAX_VERBATIM_MESSAGE)
+    )
 }
 
 /// The key of the item naming the node a device is connected to.
 pub(crate) fn node(uaid: &Uaid) -> String {
-    format!("{PREFIX}:n:{}", id_part(uaid.as_str()))
+    format!("{PREFIX}:n:{}", id_part(uaid.as_str(), MAX_VERBATIM))
 }
 
 /// A fresh key for one health-check round trip.
@@ -29,12 +44,12 @@ pub(crate) fn check() -> String {
     format!("{PREFIX}:check:{:016x}", fastrand::u64(..))
 }
 
-/// `id` itself when it is short and made only of `[A-Za-z0-9_-]` (every uaid the
-/// server mints or keeps is); otherwise `~` and the hex SHA-256 of it. `~` never
-/// occurs in a verbatim id, so two different ids never share a key.
-fn id_part(id: &str) -> Cow<'_, str> {
+/// `id` itself when it is at most `max` bytes and made only of `[A-Za-z0-9_-]` (every
+/// uaid the server mints or keeps is); otherwise `~` and the hex SHA-256 of it. `~`
+/// never occurs in a verbatim id, so two different ids never share a key.
+fn id_part(id: &str, max: usize) -> Cow<'_, str> {
     let verbatim = !id.is_empty()
-        && id.len() <= MAX_VERBATIM
+        && id.len() <= max
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
@@ -91,6 +106,30 @@ mod tests {
     fn device_and_node_keys_differ() {
         let uaid = Uaid::new("abc");
         assert_ne!(device(&uaid), node(&uaid));
+    }
+
+    #[test]
+    fn message_keys_are_safe_and_distinct() {
+        let uaid = Uaid::new("0123456789abcdef0123456789abcdef");
+        let id = "0000000000000001-ab_c";
+        assert_eq!(
+            message(&uaid, id),
+            "sp1:m:0123456789abcdef0123456789abcdef:0000000000000001-ab_c"
+        );
+        let long_uaid = Uaid::new("u".repeat(MAX_VERBATIM));
+        let long = "x".repeat(65);
+        let hostile = ["a:b", long.as_str(), "!\"#$%", ""];
+        for id in hostile {
+            let key = message(&long_uaid, id);
+            assert!(memcached_safe(&key), "{key:?}");
+            assert!(key.len() <= 200, "{}", key.len());
+        }
+        let mut keys: Vec<String> = hostile.iter().map(|id| message(&uaid, id)).collect();
+        keys.push(message(&Uaid::new("other"), hostile[0]));
+        keys.sort();
+        keys.dedup();
+        assert_eq!(keys.len(), hostile.len() + 1);
+        assert_ne!(message(&uaid, id), device(&uaid));
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //!
 //! - `store`: [`MemcacheStore`], the [`simplepush_store::Store`] implementation.
 //! - `options`: [`MemcacheOptions`] and item lifetimes.
-//! - `record`: how a device is encoded in an item.
+//! - `record`: how a device, its message index and its queued messages are encoded
+//!   in items.
 //! - `key`: memcached-safe keys from device-supplied ids.
 //! - `rendezvous`: which server holds a key.
 //! - `server`: one server, spoken to with the meta protocol over a pool of connections.

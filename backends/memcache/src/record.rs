@@ -1,17 +1,24 @@
-//! How a device is stored: one compact item per uaid holding its channels and their
-//! pending updates, and a small item naming its node.
+//! How a device is stored: one compact item per uaid holding its channels, their
+//! pending updates and the index of its queued WebPush messages; one item per queued
+//! message holding its body; and a small item naming its node.
 //!
-//! A device item is a layout byte ([`BINARY`]) and then the record in postcard's binary
-//! encoding: every string is its length (a varint) and its bytes as they are, so a
-//! record's size follows from its contents alone ([`Device::encoded_len`]) whatever
-//! characters the data holds. Items written before that layout are JSON (they start
-//! with `{`, never with [`BINARY`]) and are still read; the next change to such a device
-//! writes it in the binary layout.
+//! A device item is a layout byte and then the record in postcard's binary encoding:
+//! every string is its length (a varint) and its bytes as they are, so a record's size
+//! follows from its contents alone ([`Device::encoded_len`]) whatever characters the
+//! data holds. A device with nothing queued is written in the [`BINARY`] layout (its
+//! channels only), exactly as before WebPush, so nodes of an earlier version still read
+//! it; one with queued messages in the [`QUEUED`] layout (its channels, then the
+//! index). Items written before the binary layout are JSON (they start with `{`, never
+//! with a layout byte) and are still read; the next change to such a device writes it
+//! in a binary layout.
+//!
+//! A message item ([`MessageItem`]) is a layout byte ([`MESSAGE`]) and what the index
+//! does not hold: the TTL, the urgency and the payload.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use simplepush_store::{ChannelId, Pending, Update};
+use simplepush_store::{ChannelId, Message, MessageId, Payload, Pending, Update, Urgency};
 
 /// Everything stored for one device, in the item at [`crate::key::device`].
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -19,6 +26,52 @@ pub(crate) struct Device {
     /// Live channels by id, each with its pending update if any.
     #[serde(rename = "c", default)]
     pub(crate) channels: BTreeMap<String, Option<Slot>>,
+    /// The index of the queued WebPush messages: by channel, ascending id. Never an
+    /// empty list; a channel with nothing queued has no entry.
+    #[serde(rename = "q", default)]
+    pub(crate) queues: BTreeMap<String, Vec<Queued>>,
+}
+
+/// A queued message in the index, serialized as `[id, expires_at, topic]`: what
+/// ordering, expiry, topic replacement and the bound need, without the body (which is
+/// in its own item, at [`crate::key::message`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Queued(String, u64, Option<String>);
+
+impl Queued {
+    /// The index entry of `message`.
+    pub(crate) fn of(message: &Message) -> Queued {
+        Queued(
+            message.id.as_str().to_owned(),
+            message.expires_at,
+            message.topic.clone(),
+        )
+    }
+
+    /// The message id.
+    pub(crate) fn id(&self) -> &str {
+        &self.0
+    }
+
+    /// UNIX seconds from which the message is no longer delivered.
+    pub(crate) fn expires_at(&self) -> u64 {
+        self.1
+    }
+
+    /// The message's topic, if it has one.
+    pub(crate) fn topic(&self) -> Option<&str> {
+        self.2.as_deref()
+    }
+
+    /// Whether the message has expired at `now`.
+    pub(crate) fn expired_at(&self, now: u64) -> bool {
+        self.1 <= now
+    }
+
+    /// Its bytes in a record: the id, the expiry, the topic's tag and the topic.
+    fn encoded_len(&self) -> usize {
+        str_len(&self.0) + varint_len(self.1) + 1 + self.2.as_deref().map_or(0, str_len)
+    }
 }
 
 /// A pending update, serialized as `[version, expires_at, data]` to keep items small.
@@ -56,8 +109,15 @@ impl Slot {
     }
 }
 
-/// The first byte of a device item in the binary layout.
+/// The first byte of a device item in the binary layout without queued messages: the
+/// channels only (the layout of nodes before WebPush).
 const BINARY: u8 = 1;
+
+/// The first byte of a device item with queued messages: the channels, then the index.
+const QUEUED: u8 = 2;
+
+/// The first byte of a message item.
+const MESSAGE: u8 = 1;
 
 /// The bytes of the varint of `value`: 7 bits per byte, at least one.
 fn varint_len(value: u64) -> usize {
@@ -71,15 +131,15 @@ fn str_len(text: &str) -> usize {
 }
 
 impl Device {
-    /// Decodes an item, in the binary layout or the JSON one before it; an error (its
+    /// Decodes an item, in a binary layout or the JSON one before them; an error (its
     /// reason) when it is not a device record.
     pub(crate) fn decode(bytes: &[u8]) -> Result<Device, String> {
         match bytes.split_first() {
-            Some((&BINARY, record)) => match postcard::take_from_bytes(record) {
-                Ok((device, [])) => Ok(device),
-                Ok((_, rest)) => Err(format!("{} bytes after the record", rest.len())),
-                Err(e) => Err(e.to_string()),
-            },
+            Some((&BINARY, record)) => Ok(Device {
+                channels: decode_all(record)?,
+                queues: BTreeMap::new(),
+            }),
+            Some((&QUEUED, record)) => decode_all(record),
             _ => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
         }
     }
@@ -87,13 +147,19 @@ impl Device {
     /// Encodes the record for storing, in [`Device::encoded_len`] bytes.
     pub(crate) fn encode(&self) -> Result<Vec<u8>, postcard::Error> {
         let mut bytes = Vec::with_capacity(self.encoded_len());
-        bytes.push(BINARY);
-        postcard::to_extend(self, bytes)
+        if self.queues.is_empty() {
+            bytes.push(BINARY);
+            postcard::to_extend(&self.channels, bytes)
+        } else {
+            bytes.push(QUEUED);
+            postcard::to_extend(self, bytes)
+        }
     }
 
     /// The size of [`Device::encode`]'s output, computed without encoding: the layout
     /// byte, the channel count, and per channel its id, the slot's tag and, with an
-    /// update pending, its version, expiry and data.
+    /// update pending, its version, expiry and data; then, with messages queued, the
+    /// count of queues and per queue its channel id, its length and its entries.
     pub(crate) fn encoded_len(&self) -> usize {
         let channels: usize = self
             .channels
@@ -102,7 +168,60 @@ impl Device {
                 str_len(channel) + 1 + slot.as_ref().map_or(0, Slot::encoded_len)
             })
             .sum();
-        1 + varint_len(self.channels.len() as u64) + channels
+        let queues: usize = self
+            .queues
+            .iter()
+            .map(|(channel, queue)| {
+                let entries: usize = queue.iter().map(Queued::encoded_len).sum();
+                str_len(channel) + varint_len(queue.len() as u64) + entries
+            })
+            .sum();
+        let index = if self.queues.is_empty() {
+            0
+        } else {
+            varint_len(self.queues.len() as u64) + queues
+        };
+        1 + varint_len(self.channels.len() as u64) + channels + index
+    }
+
+    /// The queued messages not expired at `now`, each with its channel, ascending id.
+    pub(crate) fn queued(&self, now: u64) -> Vec<(&str, &Queued)> {
+        let mut all: Vec<(&str, &Queued)> = self
+            .queues
+            .iter()
+            .flat_map(|(channel, queue)| queue.iter().map(move |q| (channel.as_str(), q)))
+            .filter(|(_, queued)| !queued.expired_at(now))
+            .collect();
+        all.sort_unstable_by(|a, b| a.1.id().cmp(b.1.id()));
+        all
+    }
+
+    /// Whether a message not expired at `now` is queued.
+    pub(crate) fn has_queued(&self, now: u64) -> bool {
+        self.queues
+            .values()
+            .flatten()
+            .any(|queued| !queued.expired_at(now))
+    }
+
+    /// Removes the index entries for which `drop` holds, forgetting emptied queues;
+    /// answers the removed entries.
+    pub(crate) fn remove_queued(
+        &mut self,
+        mut drop: impl FnMut(&str, &Queued) -> bool,
+    ) -> Vec<Queued> {
+        let mut removed = Vec::new();
+        self.queues.retain(|channel, queue| {
+            queue.retain(|queued| {
+                let gone = drop(channel, queued);
+                if gone {
+                    removed.push(queued.clone());
+                }
+                !gone
+            });
+            !queue.is_empty()
+        });
+        removed
     }
 
     /// What the device has waiting at `now`.
@@ -144,6 +263,94 @@ pub(crate) fn decode_node(bytes: &[u8]) -> Result<Option<String>, ()> {
     text.strip_prefix(NODE_MARK)
         .map(|node| Some(node.to_owned()))
         .ok_or(())
+}
+
+/// Decodes `bytes` as one postcard value with nothing after it.
+fn decode_all<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, String> {
+    match postcard::take_from_bytes(bytes) {
+        Ok((value, [])) => Ok(value),
+        Ok((_, rest)) => Err(format!("{} bytes after the record", rest.len())),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// What a message item holds: the parts of a [`Message`] the index does not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct MessageItem {
+    ttl: u64,
+    /// [`Urgency`] as 0 (very low) to 3 (high).
+    urgency: u8,
+    payload: Option<ItemPayload>,
+}
+
+/// A [`Payload`] in a message item.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct ItemPayload {
+    encoding: String,
+    encryption: Option<String>,
+    crypto_key: Option<String>,
+    body: Vec<u8>,
+}
+
+impl MessageItem {
+    /// The item of `message`.
+    pub(crate) fn of(message: &Message) -> MessageItem {
+        let urgency = match message.urgency {
+            Urgency::VeryLow => 0,
+            Urgency::Low => 1,
+            Urgency::Normal => 2,
+            Urgency::High => 3,
+        };
+        MessageItem {
+            ttl: message.ttl,
+            urgency,
+            payload: message.payload.as_ref().map(|payload| ItemPayload {
+                encoding: payload.encoding.clone(),
+                encryption: payload.encryption.clone(),
+                crypto_key: payload.crypto_key.clone(),
+                body: payload.body.clone(),
+            }),
+        }
+    }
+
+    /// Encodes the item for storing.
+    pub(crate) fn encode(&self) -> Result<Vec<u8>, postcard::Error> {
+        postcard::to_extend(self, vec![MESSAGE])
+    }
+
+    /// Decodes an item; an error (its reason) when it is not a message item.
+    pub(crate) fn decode(bytes: &[u8]) -> Result<MessageItem, String> {
+        match bytes.split_first() {
+            Some((&MESSAGE, item)) => decode_all(item),
+            _ => Err("not a message item".into()),
+        }
+    }
+
+    /// The message of `channel` this item holds the body of, whose index entry is
+    /// `queued`; an error when the urgency is out of range.
+    pub(crate) fn into_message(self, channel: &str, queued: &Queued) -> Result<Message, String> {
+        let urgency = match self.urgency {
+            0 => Urgency::VeryLow,
+            1 => Urgency::Low,
+            2 => Urgency::Normal,
+            3 => Urgency::High,
+            other => return Err(format!("urgency {other} out of range")),
+        };
+        Ok(Message {
+            id: MessageId::new(queued.id()),
+            channel: ChannelId::new(channel),
+            ttl: self.ttl,
+            expires_at: queued.expires_at(),
+            topic: queued.topic().map(str::to_owned),
+            urgency,
+            payload: self.payload.map(|payload| Payload {
+                encoding: payload.encoding,
+                encryption: payload.encryption,
+                crypto_key: payload.crypto_key,
+                body: payload.body,
+            }),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -235,6 +442,113 @@ mod tests {
         assert_eq!(Device::default().encode().unwrap().len(), 2);
     }
 
+    /// The index entry of a message with these values.
+    fn queued(id: &str, expires_at: u64, topic: Option<&str>) -> Queued {
+        Queued(id.into(), expires_at, topic.map(str::to_owned))
+    }
+
+    #[test]
+    fn size_is_the_formula_with_queued_messages() {
+        let mut device = Device::default();
+        device.channels.insert("c".into(), Some(Slot(7, 9, None)));
+        // Nothing queued: the layout before WebPush, byte for byte.
+        let before = device.encode().unwrap();
+        assert_eq!(before[0], BINARY);
+        for i in 0..300u64 {
+            let channel = format!("{:08x}-0000-4000-8000-000000000000", i % 7);
+            let topic = (i % 3 == 0).then(|| "t".repeat((i % 33) as usize));
+            let id = format!("{:016x}{}", u64::MAX - i, "z".repeat((i % 48) as usize));
+            device.channels.insert(channel.clone(), None);
+            device.queues.entry(channel).or_default().push(queued(
+                &id,
+                i * 1_000_003,
+                topic.as_deref(),
+            ));
+            let encoded = device.encode().unwrap();
+            assert_eq!(encoded[0], QUEUED);
+            assert_eq!(encoded.len(), device.encoded_len(), "{i}");
+            assert_eq!(Device::decode(&encoded).unwrap(), device);
+        }
+        // One entry with the largest values: a 64-byte id, the largest expiry, a
+        // 32-byte topic: 1 + 64 + 10 + 1 + 1 + 32 bytes.
+        let entry = queued(&"i".repeat(64), u64::MAX, Some(&"t".repeat(32)));
+        assert_eq!(entry.encoded_len(), 109);
+        // Emptied of messages, the device is written as before again.
+        device.queues.clear();
+        device.channels.retain(|channel, _| channel == "c");
+        assert_eq!(device.encode().unwrap(), before);
+    }
+
+    #[test]
+    fn queued_is_unexpired_by_ascending_id_over_channels() {
+        let mut device = Device::default();
+        device.queues.insert(
+            "a".into(),
+            vec![queued("1", 20, None), queued("4", 20, None)],
+        );
+        device.queues.insert(
+            "b".into(),
+            vec![queued("2", 10, None), queued("3", 20, Some("t"))],
+        );
+        let ids: Vec<(&str, &str)> = device
+            .queued(10)
+            .into_iter()
+            .map(|(channel, queued)| (channel, queued.id()))
+            .collect();
+        assert_eq!(ids, [("a", "1"), ("b", "3"), ("a", "4")]);
+        assert!(device.has_queued(19));
+        assert!(!device.has_queued(20));
+        let removed = device.remove_queued(|channel, queued| channel == "b" || queued.id() == "1");
+        assert_eq!(removed.len(), 3);
+        // Emptied queues are forgotten.
+        assert_eq!(device.queues.keys().collect::<Vec<_>>(), ["a"]);
+    }
+
+    #[test]
+    fn message_items_round_trip() {
+        let mut message = Message {
+            id: MessageId::new("0001"),
+            channel: ChannelId::new("c"),
+            ttl: u64::MAX,
+            expires_at: 77,
+            topic: Some("news".into()),
+            urgency: Urgency::VeryLow,
+            payload: Some(Payload {
+                encoding: "aesgcm".into(),
+                encryption: Some("salt=x".into()),
+                crypto_key: Some("dh=y".into()),
+                body: (0..=255).collect(),
+            }),
+        };
+        for urgency in [
+            Urgency::VeryLow,
+            Urgency::Low,
+            Urgency::Normal,
+            Urgency::High,
+        ] {
+            message.urgency = urgency;
+            let encoded = MessageItem::of(&message).encode().unwrap();
+            assert_eq!(encoded[0], MESSAGE);
+            let item = MessageItem::decode(&encoded).unwrap();
+            let back = item.into_message("c", &Queued::of(&message)).unwrap();
+            assert_eq!(back, message);
+        }
+        message.payload = None;
+        message.topic = None;
+        let encoded = MessageItem::of(&message).encode().unwrap();
+        let item = MessageItem::decode(&encoded).unwrap();
+        assert_eq!(
+            item.into_message("c", &Queued::of(&message)).unwrap(),
+            message
+        );
+        // Not message items: empty, another layout, trailing bytes, a bad urgency.
+        assert!(MessageItem::decode(b"").is_err());
+        assert!(MessageItem::decode(&[2, 0, 0, 0]).is_err());
+        assert!(MessageItem::decode(&[encoded.as_slice(), &[0]].concat()).is_err());
+        let bad = MessageItem::decode(&[MESSAGE, 5, 4, 0]).unwrap();
+        assert!(bad.into_message("c", &Queued::of(&message)).is_err());
+    }
+
     #[test]
     fn varint_lengths() {
         let cases = [(0, 1), (127, 1), (128, 2), (16_383, 2), (16_384, 3)];
@@ -260,6 +574,12 @@ mod tests {
         assert_eq!(encoded[0], BINARY);
         assert_eq!(Device::decode(&encoded).unwrap(), device);
         assert_eq!(Device::decode(b"{}").unwrap(), Device::default());
+        // A record in the binary layout of before WebPush reads with nothing queued.
+        let old = [BINARY, 1, 1, b'c', 1, 7, 9, 0];
+        let device = Device::decode(&old).unwrap();
+        assert!(device.queues.is_empty());
+        assert_eq!(device.channels["c"], Some(Slot(7, 9, None)));
+        assert_eq!(device.encode().unwrap(), old);
     }
 
     #[test]
@@ -275,6 +595,10 @@ mod tests {
         assert!(Device::decode(&[encoded.as_slice(), &[0]].concat()).is_err());
         assert!(Device::decode(&[BINARY, 1, 1, 0xff, 0]).is_err());
         assert!(Device::decode(&[BINARY]).is_err());
+        // The queued layout: no index after the channels, a truncated entry.
+        assert!(Device::decode(&[QUEUED, 0]).is_err());
+        assert!(Device::decode(&[QUEUED, 0, 1, 1, b'c', 1, 1, b'i']).is_err());
+        assert!(Device::decode(&[QUEUED, 0, 1, 1, b'c', 1, 1, b'i', 9, 0]).is_ok());
     }
 
     #[test]

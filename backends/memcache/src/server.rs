@@ -6,7 +6,9 @@
 
 use std::time::Duration;
 
-use memcache::exp::{AsyncMetaClient, Error as MetaError, Meta, MetaClientBuilder, MutationStatus};
+use memcache::exp::{
+    AsyncMetaClient, Delete, Error as MetaError, Get, Meta, MetaClientBuilder, MutationStatus,
+};
 use tokio::sync::OnceCell;
 
 use crate::error::Error;
@@ -76,6 +78,30 @@ impl Server {
     pub(crate) async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
         let found = self.failed(self.client().await?.get(key).send().await)?;
         Ok(if found.hit() { found.value } else { None })
+    }
+
+    /// The values at `keys`, in order (`None` where there is no item), in one pipelined
+    /// exchange.
+    pub(crate) async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Vec<u8>>>, Error> {
+        let client = self.client().await?;
+        let answers = self.failed(client.run_many(keys.iter().map(Get::new)).await)?;
+        answers
+            .into_iter()
+            .map(|answer| {
+                let found = self.failed(answer)?;
+                Ok(if found.hit() { found.value } else { None })
+            })
+            .collect()
+    }
+
+    /// Deletes the items at `keys` (missing ones are fine) in one pipelined exchange.
+    pub(crate) async fn delete_many(&self, keys: &[&str]) -> Result<(), Error> {
+        let client = self.client().await?;
+        let answers = self.failed(client.run_many(keys.iter().map(Delete::new)).await)?;
+        for answer in answers {
+            self.failed(answer)?;
+        }
+        Ok(())
     }
 
     /// Stores `value` at `key` if the item still has the CAS token `cas`; answers

@@ -6,12 +6,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use simplepush_store::{
-    ChannelId, Pending, PutOutcome, RegisterOutcome, Store, StoreError, Uaid, Update,
+    ChannelId, Message, MessageId, Pending, PutOutcome, QueueOutcome, RegisterOutcome, Store,
+    StoreError, Uaid, Update,
 };
 
 use crate::error::Error;
 use crate::options::expiration;
-use crate::record::{Device, NODE_CLEARED, Slot, decode_node, encode_node};
+use crate::record::{Device, MessageItem, NODE_CLEARED, Queued, Slot, decode_node, encode_node};
 use crate::rendezvous::Rendezvous;
 use crate::server::Server;
 use crate::{MemcacheOptions, address, key};
@@ -31,6 +32,11 @@ const MIN_ITEM_LIMIT: usize = 1024;
 /// Health-check items expire on their own, so a check that fails midway leaves
 /// nothing behind for long.
 const CHECK_EXPIRATION: u32 = 30;
+
+/// Seconds a message item outlives its expiry: memcached's clock ticks by the second
+/// and need not agree with ours to the second, and an item must never vanish while
+/// the index still calls it unexpired. (A late item is harmless: the index decides.)
+const MESSAGE_EXPIRY_MARGIN: u64 = 2;
 
 /// A [`Store`] on one or more memcached servers.
 ///
@@ -54,6 +60,30 @@ const CHECK_EXPIRATION: u32 = 30;
 /// bytes per channel with a 36-byte id and 4 KiB of data, so the protocol's 200
 /// channels with 4 KiB pending on each take at most 831,403 bytes. A change that would
 /// not fit fails with [`StoreError::TooLarge`] and leaves the record as it was.
+///
+/// **WebPush messages** are queued one item each (`sp1:m:<uaid>:<id>`, body and
+/// headers), with a small index in the device record: per channel, each message's
+/// id, expiry and topic (at most 109 bytes with a 64-byte id and a 32-byte topic).
+/// Bodies of up to 4 KiB in the record would fill the 1 MiB item after some 250
+/// messages for the whole device; in their own items, the record has room for some
+/// 9,000 index entries, and the channel's bound (`max_queued`) with the dropping of
+/// expired entries at every put keeps the index small. A message item expires by
+/// itself in memcached when the message does (plus [`MESSAGE_EXPIRY_MARGIN`]).
+/// - [`Store::put_message`] writes the message item, then changes the index by
+///   compare-and-swap (registered channel, expired entries dropped, topic replaced,
+///   bound checked); when the index change refuses (Gone, Full) or fails, the item
+///   is deleted again. The item comes first so an index entry always names an item
+///   that was written.
+/// - [`Store::messages`] reads the index, then the items (one pipelined exchange per
+///   server). An item that is gone (evicted, or lost in a restart) is skipped, and
+///   that read drops its entry from the index (a compare-and-swap, only then).
+/// - [`Store::ack_messages`], [`Store::delete_message`], [`Store::unregister`] and
+///   [`Store::drop_uaid`] change the index first, then delete the items, best effort:
+///   an item left behind is named by no index entry and expires by itself.
+///
+/// A device with queued messages is written in a layout that nodes of a version
+/// before WebPush cannot read (they answer `Corrupt` for it); devices with nothing
+/// queued keep the layout they had.
 ///
 /// Every operation is async: no thread waits on memcached.
 pub struct MemcacheStore {
@@ -110,6 +140,53 @@ fn clear_acked(
     } else {
         Edit::Keep(left)
     }
+}
+
+/// The edit of a put: queues `message` in its channel unless that channel is not
+/// registered (Gone) or holds `max_queued` unexpired messages besides one this message
+/// replaces (Full). Drops the entries expired at `now` of every channel (their items
+/// expire by themselves), the channel's entry with the message's topic, and any entry
+/// with its id (a retried write); answers them with the outcome, so their items can
+/// be deleted.
+fn queue_message(
+    device: &mut Device,
+    message: &Message,
+    max_queued: usize,
+    now: u64,
+) -> Edit<(QueueOutcome, Vec<Queued>)> {
+    let channel = message.channel.as_str();
+    if !device.channels.contains_key(channel) {
+        return Edit::Keep((QueueOutcome::Gone, Vec::new()));
+    }
+    let (id, topic) = (message.id.as_str(), message.topic.as_deref());
+    let replaced =
+        |queued: &Queued| queued.id() == id || (topic.is_some() && queued.topic() == topic);
+    let held = device.queues.get(channel).map_or(0, |queue| {
+        queue
+            .iter()
+            .filter(|queued| !queued.expired_at(now) && !replaced(queued))
+            .count()
+    });
+    if held >= max_queued {
+        return Edit::Keep((QueueOutcome::Full, Vec::new()));
+    }
+    let removed = device.remove_queued(|queued_channel, queued| {
+        queued.expired_at(now)
+            || queued.id() == id
+            || (queued_channel == channel && replaced(queued))
+    });
+    let queue = device.queues.entry(channel.to_owned()).or_default();
+    let at = queue.partition_point(|queued| queued.id() < id);
+    queue.insert(at, Queued::of(message));
+    Edit::Write((QueueOutcome::Stored, removed))
+}
+
+/// The ids of `entries`.
+fn ids_of<'a>(entries: impl IntoIterator<Item = &'a Queued>) -> Vec<String> {
+    entries
+        .into_iter()
+        .map(|queued| queued.id().to_owned())
+        .collect()
 }
 
 impl MemcacheStore {
@@ -176,12 +253,57 @@ impl MemcacheStore {
         let found = self.inner.read_device(&key::device(uaid)).await?;
         Ok(found.map(|(device, _)| device).unwrap_or_default())
     }
+
+    /// Deletes the message items of `uaid` with these ids, best effort: the index no
+    /// longer names them, and they expire by themselves.
+    async fn forget_messages(&self, uaid: &Uaid, ids: &[String]) {
+        if ids.is_empty() {
+            return;
+        }
+        let keys: Vec<String> = ids.iter().map(|id| key::message(uaid, id)).collect();
+        // Ignored on purpose: a failure leaves only an unreferenced item behind.
+        let _ = self.inner.delete_many(&keys).await;
+    }
 }
 
 impl Inner {
     /// The server holding `key`.
     fn server(&self, key: &str) -> &Server {
         &self.servers[self.ring.pick(key)]
+    }
+
+    /// The values at `keys`, in order (`None` where there is no item): one pipelined
+    /// exchange per server holding some of them.
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, Error> {
+        let picks: Vec<usize> = keys.iter().map(|key| self.ring.pick(key)).collect();
+        let mut values = vec![None; keys.len()];
+        for (index, server) in self.servers.iter().enumerate() {
+            let mine: Vec<usize> = (0..keys.len()).filter(|&i| picks[i] == index).collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let asked: Vec<&str> = mine.iter().map(|&i| keys[i].as_str()).collect();
+            for (i, value) in mine.into_iter().zip(server.get_many(&asked).await?) {
+                values[i] = value;
+            }
+        }
+        Ok(values)
+    }
+
+    /// Deletes the items at `keys` (missing ones are fine): one pipelined exchange per
+    /// server holding some of them.
+    async fn delete_many(&self, keys: &[String]) -> Result<(), Error> {
+        let picks: Vec<usize> = keys.iter().map(|key| self.ring.pick(key)).collect();
+        for (index, server) in self.servers.iter().enumerate() {
+            let asked: Vec<&str> = (0..keys.len())
+                .filter(|&i| picks[i] == index)
+                .map(|i| keys[i].as_str())
+                .collect();
+            if !asked.is_empty() {
+                server.delete_many(&asked).await?;
+            }
+        }
+        Ok(())
     }
 
     /// The device record at `key` with its CAS token, if there is one.
@@ -306,12 +428,24 @@ impl Inner {
         })
     }
 
-    /// Forgets both items of `uaid`.
-    async fn drop_uaid(&self, uaid: &Uaid) -> Result<(), Error> {
-        for key in [key::device(uaid), key::node(uaid)] {
+    /// Forgets both items of `uaid`; answers the ids of the messages its record
+    /// indexed (none when it was undecodable), whose items the caller deletes.
+    async fn drop_uaid(&self, uaid: &Uaid) -> Result<Vec<String>, Error> {
+        let device_key = key::device(uaid);
+        let queued = match self.read_device(&device_key).await {
+            Ok(found) => found.map(|(device, _)| device).unwrap_or_default().queues,
+            // A corrupt record is dropped all the same: that is the way out of it.
+            Err(Error::Undecodable { .. }) => Default::default(),
+            Err(error) => return Err(error),
+        };
+        for key in [device_key, key::node(uaid)] {
             self.server(&key).delete(&key).await?;
         }
-        Ok(())
+        Ok(queued
+            .into_values()
+            .flatten()
+            .map(|entry| entry.id().to_owned())
+            .collect())
     }
 
     /// Writes a fresh value to every server and reads it back.
@@ -373,11 +507,19 @@ impl Store for MemcacheStore {
         let channel = channel.as_str().to_owned();
         // An emptied record stays (until it expires): deleting it unconditionally
         // could erase a register racing with us.
-        self.modify(uaid, move |device| match device.channels.remove(&channel) {
-            Some(_) => Edit::Write(()),
-            None => Edit::Keep(()),
-        })
-        .await
+        let dropped = self
+            .modify(uaid, move |device| {
+                let registered = device.channels.remove(&channel).is_some();
+                let queue = device.queues.remove(&channel).unwrap_or_default();
+                if registered || !queue.is_empty() {
+                    Edit::Write(queue)
+                } else {
+                    Edit::Keep(Vec::new())
+                }
+            })
+            .await?;
+        self.forget_messages(uaid, &ids_of(&dropped)).await;
+        Ok(())
     }
 
     async fn put_update(
@@ -423,8 +565,162 @@ impl Store for MemcacheStore {
             .await
     }
 
+    /// Writes the message item, then queues it in the index; the item is deleted again
+    /// when the index refuses it or its change fails.
+    async fn put_message(
+        &self,
+        uaid: &Uaid,
+        message: &Message,
+        max_queued: usize,
+        now: u64,
+    ) -> Result<QueueOutcome, StoreError> {
+        let item_key = key::message(uaid, message.id.as_str());
+        let item = MessageItem::of(message)
+            .encode()
+            .map_err(|e| Error::Unencodable {
+                key: item_key.clone(),
+                reason: e.to_string(),
+            })?;
+        if item.len() > self.inner.record_limit {
+            return Err(Error::TooLarge {
+                key: item_key,
+                bytes: item.len(),
+                limit: self.inner.record_limit,
+            }
+            .into());
+        }
+        let lifetime = message.expires_at.saturating_sub(now).max(1) + MESSAGE_EXPIRY_MARGIN;
+        let expires = expiration(Duration::from_secs(lifetime));
+        self.inner
+            .server(&item_key)
+            .set(&item_key, &item, expires)
+            .await?;
+        let queued = self
+            .modify(uaid, |device| {
+                queue_message(device, message, max_queued, now)
+            })
+            .await;
+        let id = message.id.as_str();
+        match queued {
+            Ok((QueueOutcome::Stored, removed)) => {
+                let replaced = removed.iter().filter(|queued| queued.id() != id);
+                self.forget_messages(uaid, &ids_of(replaced)).await;
+                Ok(QueueOutcome::Stored)
+            }
+            Ok((refused, _)) => {
+                self.forget_messages(uaid, &[id.to_owned()]).await;
+                Ok(refused)
+            }
+            Err(error) => {
+                self.forget_messages(uaid, &[id.to_owned()]).await;
+                Err(error)
+            }
+        }
+    }
+
+    async fn messages(
+        &self,
+        uaid: &Uaid,
+        now: u64,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError> {
+        let device = self.device(uaid).await?;
+        let mut rest = device.queued(now);
+        let mut found = Vec::new();
+        let mut missing = HashSet::new();
+        // The oldest `limit` entries first; more only to stand in for missing items.
+        while found.len() < limit && !rest.is_empty() {
+            let batch: Vec<(&str, &Queued)> = rest
+                .drain(..(limit - found.len()).min(rest.len()))
+                .collect();
+            let keys: Vec<String> = batch
+                .iter()
+                .map(|(_, queued)| key::message(uaid, queued.id()))
+                .collect();
+            let items = self.inner.get_many(&keys).await?;
+            for (((channel, queued), item), key) in batch.into_iter().zip(items).zip(keys) {
+                let Some(bytes) = item else {
+                    missing.insert(queued.id().to_owned());
+                    continue;
+                };
+                let message = MessageItem::decode(&bytes)
+                    .and_then(|item| item.into_message(channel, queued))
+                    .map_err(|reason| Error::Undecodable { key, reason })?;
+                found.push(message);
+            }
+        }
+        if !missing.is_empty() {
+            // Best effort: a failure leaves the entries for the next read to drop.
+            let _ = self
+                .modify(uaid, |device| {
+                    let pruned = device.remove_queued(|_, queued| missing.contains(queued.id()));
+                    if pruned.is_empty() {
+                        Edit::Keep(())
+                    } else {
+                        Edit::Write(())
+                    }
+                })
+                .await;
+        }
+        Ok(found)
+    }
+
+    /// One compare-and-swap of the index for the whole batch (which also drops the
+    /// entries expired at `now`), then the acked items are deleted. The answer comes
+    /// from the index: an evicted item still counts until a read drops its entry.
+    async fn ack_messages(
+        &self,
+        uaid: &Uaid,
+        ids: &[MessageId],
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        let acked: HashSet<&str> = ids.iter().map(MessageId::as_str).collect();
+        let (left, removed) = self
+            .modify(uaid, |device| {
+                let removed = device.remove_queued(|_, queued| {
+                    acked.contains(queued.id()) || queued.expired_at(now)
+                });
+                let left = device.has_queued(now);
+                if removed.iter().any(|queued| acked.contains(queued.id())) {
+                    Edit::Write((left, removed))
+                } else {
+                    Edit::Keep((left, Vec::new()))
+                }
+            })
+            .await?;
+        self.forget_messages(uaid, &ids_of(&removed)).await;
+        Ok(left)
+    }
+
+    async fn delete_message(
+        &self,
+        uaid: &Uaid,
+        channel: &ChannelId,
+        id: &MessageId,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        let (channel, id) = (channel.as_str(), id.as_str());
+        let found = self
+            .modify(uaid, |device| {
+                let removed = device.remove_queued(|queued_channel, queued| {
+                    queued_channel == channel && queued.id() == id
+                });
+                match removed.first() {
+                    Some(queued) => Edit::Write(Some(!queued.expired_at(now))),
+                    None => Edit::Keep(None),
+                }
+            })
+            .await?;
+        if found.is_some() {
+            self.forget_messages(uaid, &[id.to_owned()]).await;
+        }
+        Ok(found == Some(true))
+    }
+
     async fn drop_uaid(&self, uaid: &Uaid) -> Result<(), StoreError> {
-        Ok(self.inner.drop_uaid(uaid).await?)
+        let queued = self.inner.drop_uaid(uaid).await?;
+        self.forget_messages(uaid, &queued).await;
+        Ok(())
     }
 
     async fn set_node(&self, uaid: &Uaid, node: &str) -> Result<(), StoreError> {

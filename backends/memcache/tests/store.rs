@@ -11,8 +11,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use memcache::exp::{Meta, MetaClient};
 use simplepush_memcache::{MemcacheOptions, MemcacheStore};
-use simplepush_store::{ChannelId, PutOutcome, RegisterOutcome, Store, StoreError, Uaid, Update};
+use simplepush_store::{
+    ChannelId, Message, MessageId, Payload, PutOutcome, QueueOutcome, RegisterOutcome, Store,
+    StoreError, Uaid, Update, Urgency,
+};
 
 const NOW: u64 = 1_000_000;
 
@@ -574,4 +578,374 @@ async fn items_expire_after_their_lifetime() {
     tokio::time::sleep(Duration::from_millis(3100)).await;
     assert!(!store.knows_uaid(&u).await.unwrap());
     assert_eq!(store.node(&u).await.unwrap(), None);
+}
+
+/// A WebPush message of `channel` with id `id`, expiring an hour after [`NOW`], with a
+/// 4 KiB body.
+fn message(id: &str, channel: &ChannelId, topic: Option<&str>) -> Message {
+    Message {
+        id: MessageId::new(id),
+        channel: channel.clone(),
+        ttl: 3600,
+        expires_at: NOW + 3600,
+        topic: topic.map(str::to_owned),
+        urgency: Urgency::High,
+        payload: Some(Payload {
+            encoding: "aes128gcm".into(),
+            encryption: None,
+            crypto_key: None,
+            body: vec![0xa5; 4096],
+        }),
+    }
+}
+
+/// A fresh message id, increasing with `n`, 64 bytes long (the longest ids allowed).
+fn message_id(n: usize) -> String {
+    format!("{n:016}-{:016x}{:031x}", fastrand::u64(..), 0)
+}
+
+async fn put(store: &MemcacheStore, u: &Uaid, message: &Message, max: usize) -> QueueOutcome {
+    store.put_message(u, message, max, NOW).await.unwrap()
+}
+
+async fn queued_ids(store: &MemcacheStore, u: &Uaid, limit: usize) -> Vec<String> {
+    let messages = store.messages(u, NOW, limit).await.unwrap();
+    messages.iter().map(|m| m.id.as_str().to_owned()).collect()
+}
+
+impl Memcached {
+    /// The raw value at `key`, if any.
+    fn raw(&self, key: &str) -> Option<Vec<u8>> {
+        self.client().get(key).unwrap()
+    }
+
+    /// The seconds the item at `key` has left, if there is one.
+    fn ttl(&self, key: &str) -> Option<i64> {
+        let client = MetaClient::connect(self.address.as_str()).unwrap();
+        let found = client.get(key).meta(Meta::default().ttl()).send().unwrap();
+        found.hit().then_some(found.item.ttl).flatten()
+    }
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle.as_bytes())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_evicted_message_item_is_skipped_and_pruned_from_the_index() {
+    let server = Memcached::start();
+    let store = connect(&[&server.address], MemcacheOptions::default());
+    let (u, c) = (uaid(), channel(1));
+    store.register(&u, &c, 10).await.unwrap();
+    let ids: Vec<String> = (0..4).map(message_id).collect();
+    for id in &ids {
+        assert_eq!(
+            put(&store, &u, &message(id, &c, None), 10).await,
+            QueueOutcome::Stored
+        );
+    }
+    // memcached evicts the second message's item.
+    let evicted = format!("sp1:m:{u}:{}", ids[1]);
+    assert!(server.raw(&evicted).is_some(), "one item per message");
+    server.client().delete(&evicted).unwrap();
+    // The oldest two that are still there: the third stands in for the second.
+    assert_eq!(
+        queued_ids(&store, &u, 2).await,
+        [ids[0].clone(), ids[2].clone()]
+    );
+    // That read dropped the entry from the index.
+    let record = server.raw(&format!("sp1:d:{u}")).unwrap();
+    assert!(
+        !contains(&record, &ids[1]),
+        "the evicted entry stays indexed"
+    );
+    assert!(contains(&record, &ids[0]) && contains(&record, &ids[3]));
+    assert_eq!(
+        queued_ids(&store, &u, 10).await,
+        [ids[0].clone(), ids[2].clone(), ids[3].clone()]
+    );
+    // Acking what is left answers that nothing is.
+    let rest: Vec<MessageId> = [0, 2, 3].map(|i| MessageId::from(ids[i].as_str())).to_vec();
+    assert!(!store.ack_messages(&u, &rest, NOW).await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_index_holds_no_bodies_and_stays_bounded() {
+    let server = Memcached::start();
+    let store = connect(&[&server.address], MemcacheOptions::default());
+    let (u, c) = (uaid(), channel(1));
+    store.register(&u, &c, 10).await.unwrap();
+    let key = format!("sp1:d:{u}");
+    let bare = server.raw(&key).unwrap().len();
+    // Per entry: a 64-byte id with its length, the expiry (3 bytes), the topic's tag,
+    // and a topic of up to 32 bytes with its length; per queue its channel and count.
+    let entry = 1 + 64 + 3 + 1 + 1 + 32;
+    let queue = 1 + 36 + 1;
+    let max_queued = 5;
+    // A thousand messages of 4 KiB, each expiring 10 s after it is put, one a second;
+    // some replace a message by topic.
+    for n in 0..1000usize {
+        let now = NOW + n as u64;
+        let topic = (n % 3 == 0).then(|| format!("{:032}", n % 2));
+        let mut m = message(&message_id(n), &c, topic.as_deref());
+        m.expires_at = now + 10;
+        let outcome = store.put_message(&u, &m, max_queued, now).await.unwrap();
+        let record = server.raw(&key).unwrap().len();
+        assert!(
+            record <= bare + 1 + queue + max_queued * entry,
+            "message {n}: a record of {record} bytes"
+        );
+        if outcome == QueueOutcome::Full {
+            continue;
+        }
+        assert_eq!(outcome, QueueOutcome::Stored, "message {n}");
+    }
+    // Every message but the bounded last few has expired.
+    let left = store.messages(&u, NOW + 999, 100).await.unwrap();
+    assert!((1..=max_queued).contains(&left.len()), "{}", left.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_items_expire_in_memcached_with_their_message() {
+    let server = Memcached::start();
+    let store = connect(&[&server.address], MemcacheOptions::default());
+    let (u, c) = (uaid(), channel(1));
+    store.register(&u, &c, 10).await.unwrap();
+    // Ten minutes after the caller's now: ten minutes in memcached (and a margin),
+    // whatever the caller's clock says.
+    let soon = message(&message_id(1), &c, None);
+    let mut soon = Message {
+        expires_at: NOW + 600,
+        ..soon
+    };
+    put(&store, &u, &soon, 10).await;
+    let ttl = server.ttl(&format!("sp1:m:{u}:{}", soon.id)).unwrap();
+    assert!((598..=602).contains(&ttl), "{ttl}");
+    // Beyond memcached's 30 days of relative seconds: still the message's lifetime.
+    soon.id = MessageId::new(message_id(2));
+    soon.expires_at = NOW + 40 * 24 * 3600;
+    put(&store, &u, &soon, 10).await;
+    let ttl = server.ttl(&format!("sp1:m:{u}:{}", soon.id)).unwrap();
+    assert!(
+        (40 * 24 * 3600 - 5..=40 * 24 * 3600 + 2).contains(&ttl),
+        "{ttl}"
+    );
+    // The device record lives the store's own lifetime.
+    let record = server.ttl(&format!("sp1:d:{u}")).unwrap();
+    assert!(record > 29 * 24 * 3600, "{record}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_items_go_with_their_index_entries() {
+    let server = Memcached::start();
+    let store = connect(&[&server.address], MemcacheOptions::default());
+    let (u, c, other) = (uaid(), channel(1), channel(2));
+    store.register(&u, &c, 10).await.unwrap();
+    store.register(&u, &other, 10).await.unwrap();
+    let item = |id: &str| server.raw(&format!("sp1:m:{u}:{id}"));
+    let ids: Vec<String> = (0..6).map(message_id).collect();
+    let topical = message(&ids[0], &c, Some("t"));
+    put(&store, &u, &topical, 10).await;
+    // Replaced by topic.
+    put(&store, &u, &message(&ids[1], &c, Some("t")), 10).await;
+    assert!(item(&ids[0]).is_none(), "a replaced message's item stays");
+    assert!(item(&ids[1]).is_some());
+    // Acked.
+    put(&store, &u, &message(&ids[2], &c, None), 10).await;
+    assert!(
+        store
+            .ack_messages(&u, &[MessageId::from(ids[2].as_str())], NOW)
+            .await
+            .unwrap()
+    );
+    assert!(item(&ids[2]).is_none(), "an acked message's item stays");
+    // Deleted by the app server; a delete naming another channel touches nothing.
+    put(&store, &u, &message(&ids[3], &c, None), 10).await;
+    let id3 = MessageId::from(ids[3].as_str());
+    assert!(!store.delete_message(&u, &other, &id3, NOW).await.unwrap());
+    assert!(item(&ids[3]).is_some());
+    assert!(store.delete_message(&u, &c, &id3, NOW).await.unwrap());
+    assert!(item(&ids[3]).is_none(), "a deleted message's item stays");
+    // Refused: the channel full, or not registered.
+    let full = message(&ids[4], &c, None);
+    assert_eq!(put(&store, &u, &full, 1).await, QueueOutcome::Full);
+    assert!(item(&ids[4]).is_none(), "a refused message's item stays");
+    let gone = message(&ids[4], &channel(3), None);
+    assert_eq!(put(&store, &u, &gone, 10).await, QueueOutcome::Gone);
+    assert!(item(&ids[4]).is_none(), "a refused message's item stays");
+    // Unregistered with its channel.
+    put(&store, &u, &message(&ids[5], &other, None), 10).await;
+    store.unregister(&u, &c).await.unwrap();
+    assert!(
+        item(&ids[1]).is_none(),
+        "an unregistered channel's item stays"
+    );
+    assert!(item(&ids[5]).is_some());
+    assert_eq!(queued_ids(&store, &u, 10).await, [ids[5].clone()]);
+    // Dropped with the uaid.
+    store.drop_uaid(&u).await.unwrap();
+    assert!(item(&ids[5]).is_none(), "a dropped uaid's item stays");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_of_earlier_layouts_take_messages_and_go_back_when_emptied() {
+    let server = Memcached::start();
+    let store = connect(&[&server.address], MemcacheOptions::default());
+    let c = channel(1);
+    // The JSON layout, and the binary one before WebPush: [layout 1, one channel, its
+    // id, no update pending].
+    let json = format!(r#"{{"c":{{"{}":null}}}}"#, c.as_str());
+    let mut binary = vec![1, 1, 36];
+    binary.extend_from_slice(c.as_str().as_bytes());
+    binary.push(0);
+    for old in [json.into_bytes(), binary.clone()] {
+        let u = uaid();
+        let key = format!("sp1:d:{u}");
+        server.client().set(&key, old.as_slice(), 60).unwrap();
+        let id = message_id(1);
+        assert_eq!(
+            put(&store, &u, &message(&id, &c, None), 10).await,
+            QueueOutcome::Stored
+        );
+        assert_eq!(queued_ids(&store, &u, 10).await, std::slice::from_ref(&id));
+        assert_eq!(server.raw(&key).unwrap()[0], 2, "the layout with an index");
+        // Emptied of messages, the record is what a node before WebPush wrote.
+        store
+            .ack_messages(&u, &[MessageId::from(id.as_str())], NOW)
+            .await
+            .unwrap();
+        assert_eq!(server.raw(&key).unwrap(), binary);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_large_messages_and_indexes_are_refused_and_leave_nothing() {
+    let server = Memcached::start();
+    // Records of at most 1024 - 512 bytes.
+    let options = MemcacheOptions {
+        item_limit: 1024,
+        ..MemcacheOptions::default()
+    };
+    let store = connect(&[&server.address], options);
+    let (u, c) = (uaid(), channel(1));
+    store.register(&u, &c, 10).await.unwrap();
+    // A body beyond the item limit.
+    let id = message_id(0);
+    let error = store
+        .put_message(&u, &message(&id, &c, None), 100, NOW)
+        .await;
+    assert!(matches!(error, Err(StoreError::TooLarge(_))), "{error:?}");
+    assert!(server.raw(&format!("sp1:m:{u}:{id}")).is_none());
+    // Small messages until the index is full.
+    let mut stored = Vec::new();
+    let error = loop {
+        let id = message_id(stored.len() + 1);
+        let mut m = message(&id, &c, Some(&format!("{:032}", stored.len())));
+        m.payload = None;
+        match store.put_message(&u, &m, 100, NOW).await {
+            Ok(outcome) => assert_eq!(outcome, QueueOutcome::Stored),
+            Err(error) => {
+                assert!(
+                    server.raw(&format!("sp1:m:{u}:{id}")).is_none(),
+                    "item kept"
+                );
+                break error;
+            }
+        }
+        stored.push(id);
+    };
+    assert!(matches!(error, StoreError::TooLarge(_)), "{error:?}");
+    assert!((3..=5).contains(&stored.len()), "{}", stored.len());
+    assert_eq!(queued_ids(&store, &u, 100).await, stored);
+    // Errors name no uaid and no message id.
+    let text = error.to_string();
+    assert!(
+        !text.contains(u.as_str()) && text.contains("sp1:d:…"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_putting_and_acking_at_once_lose_nothing() {
+    let server = Memcached::start();
+    let (a, b) = (
+        Arc::new(connect(&[&server.address], MemcacheOptions::default())),
+        Arc::new(connect(&[&server.address], MemcacheOptions::default())),
+    );
+    let (u, c) = (uaid(), channel(1));
+    a.register(&u, &c, 10).await.unwrap();
+    let ids: Vec<String> = (0..60).map(message_id).collect();
+    let mut first = ids[..30].to_vec();
+    first.sort();
+    for id in &first {
+        put(&a, &u, &message(id, &c, None), 100).await;
+    }
+    // Node A takes 30 more while node B acks the first 30, a few at a time.
+    let putter = {
+        let (a, u, c, ids) = (Arc::clone(&a), u.clone(), c.clone(), ids[30..].to_vec());
+        tokio::spawn(async move {
+            let puts = ids.iter().map(|id| {
+                let (a, u, m) = (Arc::clone(&a), u.clone(), message(id, &c, None));
+                tokio::spawn(async move { a.put_message(&u, &m, 100, NOW).await })
+            });
+            for put in puts.collect::<Vec<_>>() {
+                assert_eq!(put.await.unwrap().unwrap(), QueueOutcome::Stored);
+            }
+        })
+    };
+    let acks = first.chunks(3).map(|chunk| {
+        let chunk: Vec<MessageId> = chunk
+            .iter()
+            .map(|id| MessageId::from(id.as_str()))
+            .collect();
+        let (b, u) = (Arc::clone(&b), u.clone());
+        tokio::spawn(async move { b.ack_messages(&u, &chunk, NOW).await })
+    });
+    for ack in acks.collect::<Vec<_>>() {
+        ack.await.unwrap().unwrap();
+    }
+    putter.await.unwrap();
+    let mut expected = ids[30..].to_vec();
+    expected.sort();
+    assert_eq!(queued_ids(&b, &u, 100).await, expected);
+    for id in &first {
+        assert!(
+            server.raw(&format!("sp1:m:{u}:{id}")).is_none(),
+            "acked item kept"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_items_spread_over_servers_and_come_back_in_order() {
+    let (a, b) = (Memcached::start(), Memcached::start());
+    let store = connect(&[&a.address, &b.address], MemcacheOptions::default());
+    let (u, c) = (uaid(), channel(1));
+    store.register(&u, &c, 10).await.unwrap();
+    let ids: Vec<String> = (0..40).map(message_id).collect();
+    for id in &ids {
+        put(&store, &u, &message(id, &c, None), 100).await;
+    }
+    let on_a = ids
+        .iter()
+        .filter(|id| a.raw(&format!("sp1:m:{u}:{id}")).is_some())
+        .count();
+    assert!((5..=35).contains(&on_a), "{on_a} of 40 items on one server");
+    let messages = store.messages(&u, NOW, 100).await.unwrap();
+    let got: Vec<&str> = messages.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(got, ids);
+    assert!(
+        messages
+            .iter()
+            .all(|m| m == &message(m.id.as_str(), &c, None))
+    );
+    // Acked in one call, every item goes, on both servers.
+    let all: Vec<MessageId> = ids.iter().map(|id| MessageId::from(id.as_str())).collect();
+    assert!(!store.ack_messages(&u, &all, NOW).await.unwrap());
+    for id in &ids {
+        let key = format!("sp1:m:{u}:{id}");
+        assert!(a.raw(&key).is_none() && b.raw(&key).is_none(), "item kept");
+    }
 }

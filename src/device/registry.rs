@@ -14,7 +14,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::task::AtomicWaker;
-use simplepush_store::{ChannelId, Uaid, Update};
+use simplepush_store::{ChannelId, Message, Uaid, Update};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -36,11 +36,20 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Something to deliver live, in the dialect of the device it is for.
+#[derive(Debug)]
+pub enum Delivery {
+    /// A SimplePush update of a channel.
+    Update(ChannelId, Update),
+    /// A WebPush message (boxed: it carries its body, and keeps this enum small).
+    Message(Box<Message>),
+}
+
 /// What a session is asked to do from outside.
 #[derive(Debug, Default)]
 pub struct Mail {
-    /// Updates to deliver live, oldest first, each with when its request arrived.
-    pub updates: Vec<(ChannelId, Update, Instant)>,
+    /// What to deliver live, oldest first, each with when its request arrived.
+    pub deliveries: Vec<(Delivery, Instant)>,
     /// A newer socket for the same uaid said hello: close with 4000.
     pub replaced: bool,
     /// The outbox overflowed: the device is not reading.
@@ -83,22 +92,31 @@ impl Signals {
 }
 
 impl Peer {
-    /// Queues an update for live delivery (`received`: when its request arrived).
-    /// Answers false (nothing queued) when the session is being replaced or its device
-    /// has stopped reading.
+    /// Queues a SimplePush update for live delivery (`received`: when its request
+    /// arrived). Answers false (nothing queued) when the session is being replaced or
+    /// its device has stopped reading.
     pub fn deliver(&self, channel: ChannelId, update: Update, received: Instant) -> bool {
+        self.post(Delivery::Update(channel, update), received)
+    }
+
+    /// Queues a WebPush message for live delivery, as [`Peer::deliver`] does an update.
+    pub fn deliver_message(&self, message: Message, received: Instant) -> bool {
+        self.post(Delivery::Message(Box::new(message)), received)
+    }
+
+    fn post(&self, delivery: Delivery, received: Instant) -> bool {
         let mut mail = lock(&self.mail);
         if mail.replaced || mail.overflowed {
             return false;
         }
-        if mail.updates.len() >= self.outbox_limit as usize {
+        if mail.deliveries.len() >= self.outbox_limit as usize {
             mail.overflowed = true;
-            mail.updates = Vec::new();
+            mail.deliveries = Vec::new();
             drop(mail);
             self.signal(Signals::MAIL);
             return false;
         }
-        mail.updates.push((channel, update, received));
+        mail.deliveries.push((delivery, received));
         drop(mail);
         self.signal(Signals::MAIL);
         true
@@ -394,7 +412,7 @@ mod tests {
         assert!(!peer.deliver(ChannelId::from("c"), update(0), Instant::now()));
         let mail = peer.take();
         assert!(mail.overflowed);
-        assert!(mail.updates.is_empty());
+        assert!(mail.deliveries.is_empty());
     }
 
     /// The signals raised so far, without waiting.

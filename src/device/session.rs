@@ -27,7 +27,7 @@ use crate::device::protocol::{
     self, Command, ErrorFrame, HelloReply, Notification, Refusal, RegisterReply, UnregisterReply,
     UpdateEntry, is_uuid_shaped,
 };
-use crate::device::registry::{ConnectionGuard, Peer, Signals, Stamp};
+use crate::device::registry::{ConnectionGuard, Delivery, Peer, Signals, Stamp};
 use crate::device::throttle::Throttle;
 use crate::error::store_error_frame;
 
@@ -616,8 +616,12 @@ impl Session {
         if mail.overflowed {
             return Err(End::TooSlow);
         }
-        for (channel, update, received) in mail.updates {
-            self.send_live(&channel, &update).await?;
+        for (delivery, received) in mail.deliveries {
+            match delivery {
+                Delivery::Update(channel, update) => self.send_live(&channel, &update).await?,
+                // WebPush sessions are not built yet; nothing routes messages here.
+                Delivery::Message(_) => continue,
+            }
             let waited = received.elapsed().as_secs_f64();
             self.app.metrics.delivery_seconds.observe(waited);
         }

@@ -80,6 +80,19 @@ struct Shard {
 }
 
 impl Shard {
+    /// Runs `f` on the device's record if it exists, removing the record if it ends up
+    /// empty.
+    fn with_device<T>(&mut self, uaid: &Uaid, missing: T, f: impl FnOnce(&mut Device) -> T) -> T {
+        let Some(device) = self.devices.get_mut(uaid) else {
+            return missing;
+        };
+        let answer = f(device);
+        if device.is_empty() {
+            self.devices.remove(uaid);
+        }
+        answer
+    }
+
     /// Keeps the messages of `uaid` for which `keep` holds, forgetting an emptied queue.
     fn retain_messages(&mut self, uaid: &Uaid, keep: impl FnMut(&Message) -> bool) {
         if let Some(queue) = self.queues.get_mut(uaid) {
@@ -122,18 +135,9 @@ impl MemoryStore {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Runs `f` on the device's record if it exists, removing the record if it ends up
-    /// empty.
+    /// [`Shard::with_device`] under the lock of the uaid's shard.
     fn with_device<T>(&self, uaid: &Uaid, missing: T, f: impl FnOnce(&mut Device) -> T) -> T {
-        let mut shard = self.shard(uaid);
-        let Some(device) = shard.devices.get_mut(uaid) else {
-            return missing;
-        };
-        let answer = f(device);
-        if device.is_empty() {
-            shard.devices.remove(uaid);
-        }
-        answer
+        self.shard(uaid).with_device(uaid, missing, f)
     }
 }
 
@@ -173,9 +177,10 @@ impl Store for MemoryStore {
     }
 
     async fn unregister(&self, uaid: &Uaid, channel: &ChannelId) -> Result<(), StoreError> {
-        self.with_device(uaid, (), |device| device.remove(channel));
-        self.shard(uaid)
-            .retain_messages(uaid, |message| message.channel != *channel);
+        // One lock for both, so no one sees the channel gone and its messages still there.
+        let mut shard = self.shard(uaid);
+        shard.with_device(uaid, (), |device| device.remove(channel));
+        shard.retain_messages(uaid, |message| message.channel != *channel);
         Ok(())
     }
 

@@ -12,6 +12,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -20,7 +21,6 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -38,25 +38,129 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// thousands a second).
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
-/// A share of the process's file descriptors for accepted sockets: one slot per open
-/// connection. Clones share the same slots.
+/// One side's share of a pool of socket slots (file descriptors for accepted sockets):
+/// one slot per open connection. Clones share the same slots.
 #[derive(Debug, Clone)]
-pub struct Slots(Arc<Semaphore>);
+pub struct Slots {
+    pool: Arc<Pool>,
+    side: Side,
+}
 
-impl Slots {
-    /// `count` slots.
-    pub fn new(count: usize) -> Slots {
-        Slots(Arc::new(Semaphore::new(count.min(Semaphore::MAX_PERMITS))))
+/// Slots shared by up to two sides: each side may hold up to its cap, and both together
+/// up to the total, so either side can use what the other leaves idle but never what is
+/// kept for the other.
+#[derive(Debug)]
+struct Pool {
+    /// Slots held by each side: side 0 in the low 32 bits, side 1 in the high ones.
+    held: AtomicU64,
+    total: u32,
+    caps: [u32; 2],
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Side {
+    First,
+    Second,
+}
+
+impl Side {
+    fn shift(self) -> u32 {
+        match self {
+            Side::First => 0,
+            Side::Second => 32,
+        }
+    }
+}
+
+impl Pool {
+    fn new(total: usize, caps: [usize; 2]) -> Arc<Pool> {
+        let clamp = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        let total = clamp(total);
+        Arc::new(Pool {
+            held: AtomicU64::new(0),
+            total,
+            caps: caps.map(|cap| clamp(cap).min(total)),
+        })
     }
 
-    /// Slots free now.
-    pub fn available(&self) -> usize {
-        self.0.available_permits()
+    fn counts(held: u64) -> [u32; 2] {
+        [held as u32, (held >> 32) as u32]
+    }
+}
+
+impl Slots {
+    /// `count` slots of their own.
+    pub fn new(count: usize) -> Slots {
+        Slots {
+            pool: Pool::new(count, [count, 0]),
+            side: Side::First,
+        }
+    }
+
+    /// A pool of `total` slots for two sides, each of which always finds at least
+    /// `first_kept` (resp. `second_kept`) slots that the other side cannot take.
+    pub fn shared(total: usize, first_kept: usize, second_kept: usize) -> (Slots, Slots) {
+        let pool = Pool::new(
+            total,
+            [
+                total.saturating_sub(second_kept),
+                total.saturating_sub(first_kept),
+            ],
+        );
+        let first = Slots {
+            pool: pool.clone(),
+            side: Side::First,
+        };
+        (
+            first,
+            Slots {
+                pool,
+                side: Side::Second,
+            },
+        )
+    }
+
+    /// The most slots this side may hold when the other side holds none.
+    pub fn cap(&self) -> usize {
+        self.pool.caps[self.side as usize] as usize
+    }
+
+    /// A slot, if this side may take one now.
+    fn try_acquire(&self) -> Option<Slot> {
+        let pool = &self.pool;
+        let side = self.side as usize;
+        let one = 1u64 << self.side.shift();
+        pool.held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                let counts = Pool::counts(held);
+                let room = counts[side] < pool.caps[side]
+                    && counts[0].saturating_add(counts[1]) < pool.total;
+                room.then_some(held + one)
+            })
+            .ok()?;
+        Some(Slot {
+            pool: pool.clone(),
+            one,
+        })
+    }
+}
+
+/// A slot held; given back when dropped.
+#[derive(Debug)]
+struct Slot {
+    pool: Arc<Pool>,
+    one: u64,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.pool.held.fetch_sub(self.one, Ordering::AcqRel);
     }
 }
 
 /// The socket budgets of a server's listeners: devices on one side, app servers (and
-/// peers) on the other, operators apart, so that a flood of either cannot take the other's.
+/// peers) on the other, drawing on one pool with a share kept for each, so that a flood
+/// of either cannot take the other's; operators apart.
 #[derive(Debug, Clone)]
 pub struct Sockets {
     /// The websocket listener's connections, upgraded or not.
@@ -71,7 +175,7 @@ pub struct Sockets {
 /// An accepted connection and its slot, given back when the socket closes.
 struct Counted<S> {
     io: S,
-    _slot: OwnedSemaphorePermit,
+    _slot: Slot,
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
@@ -162,7 +266,7 @@ pub async fn serve<F>(
         };
         // Closed at once rather than left in the backlog: the backlog keeps draining,
         // and the client learns now instead of after its connect timeout.
-        let Ok(slot) = slots.0.clone().try_acquire_owned() else {
+        let Some(slot) = slots.try_acquire() else {
             drop(stream);
             let now = Instant::now();
             if warned.is_none_or(|at| now - at >= WARN_EVERY) {
@@ -227,5 +331,53 @@ where
     };
     if let Err(error) = result {
         tracing::debug!(%error, "http connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_side_keeps_its_share_and_may_use_what_the_other_leaves() {
+        let (device, app) = Slots::shared(10, 5, 2);
+        assert_eq!((device.cap(), app.cap()), (8, 5));
+        // Devices alone may take all but the app servers' two.
+        let devices: Vec<Slot> = std::iter::from_fn(|| device.try_acquire()).collect();
+        assert_eq!(devices.len(), 8);
+        // The app servers' two are still there, and no more.
+        let apps: Vec<Slot> = std::iter::from_fn(|| app.try_acquire()).collect();
+        assert_eq!(apps.len(), 2);
+        drop(devices);
+        // With the devices gone, app servers may grow to all but the devices' five.
+        let more: Vec<Slot> = std::iter::from_fn(|| app.try_acquire()).collect();
+        assert_eq!(apps.len() + more.len(), 5);
+        // And the devices' five stay free for devices.
+        let devices: Vec<Slot> = std::iter::from_fn(|| device.try_acquire()).collect();
+        assert_eq!(devices.len(), 5);
+    }
+
+    #[test]
+    fn slots_never_overshoot_under_contention() {
+        let (device, app) = Slots::shared(1000, 100, 100);
+        let taken: Vec<Vec<Slot>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8)
+                .map(|i| {
+                    let slots = if i % 2 == 0 {
+                        device.clone()
+                    } else {
+                        app.clone()
+                    };
+                    scope.spawn(move || std::iter::from_fn(|| slots.try_acquire()).collect())
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(taken.iter().map(Vec::len).sum::<usize>(), 1000);
+        drop(taken);
+        assert_eq!(
+            Pool::counts(device.pool.held.load(Ordering::Acquire)),
+            [0, 0]
+        );
     }
 }

@@ -63,8 +63,10 @@ fn store_files(config: &Config) -> u64 {
 }
 
 /// The sockets the listeners may hold: the open-file limit less what the process and
-/// its store need, split so that app servers always have a share (an eighth, between
-/// 16 and 16,384) that a device flood cannot take, and devices the rest.
+/// its store need, one pool for both public sides: a share stays for app servers (a
+/// thirty-second, 16 to 512: their connections are few and kept alive) that a device
+/// flood cannot take, and half stays for devices, which a flood of app-server
+/// connections cannot take; beyond its kept share, either side uses what is free.
 fn socket_budget(config: &Config) -> Sockets {
     let (soft, _) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap_or((1024, 1024));
     let reserve = RESERVED_FILES
@@ -81,17 +83,18 @@ fn socket_budget(config: &Config) -> Sockets {
         );
     }
     let sockets = usize::try_from(sockets).unwrap_or(usize::MAX);
-    let app_server = (sockets / 8).clamp(16, 16_384).min(sockets / 2);
+    let app_server_kept = (sockets / 32).clamp(16, 512).min(sockets / 2);
+    let (device, app_server) = Slots::shared(sockets, sockets / 2, app_server_kept);
     Sockets {
-        device: Slots::new(sockets - app_server),
-        app_server: Slots::new(app_server),
+        device,
+        app_server,
         operator: Slots::new(OPERATOR_SOCKETS as usize),
     }
 }
 
 /// The configured limit of device sessions, or most of the device listener's socket
-/// budget: a sixteenth stays for health checks and for answering upgrades beyond it
-/// with 503.
+/// budget: a sixty-fourth (8 to 256) stays for health checks and for answering upgrades
+/// beyond it with 503.
 fn max_connections(configured: usize, device_sockets: usize) -> usize {
     if configured > 0 {
         if configured > device_sockets {
@@ -103,7 +106,8 @@ fn max_connections(configured: usize, device_sockets: usize) -> usize {
         }
         return configured;
     }
-    (device_sockets - device_sockets / 16).max(1)
+    let headroom = (device_sockets / 64).clamp(8, 256).min(device_sockets / 2);
+    (device_sockets - headroom).max(1)
 }
 
 /// Why the server could not start.
@@ -250,10 +254,7 @@ impl Server {
             protocol: config.protocol.clone(),
             endpoint_url,
             cors: config.server.cors,
-            max_connections: max_connections(
-                config.server.max_connections,
-                sockets.device.available(),
-            ),
+            max_connections: max_connections(config.server.max_connections, sockets.device.cap()),
             sockets,
             inflight: Semaphore::new(config.server.max_inflight_requests),
             queue_delay: Arc::new(QueueDelay::new(config.server.max_queue_delay)),

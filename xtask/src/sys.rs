@@ -41,8 +41,20 @@ pub fn cargo() -> OsString {
 
 /// The workspace root: the parent of this crate's directory.
 pub fn workspace_root() -> &'static Path {
-    let xtask_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    xtask_dir.parent().unwrap_or(xtask_dir)
+    static ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    ROOT.get_or_init(|| {
+        // `cargo run` (the `cargo xtask` alias) names the manifest's folder at run time.
+        // The folder baked in at compile time is only the fallback: with a target dir
+        // shared by several clones, cargo may reuse an xtask built in another clone, and
+        // its baked-in folder is that clone's.
+        let xtask_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+        xtask_dir
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or(xtask_dir)
+    })
 }
 
 #[cfg(test)]

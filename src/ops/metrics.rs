@@ -56,6 +56,8 @@ pub struct Metrics {
     pub vapid_failures: IntCounterVec,
     /// `DELETE /m/{id}` requests answered, by `status`.
     pub message_deletes: IntCounterVec,
+    /// What WebPush device sessions do.
+    pub device_webpush: DeviceWebPushMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -148,6 +150,7 @@ impl Metrics {
         ] {
             let _ = registry.register(metric);
         }
+        let device_webpush = DeviceWebPushMetrics::new(&registry);
         Metrics {
             registry,
             connections,
@@ -164,6 +167,7 @@ impl Metrics {
             webpush_encodings,
             vapid_failures,
             message_deletes,
+            device_webpush,
         }
     }
 
@@ -197,6 +201,76 @@ impl Metrics {
         }
         for status in ["204", "404"] {
             self.message_deletes.with_label_values(&[status]);
+        }
+        self.device_webpush.preset();
+    }
+}
+
+/// What WebPush device sessions do (PROTOCOL.md §9).
+pub struct DeviceWebPushMetrics {
+    /// Commands of WebPush sessions, by `command` (hello, register, unregister, ack,
+    /// nack, ping, broadcast_subscribe, unknown).
+    pub commands: IntCounterVec,
+    /// Acknowledged messages, by the ack's `code` (100, 101, 102, other).
+    pub acks: IntCounterVec,
+    /// Nacks, by `code` (301, 302, 303, other).
+    pub nacks: IntCounterVec,
+    /// Notification frames written to WebPush devices (first sends and re-sends).
+    pub notifications: IntCounter,
+}
+
+impl DeviceWebPushMetrics {
+    fn new(registry: &Registry) -> DeviceWebPushMetrics {
+        let counter = |name: &str, help: &str, label: &str| {
+            let metric = IntCounterVec::new(Opts::new(name, help), &[label])
+                .unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
+            let _ = registry.register(Box::new(metric.clone()));
+            metric
+        };
+        let notifications = IntCounter::new(
+            "webpush_notifications_total",
+            "Notifications written to WebPush devices.",
+        )
+        .unwrap_or_else(|e| unreachable!("{e}"));
+        let _ = registry.register(Box::new(notifications.clone()));
+        DeviceWebPushMetrics {
+            commands: counter(
+                "webpush_commands_total",
+                "WebPush device commands handled.",
+                "command",
+            ),
+            acks: counter(
+                "webpush_acks_total",
+                "Messages acknowledged by WebPush devices, by code.",
+                "code",
+            ),
+            nacks: counter(
+                "webpush_nacks_total",
+                "Nacks from WebPush devices, by code.",
+                "code",
+            ),
+            notifications,
+        }
+    }
+
+    fn preset(&self) {
+        for command in [
+            "hello",
+            "register",
+            "unregister",
+            "ack",
+            "nack",
+            "ping",
+            "broadcast_subscribe",
+            "unknown",
+        ] {
+            self.commands.with_label_values(&[command]);
+        }
+        for code in ["100", "101", "102", "other"] {
+            self.acks.with_label_values(&[code]);
+        }
+        for code in ["301", "302", "303", "other"] {
+            self.nacks.with_label_values(&[code]);
         }
     }
 }

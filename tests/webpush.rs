@@ -567,3 +567,126 @@ fn notification_frame_of_the_contract_parses() {
     assert_eq!(notification.data, Some(unb64("AAEC")));
     assert_eq!(notification.data, Some(vec![0, 1, 2]));
 }
+
+#[tokio::test]
+async fn unacked_message_is_resent_on_the_open_socket_after_retry_interval() {
+    let server = Server::builder()
+        .protocol("retry_interval", "\"1s\"")
+        .start()
+        .await;
+    let mut browser = Browser::connect(&server).await;
+    let subscription = browser.subscribe(None).await;
+    let reply = Push::to(&subscription)
+        .aes128gcm(&subscription, b"again")
+        .send(&server)
+        .await;
+    assert_created(&reply, 60);
+    let (first, _) = browser.recv_decrypted().await;
+
+    // No ack: the same message comes again on this socket (within WAIT > 1 s).
+    let (again, plaintext) = browser.recv_decrypted().await;
+    assert_eq!(plaintext, b"again");
+    assert_eq!(again.version, first.version);
+    browser.ack(&again).await;
+    browser.expect_nothing().await;
+}
+
+#[tokio::test]
+async fn ack_with_any_code_is_final_and_nack_gets_no_reply() {
+    let server = Server::start().await;
+    let mut browser = Browser::connect(&server).await;
+    let subscription = browser.subscribe(None).await;
+    for code in [101, 102] {
+        let reply = Push::to(&subscription)
+            .aes128gcm(&subscription, format!("code {code}").as_bytes())
+            .send(&server)
+            .await;
+        assert_created(&reply, 60);
+        let notification = browser.recv_notification().await;
+        browser
+            .device()
+            .send(json!({"messageType": "ack", "updates": [{
+                "channelID": notification.channel_id,
+                "version": notification.version,
+                "code": code,
+            }]}))
+            .await;
+        if code == 102 {
+            // The page's handler failed: Firefox nacks too; no reply, no close.
+            browser
+                .device()
+                .send(json!({"messageType": "nack", "version": notification.version, "code": 301}))
+                .await;
+        }
+    }
+    browser.expect_nothing().await;
+    browser.reconnect(&server).await;
+    browser.expect_nothing().await;
+}
+
+#[tokio::test]
+async fn ttl_above_the_maximum_is_lowered_and_answered() {
+    let server = Server::builder()
+        .protocol("max_ttl", "\"1h\"")
+        .start()
+        .await;
+    let mut browser = Browser::connect(&server).await;
+    let subscription = browser.subscribe(None).await;
+    let reply = Push::to(&subscription)
+        .ttl(30 * 86_400)
+        .aes128gcm(&subscription, b"long")
+        .send(&server)
+        .await;
+    assert_created(&reply, 3600);
+    let (notification, plaintext) = browser.recv_decrypted().await;
+    assert_eq!(plaintext, b"long");
+    assert_eq!(notification.frame["ttl"], json!(3600));
+    browser.ack(&notification).await;
+    browser.expect_nothing().await;
+}
+
+/// WebPush across a memcache cluster: the push lands on another node than the one
+/// holding the socket, live and then offline (PROTOCOL.md §7 and §9).
+#[cfg(feature = "memcache")]
+#[tokio::test]
+async fn webpush_follows_the_device_across_cluster_nodes() {
+    let memcached = common::Memcached::start().await;
+    let key = common::token_key();
+    let secret = common::hex_id();
+    let mut nodes = Vec::new();
+    for _ in 0..2 {
+        let node = memcached
+            .server()
+            .set("server", "token_keys", &format!("[\"{key}\"]"))
+            .set("router", "secret", &format!("\"{secret}\""))
+            .start()
+            .await;
+        nodes.push(node);
+    }
+    let mut browser = Browser::connect(&nodes[0]).await;
+    let subscription = browser.subscribe(None).await;
+    let (_, token) = subscription.endpoint.split_once("/wpush/v1/").unwrap();
+    let elsewhere = nodes[1].endpoint_url(&format!("/wpush/v1/{token}"));
+
+    let reply = Push::to_endpoint(&elsewhere)
+        .aes128gcm(&subscription, b"routed live")
+        .send(&nodes[1])
+        .await;
+    assert_created(&reply, 60);
+    let (notification, plaintext) = browser.recv_decrypted().await;
+    assert_eq!(plaintext, b"routed live");
+    browser.ack(&notification).await;
+    browser.expect_nothing().await;
+
+    let offline = browser.go_offline(&nodes[0], 0).await;
+    let reply = Push::to_endpoint(&elsewhere)
+        .aes128gcm(&subscription, b"stored in memcached")
+        .send(&nodes[1])
+        .await;
+    assert_created(&reply, 60);
+    let mut browser = offline.reconnect(&nodes[1]).await;
+    let (notification, plaintext) = browser.recv_decrypted().await;
+    assert_eq!(plaintext, b"stored in memcached");
+    browser.ack(&notification).await;
+    browser.expect_nothing().await;
+}

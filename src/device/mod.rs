@@ -8,3 +8,4 @@ pub mod registry;
 pub mod session;
 pub mod throttle;
 pub mod upgrade;
+pub mod webpush;

@@ -15,6 +15,8 @@ pub enum Command {
         uaid: Option<String>,
         /// `channelIDs` as sent; `None` when the key is absent.
         channel_ids: Option<Vec<String>>,
+        /// `"use_webpush": true`: the socket speaks WebPush (PROTOCOL.md §9).
+        webpush: bool,
     },
     /// `register` of a UUID-shaped channel id.
     Register {
@@ -121,10 +123,10 @@ pub fn is_uuid_shaped(id: &str) -> bool {
 }
 
 /// A JSON object whose keys are looked up case-insensitively.
-struct Fields(Map<String, Value>);
+pub(crate) struct Fields(Map<String, Value>);
 
 impl Fields {
-    fn new(object: Map<String, Value>) -> Fields {
+    pub(crate) fn new(object: Map<String, Value>) -> Fields {
         Fields(
             object
                 .into_iter()
@@ -134,7 +136,7 @@ impl Fields {
     }
 
     /// The value of `key` (lower-case), treating `null` as absent.
-    fn get(&self, key: &str) -> Option<&Value> {
+    pub(crate) fn get(&self, key: &str) -> Option<&Value> {
         self.0.get(key).filter(|v| !v.is_null())
     }
 }
@@ -178,7 +180,7 @@ fn invalid(frame: ErrorFrame) -> Refusal {
 }
 
 /// Adds the field the device sent under `key` to the error frame.
-fn echoing(fields: &Fields, key: &str, name: &str, frame: ErrorFrame) -> ErrorFrame {
+pub(crate) fn echoing(fields: &Fields, key: &str, name: &str, frame: ErrorFrame) -> ErrorFrame {
     match fields.get(key) {
         Some(value) => frame.echo(name, value.clone()),
         None => frame,
@@ -197,10 +199,16 @@ fn parse_hello(fields: &Fields) -> Result<Command, ErrorFrame> {
         Malformed::NotArray => fail("channelIDs is not an array"),
         Malformed::BadItem => fail("channelIDs must be an array of strings"),
     })?;
-    Ok(Command::Hello { uaid, channel_ids })
+    // Only a JSON `true` asks for WebPush; anything else is a SimplePush hello.
+    let webpush = fields.get("use_webpush") == Some(&Value::Bool(true));
+    Ok(Command::Hello {
+        uaid,
+        channel_ids,
+        webpush,
+    })
 }
 
-fn parse_channel(fields: &Fields) -> Result<String, ErrorFrame> {
+pub(crate) fn parse_channel(fields: &Fields) -> Result<String, ErrorFrame> {
     let fail = |reason: &str| {
         echoing(
             fields,
@@ -445,7 +453,8 @@ mod tests {
             cmd,
             Ok(Command::Hello {
                 uaid: Some("abc".into()),
-                channel_ids: Some(vec!["x".into()])
+                channel_ids: Some(vec!["x".into()]),
+                webpush: false,
             })
         );
         let id = "5A0FC5D5-3F0A-4F4C-9C5B-2E3C1A2B3C4D";
@@ -467,9 +476,33 @@ mod tests {
             cmd,
             Ok(Command::Hello {
                 uaid: None,
-                channel_ids: None
+                channel_ids: None,
+                webpush: false,
             })
         );
+    }
+
+    #[test]
+    fn hello_asks_for_webpush_only_with_use_webpush_true() {
+        let webpush = |s: &str| match parse_str(s) {
+            Ok(Command::Hello { webpush, .. }) => webpush,
+            other => panic!("{s}: {other:?}"),
+        };
+        assert!(webpush(
+            r#"{"messageType":"hello","broadcasts":{},"use_webpush":true}"#
+        ));
+        assert!(webpush(
+            r#"{"messageType":"hello","USE_WEBPUSH":true,"uaid":"u"}"#
+        ));
+        for s in [
+            r#"{"messageType":"hello"}"#,
+            r#"{"messageType":"hello","use_webpush":false}"#,
+            r#"{"messageType":"hello","use_webpush":"true"}"#,
+            r#"{"messageType":"hello","use_webpush":1}"#,
+            r#"{"messageType":"hello","use_webpush":null}"#,
+        ] {
+            assert!(!webpush(s), "{s}");
+        }
     }
 
     #[test]

@@ -29,6 +29,7 @@ use crate::device::protocol::{
 };
 use crate::device::registry::{ConnectionGuard, Delivery, Peer, Signals, Stamp};
 use crate::device::throttle::Throttle;
+use crate::device::webpush;
 use crate::error::store_error_frame;
 
 /// The websocket of one device.
@@ -115,6 +116,7 @@ pub fn run(
         retry_at: None,
         keepalive,
         messages: 0,
+        webpush: None,
         throttle: Throttle::default(),
         _connected: connected,
     };
@@ -142,6 +144,11 @@ struct Session {
     keepalive: KeepaliveTimer,
     /// Messages received from the device.
     messages: u64,
+    /// Set by a hello with `use_webpush` (PROTOCOL.md §9): the socket then speaks
+    /// WebPush, and this counts the messages sent to it that it has not acknowledged
+    /// yet (roughly: acks of other ids count too), so the next page of queued messages
+    /// goes out once the last page is acknowledged.
+    webpush: Option<u16>,
     /// The device's allowance of commands (`command_rate`, `command_burst`).
     throttle: Throttle,
     /// Counts this socket among the node's connections.
@@ -338,15 +345,21 @@ impl Session {
 
     async fn on_message(&mut self, frame: &[u8]) -> Step {
         self.messages += 1;
+        if self.webpush.is_some() {
+            return self.on_webpush_message(frame).await;
+        }
         let command = protocol::parse(frame);
         if let Ok(command) = &command {
             let name = command.name();
-            self.app.metrics.commands.with_label_values(&[name]).inc();
-            let (rate, burst) = (
-                self.app.protocol.command_rate,
-                self.app.protocol.command_burst,
-            );
-            if !self.throttle.admit(self.app.registry.now(), rate, burst) {
+            let counter = match command {
+                // The hello that makes the socket a WebPush session counts as WebPush.
+                Command::Hello { webpush: true, .. } if self.uaid.is_none() => {
+                    &self.app.metrics.device_webpush.commands
+                }
+                _ => &self.app.metrics.commands,
+            };
+            counter.with_label_values(&[name]).inc();
+            if !self.admit() {
                 return self.fail(too_many_commands(command)).await;
             }
         }
@@ -354,7 +367,14 @@ impl Session {
             Err(Refusal::NotAnObject) => Err(End::InvalidPayload),
             Err(Refusal::Invalid(error)) => self.fail(error).await,
             Ok(Command::Ping) => self.ping().await,
-            Ok(Command::Hello { uaid, channel_ids }) => self.hello(uaid, channel_ids).await,
+            Ok(Command::Hello {
+                uaid,
+                webpush: true,
+                ..
+            }) if self.uaid.is_none() => self.webpush_hello(uaid).await,
+            Ok(Command::Hello {
+                uaid, channel_ids, ..
+            }) => self.hello(uaid, channel_ids).await,
             Ok(Command::Register { channel_id }) => self.register(channel_id).await,
             Ok(Command::Unregister { channel_id }) => self.unregister(channel_id).await,
             Ok(Command::Ack {
@@ -362,6 +382,55 @@ impl Session {
                 expired,
                 sent_updates,
             }) => self.ack(updates, expired, sent_updates).await,
+        }
+    }
+
+    /// Whether the device's allowance of commands admits one more.
+    fn admit(&mut self) -> bool {
+        let (rate, burst) = (
+            self.app.protocol.command_rate,
+            self.app.protocol.command_burst,
+        );
+        self.throttle.admit(self.app.registry.now(), rate, burst)
+    }
+
+    /// A message of a WebPush session (PROTOCOL.md §9).
+    async fn on_webpush_message(&mut self, frame: &[u8]) -> Step {
+        let command = webpush::parse(frame);
+        if let Ok(command) = &command {
+            let metrics = &self.app.metrics.device_webpush;
+            metrics.commands.with_label_values(&[command.name()]).inc();
+            if !self.admit() {
+                return self.fail(webpush_too_many_commands(command)).await;
+            }
+        }
+        match command {
+            Err(Refusal::NotAnObject) => Err(End::InvalidPayload),
+            Err(Refusal::Invalid(error)) => self.fail(error).await,
+            Ok(webpush::Command::Ping) => self.ping().await,
+            // One hello reply per socket; the server knows no broadcasts; what Firefox
+            // may add later is ignored, as Firefox ignores what it does not know.
+            Ok(
+                webpush::Command::Hello
+                | webpush::Command::BroadcastSubscribe
+                | webpush::Command::Unknown,
+            ) => Ok(()),
+            Ok(webpush::Command::Register { channel_id, key }) => {
+                self.webpush_register(channel_id, key).await
+            }
+            Ok(webpush::Command::Unregister { channel_id }) => {
+                self.webpush_unregister(channel_id).await
+            }
+            Ok(webpush::Command::Ack {
+                updates,
+                sent_updates,
+            }) => self.webpush_ack(updates, sent_updates).await,
+            Ok(webpush::Command::Nack { code }) => {
+                let label = webpush::nack_code_label(code);
+                let nacks = &self.app.metrics.device_webpush.nacks;
+                nacks.with_label_values(&[label]).inc();
+                Ok(())
+            }
         }
     }
 
@@ -435,21 +504,61 @@ impl Session {
                 return self.fail(error).await;
             }
         };
-        self.app.registry.claim(&uaid, &self.peer);
-        if let Some(cluster) = &self.app.cluster
-            && let Err(e) = cluster.announce(&*self.app.store, &uaid).await
-        {
-            self.app.registry.release(&uaid, &self.peer);
-            let error = store_error_frame(&e).for_type("hello");
-            return self
-                .fail(error.echo("uaid", Value::String(uaid.to_string())))
-                .await;
-        }
+        self.claim(&uaid).await?;
         // A replacement that raced our own claim is not ours to obey.
         let reply = protocol::to_text(&HelloReply::new(uaid.as_str()));
         self.uaid = Some(uaid);
         self.send(reply).await?;
         self.flush().await.map(drop)
+    }
+
+    /// Takes `uaid` on this node and in the cluster: the newest socket wins.
+    async fn claim(&mut self, uaid: &Uaid) -> Step {
+        self.app.registry.claim(uaid, &self.peer);
+        if let Some(cluster) = &self.app.cluster
+            && let Err(e) = cluster.announce(&*self.app.store, uaid).await
+        {
+            self.app.registry.release(uaid, &self.peer);
+            let error = store_error_frame(&e).for_type("hello");
+            return self
+                .fail(error.echo("uaid", Value::String(uaid.to_string())))
+                .await;
+        }
+        Ok(())
+    }
+
+    /// The hello that makes this socket a WebPush session (PROTOCOL.md §9): its one
+    /// reply, then every queued message.
+    async fn webpush_hello(&mut self, sent: Option<String>) -> Step {
+        let uaid = match Self::choose_webpush_uaid(&self.app, sent.as_deref()).await {
+            Ok(uaid) => uaid,
+            Err(e) => {
+                let mut error = store_error_frame(&e).for_type("hello");
+                if let Some(sent) = sent {
+                    error = error.echo("uaid", Value::String(sent));
+                }
+                return self.fail(error).await;
+            }
+        };
+        self.claim(&uaid).await?;
+        let reply = protocol::to_text(&webpush::HelloReply::new(uaid.as_str()));
+        self.uaid = Some(uaid);
+        self.webpush = Some(0);
+        self.send(reply).await?;
+        self.flush().await.map(drop)
+    }
+
+    /// A WebPush device keeps its uaid only while the store knows it (has channels of
+    /// it); any other gets a fresh one, so that Firefox drops the subscriptions the
+    /// server no longer has.
+    async fn choose_webpush_uaid(app: &App, sent: Option<&str>) -> Result<Uaid, StoreError> {
+        if let Some(sent) = sent.filter(|u| webpush::uaid_acceptable(u)) {
+            let sent = Uaid::new(sent);
+            if app.store.knows_uaid(&sent).await? {
+                return Ok(sent);
+            }
+        }
+        Ok(Uaid::new(uuid::Uuid::new_v4().simple().to_string()))
     }
 
     /// The uaid this device goes by, per the minting rules of PROTOCOL.md §4.
@@ -496,16 +605,7 @@ impl Session {
             Err(error) => return self.fail(error).await,
         };
         let channel = ChannelId::new(channel_id);
-        let max = self.app.protocol.max_channels;
-        let failure = match self.app.store.register(&uaid, &channel, max).await {
-            Ok(RegisterOutcome::Registered) => None,
-            Ok(RegisterOutcome::TooManyChannels) => Some(ErrorFrame::new(
-                503,
-                format!("too many channels: at most {max} per uaid"),
-            )),
-            Err(e) => Some(store_error_frame(&e)),
-        };
-        if let Some(error) = failure {
+        if let Some(error) = Self::register_channel(&self.app, &uaid, &channel).await {
             return self
                 .fail(error.for_type("register").echo(echo.0, echo.1))
                 .await;
@@ -513,6 +613,104 @@ impl Session {
         let endpoint = self.app.push_endpoint(&uaid, &channel);
         let reply = RegisterReply::new(uaid.as_str(), channel.as_str(), &endpoint);
         self.send(protocol::to_text(&reply)).await
+    }
+
+    /// Registers `channel` in the store; the refusal, if it fails.
+    async fn register_channel(app: &App, uaid: &Uaid, channel: &ChannelId) -> Option<ErrorFrame> {
+        let max = app.protocol.max_channels;
+        match app.store.register(uaid, channel, max).await {
+            Ok(RegisterOutcome::Registered) => None,
+            Ok(RegisterOutcome::TooManyChannels) => Some(ErrorFrame::new(
+                503,
+                format!("too many channels: at most {max} per uaid"),
+            )),
+            Err(e) => Some(store_error_frame(&e)),
+        }
+    }
+
+    /// A WebPush register: as SimplePush's, with a `/wpush/` endpoint (v2, bound to
+    /// the key, when the device sent the app server's key).
+    async fn webpush_register(&mut self, channel_id: String, key: Option<Vec<u8>>) -> Step {
+        let echo = ("channelID", Value::String(channel_id.clone()));
+        let uaid = match self.said_hello("register", Some(echo.clone())) {
+            Ok(uaid) => uaid,
+            Err(error) => return self.fail(error).await,
+        };
+        let channel = ChannelId::new(channel_id);
+        if let Some(error) = Self::register_channel(&self.app, &uaid, &channel).await {
+            return self
+                .fail(error.for_type("register").echo(echo.0, echo.1))
+                .await;
+        }
+        let endpoint = webpush::push_endpoint(&self.app, &uaid, &channel, key.as_deref());
+        let reply = RegisterReply::new(uaid.as_str(), channel.as_str(), &endpoint);
+        self.send(protocol::to_text(&reply)).await
+    }
+
+    /// A WebPush unregister: the channel and its queued messages are dropped.
+    async fn webpush_unregister(&mut self, channel_id: String) -> Step {
+        let echo = ("channelID", Value::String(channel_id.clone()));
+        let uaid = match self.said_hello("unregister", Some(echo.clone())) {
+            Ok(uaid) => uaid,
+            Err(error) => return self.fail(error).await,
+        };
+        let channel = ChannelId::new(channel_id);
+        if let Err(e) = self.app.store.unregister(&uaid, &channel).await {
+            let error = store_error_frame(&e).for_type("unregister");
+            return self.fail(error.echo(echo.0, echo.1)).await;
+        }
+        let reply = protocol::to_text(&webpush::UnregisterReply::new(channel.as_str()));
+        self.send(reply).await
+    }
+
+    /// A WebPush ack: every listed message is removed whatever its code, in one store
+    /// call; the ids are deduplicated and capped as SimplePush's ack channels are.
+    /// Once the device has acknowledged what it was sent, the next page goes out.
+    async fn webpush_ack(
+        &mut self,
+        updates: Vec<(String, Option<u64>)>,
+        sent_updates: Value,
+    ) -> Step {
+        let echo = ("updates", sent_updates);
+        let uaid = match self.said_hello("ack", Some(echo.clone())) {
+            Ok(uaid) => uaid,
+            Err(error) => return self.fail(error).await,
+        };
+        let max = self.app.protocol.max_channels;
+        let Some(ids) = webpush::distinct_ids(&updates, max) else {
+            let reason = format!("an ack names at most {max} messages");
+            let error = ErrorFrame::new(401, reason).for_type("ack");
+            return self.fail(error.echo(echo.0, echo.1)).await;
+        };
+        let acks = &self.app.metrics.device_webpush.acks;
+        for (_, code) in &updates {
+            acks.with_label_values(&[webpush::ack_code_label(*code)])
+                .inc();
+        }
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let store = self.app.store.clone();
+        match store.ack_messages(&uaid, &ids, now_secs()).await {
+            Ok(more) => {
+                let unacked = self.webpush.unwrap_or(0);
+                let unacked = unacked.saturating_sub(u16::try_from(ids.len()).unwrap_or(u16::MAX));
+                self.webpush = Some(unacked);
+                if !more {
+                    // Nothing left to re-send.
+                    self.retry_at = None;
+                    Ok(())
+                } else if unacked == 0 {
+                    self.flush().await.map(drop)
+                } else {
+                    Ok(())
+                }
+            }
+            Err(e) => {
+                let error = store_error_frame(&e).for_type("ack");
+                self.fail(error.echo(echo.0, echo.1)).await
+            }
+        }
     }
 
     async fn unregister(&mut self, channel_id: String) -> Step {
@@ -575,6 +773,9 @@ impl Session {
     /// Sends everything pending for the device in one notification, if anything is;
     /// answers whether it sent one.
     async fn flush(&mut self) -> Result<bool, End> {
+        if self.webpush.is_some() {
+            return self.flush_messages().await;
+        }
         let Some(uaid) = self.uaid.clone() else {
             return Ok(false);
         };
@@ -607,6 +808,38 @@ impl Session {
         self.send(text).await.map(|()| true)
     }
 
+    /// WebPush: sends the oldest page of the device's queued, unexpired messages, one
+    /// frame each; answers whether it sent any.
+    async fn flush_messages(&mut self) -> Result<bool, End> {
+        let Some(uaid) = self.uaid.clone() else {
+            return Ok(false);
+        };
+        let messages = match self
+            .app
+            .store
+            .messages(&uaid, now_secs(), webpush::PAGE)
+            .await
+        {
+            Ok(messages) => messages,
+            Err(e) => {
+                // The device can still be served; the retry timer tries again.
+                tracing::warn!(error = %e, "reading queued messages failed");
+                self.arm_retry();
+                return Ok(false);
+            }
+        };
+        self.webpush = Some(u16::try_from(messages.len()).unwrap_or(u16::MAX));
+        if messages.is_empty() {
+            return Ok(false);
+        }
+        self.arm_retry();
+        for message in &messages {
+            self.send(webpush::notification(message)).await?;
+            self.app.metrics.device_webpush.notifications.inc();
+        }
+        Ok(true)
+    }
+
     /// Delivers what endpoint requests queued for this device, one frame per update.
     async fn deliver_mail(&mut self) -> Step {
         let mail = self.peer.take();
@@ -617,10 +850,22 @@ impl Session {
             return Err(End::TooSlow);
         }
         for (delivery, received) in mail.deliveries {
-            match delivery {
-                Delivery::Update(channel, update) => self.send_live(&channel, &update).await?,
-                // WebPush sessions are not built yet; nothing routes messages here.
-                Delivery::Message(_) => continue,
+            // Each dialect's session takes its own deliveries; the other kind stays
+            // stored for a hello in that dialect.
+            match (delivery, self.webpush) {
+                (Delivery::Update(channel, update), None) => {
+                    self.send_live(&channel, &update).await?
+                }
+                (Delivery::Message(message), Some(unacked)) => {
+                    if message.is_expired(now_secs()) {
+                        continue;
+                    }
+                    self.webpush = Some(unacked.saturating_add(1));
+                    self.arm_retry();
+                    self.send(webpush::notification(&message)).await?;
+                    self.app.metrics.device_webpush.notifications.inc();
+                }
+                _ => continue,
             }
             let waited = received.elapsed().as_secs_f64();
             self.app.metrics.delivery_seconds.observe(waited);
@@ -703,6 +948,20 @@ fn too_many_commands(command: &Command) -> ErrorFrame {
     match echo {
         Some((key, value)) => error.echo(key, value),
         None => error,
+    }
+}
+
+/// The refusal of a WebPush command beyond the socket's allowance, as
+/// [`too_many_commands`].
+fn webpush_too_many_commands(command: &webpush::Command) -> ErrorFrame {
+    let error = ErrorFrame::new(401, "too many commands").for_type(command.name());
+    match command {
+        webpush::Command::Register { channel_id, .. }
+        | webpush::Command::Unregister { channel_id } => {
+            error.echo("channelID", Value::String(channel_id.clone()))
+        }
+        webpush::Command::Ack { sent_updates, .. } => error.echo("updates", sent_updates.clone()),
+        _ => error,
     }
 }
 

@@ -48,6 +48,16 @@ pub struct Metrics {
     pub delivery_seconds: Histogram,
     /// Closed device sockets, by `reason`.
     pub closes: IntCounterVec,
+    /// WebPush pushes (`POST /wpush/...`) answered, by `status`.
+    pub webpush_pushes: IntCounterVec,
+    /// WebPush pushes accepted, by `encoding` (aes128gcm, aesgcm, none: no body).
+    pub webpush_encodings: IntCounterVec,
+    /// WebPush pushes refused for their VAPID credentials, by `reason`.
+    pub vapid_failures: IntCounterVec,
+    /// `DELETE /m/{id}` requests answered, by `status`.
+    pub message_deletes: IntCounterVec,
+    /// What WebPush device sessions do.
+    pub device_webpush: DeviceWebPushMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -92,6 +102,26 @@ impl Metrics {
             "Closed device sockets, by reason.",
             "reason",
         );
+        let webpush_pushes = counter(
+            "webpush_pushes_total",
+            "WebPush pushes answered, by status.",
+            "status",
+        );
+        let webpush_encodings = counter(
+            "webpush_encodings_total",
+            "WebPush pushes accepted, by Content-Encoding (none: no body).",
+            "encoding",
+        );
+        let vapid_failures = counter(
+            "vapid_failures_total",
+            "WebPush pushes refused for their VAPID credentials, by reason.",
+            "reason",
+        );
+        let message_deletes = counter(
+            "message_deletes_total",
+            "DELETE /m/{id} requests answered, by status.",
+            "status",
+        );
         let connections = IntGauge::new("connections", "Device sockets open on this node.")
             .unwrap_or_else(|e| unreachable!("{e}"));
         let retries = IntCounter::new(
@@ -120,6 +150,7 @@ impl Metrics {
         ] {
             let _ = registry.register(metric);
         }
+        let device_webpush = DeviceWebPushMetrics::new(&registry);
         Metrics {
             registry,
             connections,
@@ -132,6 +163,11 @@ impl Metrics {
             store_errors,
             delivery_seconds,
             closes,
+            webpush_pushes,
+            webpush_encodings,
+            vapid_failures,
+            message_deletes,
+            device_webpush,
         }
     }
 
@@ -154,6 +190,87 @@ impl Metrics {
         }
         for reason in [SHED_INFLIGHT, SHED_QUEUE_DELAY] {
             self.requests_shed.with_label_values(&[reason]);
+        }
+        for status in [
+            "201", "400", "401", "403", "404", "410", "413", "429", "503",
+        ] {
+            self.webpush_pushes.with_label_values(&[status]);
+        }
+        for encoding in ["aes128gcm", "aesgcm", "none"] {
+            self.webpush_encodings.with_label_values(&[encoding]);
+        }
+        for status in ["204", "404"] {
+            self.message_deletes.with_label_values(&[status]);
+        }
+        self.device_webpush.preset();
+    }
+}
+
+/// What WebPush device sessions do (PROTOCOL.md §9).
+pub struct DeviceWebPushMetrics {
+    /// Commands of WebPush sessions, by `command` (hello, register, unregister, ack,
+    /// nack, ping, broadcast_subscribe, unknown).
+    pub commands: IntCounterVec,
+    /// Acknowledged messages, by the ack's `code` (100, 101, 102, other).
+    pub acks: IntCounterVec,
+    /// Nacks, by `code` (301, 302, 303, other).
+    pub nacks: IntCounterVec,
+    /// Notification frames written to WebPush devices (first sends and re-sends).
+    pub notifications: IntCounter,
+}
+
+impl DeviceWebPushMetrics {
+    fn new(registry: &Registry) -> DeviceWebPushMetrics {
+        let counter = |name: &str, help: &str, label: &str| {
+            let metric = IntCounterVec::new(Opts::new(name, help), &[label])
+                .unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
+            let _ = registry.register(Box::new(metric.clone()));
+            metric
+        };
+        let notifications = IntCounter::new(
+            "webpush_notifications_total",
+            "Notifications written to WebPush devices.",
+        )
+        .unwrap_or_else(|e| unreachable!("{e}"));
+        let _ = registry.register(Box::new(notifications.clone()));
+        DeviceWebPushMetrics {
+            commands: counter(
+                "webpush_commands_total",
+                "WebPush device commands handled.",
+                "command",
+            ),
+            acks: counter(
+                "webpush_acks_total",
+                "Messages acknowledged by WebPush devices, by code.",
+                "code",
+            ),
+            nacks: counter(
+                "webpush_nacks_total",
+                "Nacks from WebPush devices, by code.",
+                "code",
+            ),
+            notifications,
+        }
+    }
+
+    fn preset(&self) {
+        for command in [
+            "hello",
+            "register",
+            "unregister",
+            "ack",
+            "nack",
+            "ping",
+            "broadcast_subscribe",
+            "unknown",
+        ] {
+            self.commands.with_label_values(&[command]);
+        }
+        for code in ["100", "101", "102", "other"] {
+            self.acks.with_label_values(&[code]);
+        }
+        for code in ["301", "302", "303", "other"] {
+            self.nacks.with_label_values(&[code]);
         }
     }
 }

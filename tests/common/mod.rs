@@ -7,6 +7,8 @@
 // Each test binary uses a different part of the harness.
 #![allow(dead_code)]
 
+pub mod webpush;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -49,17 +49,36 @@ const CHROMIUM: Requirement = Requirement {
     present: || sys::find_on_path("chromium").is_some(),
 };
 
+const PKG_CONFIG: Requirement = Requirement {
+    what: "pkg-config (openssl-sys finds OpenSSL with it, for the WebPush tests' ece)",
+    package: "pkg-config",
+    present: || sys::find_on_path("pkg-config").is_some(),
+};
+
+const LIBSSL: Requirement = Requirement {
+    what: "OpenSSL headers (openssl-sys, for the WebPush tests' ece)",
+    package: "libssl-dev",
+    present: || {
+        env::var_os("OPENSSL_DIR").is_some()
+            || Command::new("pkg-config")
+                .args(["--exists", "openssl"])
+                .status()
+                .is_ok_and(|status| status.success())
+    },
+};
+
 /// Makes sure what every leg needs is installed, printing what it checks and does.
 ///
 /// Every leg needs libclang and a C++ compiler: `--workspace` builds every member, the
 /// simplepush-rocksdb crate included, whatever the root package's features; every leg
 /// runs the dashboard's browser test, which needs Chromium, and xtask's own tests, which
-/// start memcached.
+/// start memcached; every leg builds the tests, whose WebPush client links OpenSSL
+/// (through `ece`), found with pkg-config.
 ///
 /// Missing packages are installed with `apt-get` when running as root; otherwise the error
 /// names the exact command to run.
 pub fn run() -> Result<()> {
-    let needed = vec![LIBCLANG, CXX, CHROMIUM, MEMCACHED];
+    let needed = vec![LIBCLANG, CXX, CHROMIUM, MEMCACHED, PKG_CONFIG, LIBSSL];
 
     let missing: Vec<Requirement> = needed.into_iter().filter(|req| !(req.present)()).collect();
     if missing.is_empty() {

@@ -740,3 +740,38 @@ async fn a_push_to_another_node_is_routed_to_the_device() {
         "{metrics}"
     );
 }
+
+/// The store down: 503 with Retry-After, for pushes and deletes.
+#[cfg(feature = "memcache")]
+#[tokio::test]
+async fn a_push_while_the_store_is_down_is_503_with_retry_after() {
+    let mut memcached = common::Memcached::start().await;
+    let key = token_key();
+    let server = memcached
+        .server()
+        .set("server", "token_keys", &format!("[\"{key}\"]"))
+        .start()
+        .await;
+    let path = wpush_path(&key, &hex_id(), &chid(), None);
+    memcached.stop();
+    let reply = post(&server, &path, &[("ttl", "60")], None).await;
+    reply.assert_error(503, &["Service Unavailable"]);
+    assert!(
+        reply.header("retry-after").is_some(),
+        "503 without Retry-After"
+    );
+    let codec = TokenCodec::new(&[&key]).unwrap();
+    let message = codec.encode_message(
+        &Uaid::from(hex_id().as_str()),
+        &ChannelId::from(chid().as_str()),
+        &simplepush_store::MessageId::from("00000000000000010000000000000001"),
+    );
+    let reply = http(
+        "DELETE",
+        &server.endpoint_url(&format!("/m/{message}")),
+        None,
+        None,
+    )
+    .await;
+    reply.assert_error(503, &["Service Unavailable"]);
+}

@@ -6,10 +6,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Buf;
 use futures_util::Stream;
 use serde::{Deserialize, Serialize};
-use simplepush_store::{ChannelId, Store, StoreError, Uaid, Update};
+use simplepush_store::{ChannelId, Message, MessageId, Store, StoreError, Uaid, Update};
 use url::Url;
 use warp::http::{HeaderMap, Method, StatusCode, header};
 use warp::path::FullPath;
@@ -18,7 +20,9 @@ use warp::{Filter, Rejection};
 
 use crate::app::{App, now_secs};
 use crate::app_server::endpoint::read_body;
+use crate::app_server::webpush;
 use crate::device::protocol::is_uuid_shaped;
+use crate::device::registry::Delivery;
 use crate::error::{HttpError, json_response};
 
 mod peers;
@@ -43,6 +47,48 @@ struct Routed {
     data: Option<String>,
     #[serde(rename = "expiresAt")]
     expires_at: u64,
+}
+
+/// A WebPush message forwarded to the node holding the device: the routed body is
+/// `{"message": {...}}`, so it never parses as an update.
+#[derive(Debug, Serialize, Deserialize)]
+struct RoutedMessage {
+    #[serde(rename = "channelID")]
+    channel_id: String,
+    id: String,
+    ttl: u64,
+    #[serde(rename = "expiresAt")]
+    expires_at: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    topic: Option<String>,
+    urgency: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    encoding: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    encryption: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    crypto_key: Option<String>,
+    /// The body, base64url without padding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    body: Option<String>,
+}
+
+impl RoutedMessage {
+    fn new(message: &Message) -> RoutedMessage {
+        let payload = message.payload.as_ref();
+        RoutedMessage {
+            channel_id: message.channel.as_str().to_owned(),
+            id: message.id.as_str().to_owned(),
+            ttl: message.ttl,
+            expires_at: message.expires_at,
+            topic: message.topic.clone(),
+            urgency: message.urgency.as_str().to_owned(),
+            encoding: payload.map(|p| p.encoding.clone()),
+            encryption: payload.and_then(|p| p.encryption.clone()),
+            crypto_key: payload.and_then(|p| p.crypto_key.clone()),
+            body: payload.map(|p| URL_SAFE_NO_PAD.encode(&p.body)),
+        }
+    }
 }
 
 /// What this node last saw of a peer: never a URL with a uaid, only what kind of
@@ -180,6 +226,26 @@ impl Cluster {
         channel: &ChannelId,
         update: &Update,
     ) -> Route {
+        let body = Routed {
+            channel_id: channel.as_str().to_owned(),
+            version: update.version,
+            data: update.data.clone(),
+            expires_at: update.expires_at,
+        };
+        self.forward(store, uaid, serde_json::to_vec(&body).unwrap_or_default())
+            .await
+    }
+
+    /// Forwards a WebPush message to the node holding `uaid`, as [`Cluster::route`]
+    /// does an update.
+    pub async fn route_message(&self, store: &dyn Store, uaid: &Uaid, message: &Message) -> Route {
+        let body = serde_json::json!({ "message": RoutedMessage::new(message) });
+        self.forward(store, uaid, serde_json::to_vec(&body).unwrap_or_default())
+            .await
+    }
+
+    /// Sends a routed `body` to the node holding `uaid`.
+    async fn forward(&self, store: &dyn Store, uaid: &Uaid, body: Vec<u8>) -> Route {
         let node = match store.node(uaid).await {
             Ok(Some(node)) if node != self.me => node,
             Ok(_) => return Route::Stored,
@@ -188,13 +254,6 @@ impl Cluster {
                 return Route::Stored;
             }
         };
-        let body = Routed {
-            channel_id: channel.as_str().to_owned(),
-            version: update.version,
-            data: update.data.clone(),
-            expires_at: update.expires_at,
-        };
-        let body = serde_json::to_vec(&body).unwrap_or_default();
         let Some((origin, request)) = self.request(Method::PUT, &node, uaid, body) else {
             return Route::Refused;
         };
@@ -375,9 +434,17 @@ where
     }
     let not_here = || HttpError::new(StatusCode::NOT_FOUND, "device not connected here");
     if method == Method::PUT {
-        let (channel, update) = routed_update(&body, app.protocol.max_data_bytes)?;
-        let peer = app.registry.get(&uaid).ok_or_else(not_here)?;
-        if !peer.deliver(channel, update, tokio::time::Instant::now()) {
+        let delivered = match routed_delivery(&body, app.protocol.max_data_bytes)? {
+            Delivery::Update(channel, update) => {
+                let peer = app.registry.get(&uaid).ok_or_else(not_here)?;
+                peer.deliver(channel, update, tokio::time::Instant::now())
+            }
+            Delivery::Message(message) => {
+                let peer = app.registry.get(&uaid).ok_or_else(not_here)?;
+                peer.deliver_message(*message, tokio::time::Instant::now())
+            }
+        };
+        if !delivered {
             return Err(not_here());
         }
     } else {
@@ -395,6 +462,69 @@ where
         peer.replace();
     }
     Ok(json_response(StatusCode::OK, &serde_json::json!({})))
+}
+
+/// A routed body: an update, or `{"message": {...}}`.
+fn routed_delivery(body: &[u8], max_data_bytes: usize) -> Result<Delivery, HttpError> {
+    let bad = |reason: String| HttpError::new(StatusCode::BAD_REQUEST, reason);
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| bad(format!("bad routed body: {e}")))?;
+    match value.get("message") {
+        Some(message) => {
+            let routed = RoutedMessage::deserialize(message)
+                .map_err(|e| bad(format!("bad routed message: {e}")))?;
+            Ok(Delivery::Message(Box::new(routed_message(
+                routed,
+                max_data_bytes,
+            )?)))
+        }
+        None => {
+            let (channel, update) = routed_update(body, max_data_bytes)?;
+            Ok(Delivery::Update(channel, update))
+        }
+    }
+}
+
+/// A routed message checked like an app server's push: a UUID channelID, a message id
+/// as this server mints them, a valid topic, urgency and encoding, a body within
+/// `max_data_bytes`; 400 otherwise.
+fn routed_message(routed: RoutedMessage, max_data_bytes: usize) -> Result<Message, HttpError> {
+    let bad = |reason: &str| HttpError::new(StatusCode::BAD_REQUEST, reason.to_owned());
+    if !is_uuid_shaped(&routed.channel_id) {
+        return Err(bad("channelID must be a UUID"));
+    }
+    if routed.id.is_empty()
+        || routed.id.len() > 64
+        || !routed.id.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(bad("message id must be 1..64 printable characters"));
+    }
+    let topic = webpush::parse_topic(routed.topic.as_deref())?;
+    let urgency = webpush::parse_urgency(Some(&routed.urgency))?;
+    let body = match &routed.body {
+        Some(body) => URL_SAFE_NO_PAD
+            .decode(body)
+            .map_err(|_| bad("body must be base64url"))?,
+        None => Vec::new(),
+    };
+    if body.len() > max_data_bytes {
+        return Err(bad("body is over max_data_bytes"));
+    }
+    let payload = webpush::payload(
+        body,
+        routed.encoding.as_deref(),
+        routed.encryption.as_deref(),
+        routed.crypto_key.as_deref(),
+    )?;
+    Ok(Message {
+        id: MessageId::new(routed.id),
+        channel: ChannelId::new(routed.channel_id),
+        ttl: routed.ttl,
+        expires_at: routed.expires_at,
+        topic,
+        urgency,
+        payload,
+    })
 }
 
 /// A routed update checked like an app server's PUT: a UUID channelID, a version an
@@ -444,6 +574,64 @@ mod tests {
         ] {
             let error = update(bad.clone()).unwrap_err();
             assert_eq!(error.status, StatusCode::BAD_REQUEST, "{bad}");
+        }
+    }
+
+    #[test]
+    fn routed_messages_round_trip_and_are_checked_like_a_push() {
+        let message = Message {
+            id: MessageId::from("0000019a2b3c4d5e0123456789abcdef"),
+            channel: ChannelId::from("5a0fc5d5-3f0a-4f4c-9c5b-2e3c1a2b3c4d"),
+            ttl: 60,
+            expires_at: 1_800_000_060,
+            topic: Some("news".into()),
+            urgency: simplepush_store::Urgency::High,
+            payload: Some(simplepush_store::Payload {
+                encoding: "aesgcm".into(),
+                encryption: Some("salt=a".into()),
+                crypto_key: Some("dh=b".into()),
+                body: vec![0, 255, 7],
+            }),
+        };
+        let body = serde_json::json!({ "message": RoutedMessage::new(&message) }).to_string();
+        match routed_delivery(body.as_bytes(), 4096) {
+            Ok(Delivery::Message(routed)) => assert_eq!(*routed, message),
+            other => panic!("{other:?}"),
+        }
+        let bare = Message {
+            topic: None,
+            payload: None,
+            ..message.clone()
+        };
+        let body = serde_json::json!({ "message": RoutedMessage::new(&bare) }).to_string();
+        match routed_delivery(body.as_bytes(), 4096) {
+            Ok(Delivery::Message(routed)) => assert_eq!(*routed, bare),
+            other => panic!("{other:?}"),
+        }
+        // An update body still routes as an update.
+        let update = serde_json::json!({"channelID": message.channel.as_str(), "version": 1, "expiresAt": 9});
+        assert!(matches!(
+            routed_delivery(update.to_string().as_bytes(), 4096),
+            Ok(Delivery::Update(..))
+        ));
+        let good = serde_json::to_value(RoutedMessage::new(&message)).unwrap();
+        for (field, value) in [
+            ("channelID", serde_json::json!("x")),
+            ("id", serde_json::json!("")),
+            ("id", serde_json::json!("has space")),
+            ("topic", serde_json::json!("a/b")),
+            ("urgency", serde_json::json!("urgent")),
+            ("encoding", serde_json::json!("gzip")),
+            ("encryption", serde_json::Value::Null),
+            ("body", serde_json::json!("!!")),
+            ("body", serde_json::json!(URL_SAFE_NO_PAD.encode([0u8; 5]))),
+            ("ttl", serde_json::json!(-1)),
+        ] {
+            let mut bad = good.clone();
+            bad[field] = value.clone();
+            let body = serde_json::json!({ "message": bad }).to_string();
+            let error = routed_delivery(body.as_bytes(), 4).unwrap_err();
+            assert_eq!(error.status, StatusCode::BAD_REQUEST, "{field}: {value}");
         }
     }
 

@@ -119,6 +119,11 @@ pub struct ProtocolConfig {
     pub command_rate: u32,
     /// Commands a socket may send at once before the rate applies (0 = no limit).
     pub command_burst: u32,
+    /// Longest `TTL` a WebPush message is kept for; a larger one is lowered to it.
+    #[serde(with = "humane")]
+    pub max_ttl: Duration,
+    /// WebPush messages queued per channel; beyond, a push gets 429.
+    pub max_queued_messages: usize,
 }
 
 impl Default for ProtocolConfig {
@@ -137,6 +142,8 @@ impl Default for ProtocolConfig {
             max_message_bytes: 64 * 1024,
             command_rate: 50,
             command_burst: 500,
+            max_ttl: Duration::from_secs(60 * 24 * 3600),
+            max_queued_messages: 100,
         }
     }
 }
@@ -440,6 +447,9 @@ mod tests {
         assert_eq!(config.protocol.max_message_bytes, 65536);
         assert_eq!(config.protocol.command_rate, 50);
         assert_eq!(config.protocol.command_burst, 500);
+        assert_eq!(config.protocol.max_ttl, Duration::from_secs(60 * 86_400));
+        assert_eq!(config.protocol.max_ttl, defaults.protocol.max_ttl);
+        assert_eq!(config.protocol.max_queued_messages, 100);
         assert_eq!(config.store.backend, Backend::Memory);
         assert_eq!(config.store.path, PathBuf::from("simplepush-data"));
         assert_eq!(config.store.servers, vec!["127.0.0.1:11211".to_owned()]);

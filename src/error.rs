@@ -11,6 +11,10 @@ use crate::device::protocol::ErrorFrame;
 /// Seconds an app server is asked to wait after a 503.
 const RETRY_AFTER_SECS: u32 = 5;
 
+/// Seconds an app server is asked to wait after a 429 (a channel's queue is full: it
+/// drains only when the device comes back, so not too soon).
+const RETRY_AFTER_FULL_SECS: u32 = 60;
+
 /// Why a change was refused when the device's stored data would outgrow the store.
 const TOO_LARGE_REASON: &str = "the device's pending data is too large for the store";
 
@@ -53,7 +57,28 @@ impl HttpError {
         HttpError::new(StatusCode::SERVICE_UNAVAILABLE, reason)
     }
 
-    /// The JSON response `{"status":..,"error":..,"reason":..}`, with `Retry-After` on 503.
+    /// 429: the channel holds all the messages it may; retry later.
+    pub fn too_many(reason: impl Into<String>) -> HttpError {
+        HttpError::new(StatusCode::TOO_MANY_REQUESTS, reason)
+    }
+
+    /// A store failure on a WebPush push (`/wpush/...`): as [`From<StoreError>`], except
+    /// that a device record too large for the store is 429 (the push itself is within
+    /// its limit, 413 would tell the app server to shrink it; it is the queue that must
+    /// drain).
+    pub fn from_push_store(error: StoreError) -> HttpError {
+        if let StoreError::TooLarge(_) = error {
+            tracing::warn!(%error, "store failure on a push");
+            HttpError::too_many(format!(
+                "{TOO_LARGE_REASON} until the device receives what is queued"
+            ))
+        } else {
+            HttpError::from(error)
+        }
+    }
+
+    /// The JSON response `{"status":..,"error":..,"reason":..}`, with `Retry-After` on 503
+    /// and 429.
     pub fn into_response(self) -> Response {
         let body = serde_json::json!({
             "status": self.status.as_u16(),
@@ -61,10 +86,15 @@ impl HttpError {
             "reason": self.reason,
         });
         let mut response = json_response(self.status, &body);
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+        let retry_after = match self.status {
+            StatusCode::SERVICE_UNAVAILABLE => Some(RETRY_AFTER_SECS),
+            StatusCode::TOO_MANY_REQUESTS => Some(RETRY_AFTER_FULL_SECS),
+            _ => None,
+        };
+        if let Some(secs) = retry_after {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
     }
@@ -115,6 +145,19 @@ mod tests {
         );
         // The store's own words (keys, sizes) stay in the log.
         assert!(!http.reason.contains("sp1") && !frame.reason.contains("sp1"));
+    }
+
+    #[test]
+    fn a_full_device_record_is_429_with_retry_after_on_a_push() {
+        let full = StoreError::TooLarge("item sp1:d:x would be 2 MiB".into());
+        let http = HttpError::from_push_store(full);
+        assert_eq!(http.status, StatusCode::TOO_MANY_REQUESTS);
+        assert!(!http.reason.contains("sp1"), "{http:?}");
+        let response = http.into_response();
+        assert_eq!(response.headers()[header::RETRY_AFTER], "60");
+        let down = HttpError::from_push_store(StoreError::Unavailable("down".into()));
+        assert_eq!(down.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(down.into_response().headers()[header::RETRY_AFTER], "5");
     }
 
     #[test]

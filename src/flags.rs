@@ -126,6 +126,12 @@ struct ProtocolFlags {
     /// Commands a socket may send at once, 0: no limit (command_burst).
     #[arg(long, value_name = "N")]
     command_burst: Option<u32>,
+    /// Longest WebPush TTL; larger ones are lowered to it (max_ttl).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    max_ttl: Option<Duration>,
+    /// WebPush messages queued per channel, then 429 (max_queued_messages).
+    #[arg(long, value_name = "N")]
+    max_queued_messages: Option<usize>,
 }
 
 /// `[store]`.
@@ -257,6 +263,8 @@ impl ConfigFlags {
             p.max_message_bytes => config.protocol.max_message_bytes,
             p.command_rate => config.protocol.command_rate,
             p.command_burst => config.protocol.command_burst,
+            p.max_ttl => config.protocol.max_ttl,
+            p.max_queued_messages => config.protocol.max_queued_messages,
             st.backend => config.store.backend,
             st.path => config.store.path,
             st.servers => config.store.servers,
@@ -322,6 +330,8 @@ mod tests {
             "--max-message-bytes=19",
             "--command-rate=22",
             "--command-burst=23",
+            "--max-ttl=2d",
+            "--max-queued-messages=24",
             "--store=sqlite",
             "--path=/tmp/x",
             "--servers=h:1,h:2",
@@ -367,6 +377,8 @@ mod tests {
             (16, 17, 18, 19)
         );
         assert_eq!((protocol.command_rate, protocol.command_burst), (22, 23));
+        assert_eq!(protocol.max_ttl, Duration::from_secs(2 * 86_400));
+        assert_eq!(protocol.max_queued_messages, 24);
         assert_eq!(config.store.backend, Backend::Sqlite);
         assert_eq!(config.store.path, PathBuf::from("/tmp/x"));
         assert_eq!(config.store.servers, ["h:1", "h:2"]);

@@ -10,7 +10,8 @@ use warp::reply::Response;
 use warp::{Filter, Rejection};
 
 use crate::app::App;
-use crate::app_server::endpoint;
+use crate::app_server::token::WebPushVersion;
+use crate::app_server::{endpoint, webpush};
 use crate::device::upgrade;
 use crate::error::HttpError;
 use crate::ops::health;
@@ -93,6 +94,31 @@ pub fn update(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejec
         })
 }
 
+/// `/wpush/v1/{token}` and `/wpush/v2/{token}`: POST a WebPush message; OPTIONS;
+/// anything else 405.
+pub fn webpush(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    let version = warp::path!("wpush" / "v1" / String)
+        .map(|token| (WebPushVersion::V1, token))
+        .or(warp::path!("wpush" / "v2" / String).map(|token| (WebPushVersion::V2, token)))
+        .unify();
+    version
+        .and(warp::method())
+        .and(warp::header::headers_cloned())
+        .and(warp::body::stream())
+        .and(with_app(app))
+        .then(|(version, token), method, headers, body, app| {
+            webpush::handle_push(app, version, method, token, headers, Box::pin(body))
+        })
+}
+
+/// `/m/{token}`: DELETE a queued WebPush message; OPTIONS; anything else 405.
+pub fn message(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("m" / String)
+        .and(warp::method())
+        .and(with_app(app))
+        .then(|token, method, app| webpush::handle_message(app, method, token))
+}
+
 /// Everything else: a JSON 404.
 pub fn not_found() -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     warp::any().map(|| HttpError::new(StatusCode::NOT_FOUND, "no such resource").into_response())
@@ -114,11 +140,17 @@ fn with_cors(mut response: Response) -> Response {
     );
     headers.insert(
         header::ACCESS_CONTROL_ALLOW_METHODS,
-        HeaderValue::from_static("PUT, OPTIONS"),
+        HeaderValue::from_static("PUT, POST, DELETE, OPTIONS"),
     );
     headers.insert(
         header::ACCESS_CONTROL_ALLOW_HEADERS,
-        HeaderValue::from_static("content-type"),
+        HeaderValue::from_static(
+            "content-type, content-encoding, ttl, topic, urgency, authorization, encryption, crypto-key",
+        ),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static("location, ttl"),
     );
     response
 }
@@ -134,13 +166,17 @@ pub fn ws_listener(
         .unify()
 }
 
-/// The app servers' listener: updates and health.
+/// The app servers' listener: updates, WebPush pushes and message deletes, health.
 pub fn endpoint_listener(
     app: Arc<App>,
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     let cors = app.cors;
     health(app.clone(), Detail::Public)
-        .or(update(app))
+        .or(update(app.clone()))
+        .unify()
+        .or(webpush(app.clone()))
+        .unify()
+        .or(message(app))
         .unify()
         .or(not_found())
         .unify()

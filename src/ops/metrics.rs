@@ -48,6 +48,14 @@ pub struct Metrics {
     pub delivery_seconds: Histogram,
     /// Closed device sockets, by `reason`.
     pub closes: IntCounterVec,
+    /// WebPush pushes (`POST /wpush/...`) answered, by `status`.
+    pub webpush_pushes: IntCounterVec,
+    /// WebPush pushes accepted, by `encoding` (aes128gcm, aesgcm, none: no body).
+    pub webpush_encodings: IntCounterVec,
+    /// WebPush pushes refused for their VAPID credentials, by `reason`.
+    pub vapid_failures: IntCounterVec,
+    /// `DELETE /m/{id}` requests answered, by `status`.
+    pub message_deletes: IntCounterVec,
     /// What WebPush device sessions do.
     pub device_webpush: DeviceWebPushMetrics,
 }
@@ -94,6 +102,26 @@ impl Metrics {
             "Closed device sockets, by reason.",
             "reason",
         );
+        let webpush_pushes = counter(
+            "webpush_pushes_total",
+            "WebPush pushes answered, by status.",
+            "status",
+        );
+        let webpush_encodings = counter(
+            "webpush_encodings_total",
+            "WebPush pushes accepted, by Content-Encoding (none: no body).",
+            "encoding",
+        );
+        let vapid_failures = counter(
+            "vapid_failures_total",
+            "WebPush pushes refused for their VAPID credentials, by reason.",
+            "reason",
+        );
+        let message_deletes = counter(
+            "message_deletes_total",
+            "DELETE /m/{id} requests answered, by status.",
+            "status",
+        );
         let connections = IntGauge::new("connections", "Device sockets open on this node.")
             .unwrap_or_else(|e| unreachable!("{e}"));
         let retries = IntCounter::new(
@@ -135,6 +163,10 @@ impl Metrics {
             store_errors,
             delivery_seconds,
             closes,
+            webpush_pushes,
+            webpush_encodings,
+            vapid_failures,
+            message_deletes,
             device_webpush,
         }
     }
@@ -158,6 +190,17 @@ impl Metrics {
         }
         for reason in [SHED_INFLIGHT, SHED_QUEUE_DELAY] {
             self.requests_shed.with_label_values(&[reason]);
+        }
+        for status in [
+            "201", "400", "401", "403", "404", "410", "413", "429", "503",
+        ] {
+            self.webpush_pushes.with_label_values(&[status]);
+        }
+        for encoding in ["aes128gcm", "aesgcm", "none"] {
+            self.webpush_encodings.with_label_values(&[encoding]);
+        }
+        for status in ["204", "404"] {
+            self.message_deletes.with_label_values(&[status]);
         }
         self.device_webpush.preset();
     }

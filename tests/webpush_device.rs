@@ -78,6 +78,16 @@ async fn register(device: &mut common::Device, channel: &str, key: Option<&str>)
     device.recv().await
 }
 
+/// The value of the series `simplepush_{name}` with `label` (any backend) in `metrics`.
+fn metric(metrics: &str, name: &str, label: &str) -> Option<u64> {
+    let prefix = format!("simplepush_{name}{{");
+    metrics
+        .lines()
+        .find(|line| line.starts_with(&prefix) && line.contains(label))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
 /// A server whose token key the test knows.
 async fn server_with_key() -> (Server, TokenCodec) {
     let key = token_key();
@@ -283,18 +293,19 @@ async fn unknown_types_broadcast_subscribe_and_nacks_get_no_reply_and_no_close()
     device.ping().await;
     device.ping().await;
     let metrics = server.metrics_text().await;
-    for line in [
-        r#"simplepush_webpush_commands_total{command="unknown",backend="memory"} 2"#,
-        r#"simplepush_webpush_commands_total{command="broadcast_subscribe",backend="memory"} 1"#,
-        r#"simplepush_webpush_commands_total{command="hello",backend="memory"} 1"#,
-        r#"simplepush_webpush_commands_total{command="ping",backend="memory"} 2"#,
-        r#"simplepush_webpush_nacks_total{code="301",backend="memory"} 1"#,
-        r#"simplepush_webpush_acks_total{code="100",backend="memory"} 1"#,
+    for (name, label, value) in [
+        ("webpush_commands_total", r#"command="unknown""#, 2),
+        (
+            "webpush_commands_total",
+            r#"command="broadcast_subscribe""#,
+            1,
+        ),
+        ("webpush_commands_total", r#"command="hello""#, 1),
+        ("webpush_commands_total", r#"command="ping""#, 2),
+        ("webpush_nacks_total", r#"code="301""#, 1),
+        ("webpush_acks_total", r#"code="100""#, 1),
     ] {
-        assert!(
-            metrics.lines().any(|l| l == line),
-            "{line} missing in\n{metrics}"
-        );
+        assert_eq!(metric(&metrics, name, label), Some(value), "{name} {label}");
     }
 }
 
@@ -621,7 +632,7 @@ async fn expired_messages_are_dropped_silently() {
 
 #[tokio::test]
 async fn unacked_messages_are_sent_again_after_retry_interval_on_the_open_socket() {
-    let server = InProcess::start(Duration::from_secs(1));
+    let server = InProcess::start(Duration::from_secs(2));
     let (uaid, channel) = subscribed(&server).await;
     server.put(&uaid, &channel, "m1", None).await;
     let mut device = server.connect().await;
@@ -633,7 +644,7 @@ async fn unacked_messages_are_sent_again_after_retry_interval_on_the_open_socket
     device.ack(&["m1"]).await;
     device.ping().await;
     // Acked: nothing more, also not after another retry interval.
-    assert_eq!(device.recv_within(Duration::from_secs(2)).await, None);
+    assert_eq!(device.recv_within(Duration::from_secs(3)).await, None);
 }
 
 #[tokio::test]
@@ -664,4 +675,95 @@ async fn a_long_queue_goes_out_a_page_at_a_time_the_next_after_acks() {
     }
     assert_eq!(rest, ids[first_page.len()..]);
     device.ping().await;
+}
+
+/// POSTs a push without VAPID to a `/wpush/v1/` endpoint; asserts 201.
+async fn push(server: &Server, endpoint: &str, body: Option<&str>) {
+    let mut headers = vec![("ttl", "60")];
+    if body.is_some() {
+        headers.push(("content-encoding", "aes128gcm"));
+    }
+    let reply = common::http_with("POST", &server.reachable(endpoint), &headers, body).await;
+    assert_eq!(reply.status, 201, "{}", reply.body);
+}
+
+#[tokio::test]
+async fn live_pushes_are_one_frame_each_and_sent_again_until_acked() {
+    // Long enough for the first ack to arrive before the retry on a busy machine.
+    let server = Server::builder()
+        .protocol("retry_interval", "\"2s\"")
+        .start()
+        .await;
+    let mut device = server.connect().await;
+    let uaid = hello(&mut device, None).await;
+    let channel = chid();
+    let reply = register(&mut device, &channel, None).await;
+    let endpoint = reply["pushEndpoint"].as_str().unwrap().to_owned();
+    push(&server, &endpoint, Some("one")).await;
+    push(&server, &endpoint, None).await;
+    let first = device.recv().await;
+    assert_eq!(first["messageType"], json!("notification"), "{first}");
+    assert_eq!(first["channelID"], json!(channel), "{first}");
+    assert_eq!(
+        first["data"],
+        json!(URL_SAFE_NO_PAD.encode("one")),
+        "{first}"
+    );
+    let second = device.recv().await;
+    assert_eq!(second["messageType"], json!("notification"), "{second}");
+    assert!(second.get("data").is_none(), "{second}");
+    let (a, b) = (first["version"].clone(), second["version"].clone());
+    assert_ne!(a, b);
+    // Only the first is acknowledged: the second comes again on this socket.
+    device
+        .send(json!({"messageType": "ack", "updates": [{"channelID": channel, "version": a, "code": 100}]}))
+        .await;
+    let again = device.recv().await;
+    assert_eq!(again["version"], b, "{again}");
+    device
+        .send(json!({"messageType": "ack", "updates": [{"channelID": channel, "version": b, "code": 102}]}))
+        .await;
+    device.ping().await;
+    assert_eq!(device.recv_within(Duration::from_secs(3)).await, None);
+    device.close().await;
+    // Both acknowledged: nothing at the next hello.
+    let mut device = server.connect().await;
+    assert_eq!(hello(&mut device, Some(&uaid)).await, uaid);
+    device.ping().await;
+    let metrics = server.metrics_text().await;
+    for (name, label, value) in [
+        ("webpush_notifications_total", "", 3),
+        ("webpush_acks_total", r#"code="100""#, 1),
+        ("webpush_acks_total", r#"code="102""#, 1),
+        ("retries_total", "", 1),
+    ] {
+        assert_eq!(metric(&metrics, name, label), Some(value), "{name} {label}");
+    }
+}
+
+#[tokio::test]
+async fn a_simplepush_session_of_the_same_uaid_gets_no_webpush_message() {
+    let server = Server::start().await;
+    let mut device = server.connect().await;
+    let uaid = hello(&mut device, None).await;
+    let channel = chid();
+    let reply = register(&mut device, &channel, None).await;
+    let endpoint = reply["pushEndpoint"].as_str().unwrap().to_owned();
+    device.close().await;
+    // The same uaid as a SimplePush device: the message is not for it.
+    let mut simplepush = server.connect().await;
+    assert_eq!(simplepush.hello(&uaid).await, uaid);
+    push(&server, &endpoint, Some("kept")).await;
+    simplepush.ping().await;
+    assert_eq!(simplepush.recv_within(QUIET).await, None);
+    simplepush.close().await;
+    // It waits for the next WebPush hello.
+    let mut device = server.connect().await;
+    assert_eq!(hello(&mut device, Some(&uaid)).await, uaid);
+    let frame = device.recv().await;
+    assert_eq!(
+        frame["data"],
+        json!(URL_SAFE_NO_PAD.encode("kept")),
+        "{frame}"
+    );
 }

@@ -105,9 +105,16 @@ fn assert_created(reply: &Reply, server: &Server, ttl: u64) -> String {
     location
 }
 
+/// The value of `series` (written without its `backend` label) in a metrics text.
 fn metric(text: &str, series: &str) -> f64 {
     text.lines()
-        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            let start = name.find(",backend=\"")?;
+            let end = start + name[start..].find("\"}")? + 1;
+            let bare = format!("{}{}", &name[..start], &name[end..]);
+            (bare == series).then(|| value.parse().ok())?
+        })
         .unwrap_or(0.0)
 }
 
@@ -151,31 +158,28 @@ async fn a_push_is_201_with_location_and_the_ttl_lowered_to_the_maximum() {
 
     let metrics = server.metrics_text().await;
     assert_eq!(
-        metric(
-            &metrics,
-            "simplepush_webpush_pushes_total{status=\"201\",backend=\"memory\"}"
-        ),
+        metric(&metrics, "simplepush_webpush_pushes_total{status=\"201\"}"),
         3.0,
         "{metrics}"
     );
     assert_eq!(
         metric(
             &metrics,
-            "simplepush_webpush_encodings_total{encoding=\"aes128gcm\",backend=\"memory\"}"
+            "simplepush_webpush_encodings_total{encoding=\"aes128gcm\"}"
         ),
         1.0
     );
     assert_eq!(
         metric(
             &metrics,
-            "simplepush_webpush_encodings_total{encoding=\"aesgcm\",backend=\"memory\"}"
+            "simplepush_webpush_encodings_total{encoding=\"aesgcm\"}"
         ),
         1.0
     );
     assert_eq!(
         metric(
             &metrics,
-            "simplepush_webpush_encodings_total{encoding=\"none\",backend=\"memory\"}"
+            "simplepush_webpush_encodings_total{encoding=\"none\"}"
         ),
         1.0
     );
@@ -238,10 +242,7 @@ async fn a_full_queue_is_429_until_a_message_is_deleted_and_a_topic_replaces() {
 
     let metrics = server.metrics_text().await;
     assert_eq!(
-        metric(
-            &metrics,
-            "simplepush_message_deletes_total{status=\"204\",backend=\"memory\"}"
-        ),
+        metric(&metrics, "simplepush_message_deletes_total{status=\"204\"}"),
         3.0,
         "{metrics}"
     );
@@ -465,8 +466,7 @@ async fn vapid_is_checked_on_v1_and_required_with_the_subscription_key_on_v2() {
         ("missing", 1.0),
         ("key_mismatch", 1.0),
     ] {
-        let series =
-            format!("simplepush_vapid_failures_total{{reason=\"{reason}\",backend=\"memory\"}}");
+        let series = format!("simplepush_vapid_failures_total{{reason=\"{reason}\"}}");
         assert_eq!(metric(&metrics, &series), count, "{series}\n{metrics}");
     }
 }
@@ -506,4 +506,269 @@ async fn other_methods_are_405_and_message_tokens_are_unforgeable() {
         reply.assert_error(405, &["Method Not Allowed"]);
         assert_eq!(reply.header("allow").as_deref(), Some("DELETE, OPTIONS"));
     }
+}
+
+/// A WebPush device (Firefox's hello) with one channel registered, with `key` if any:
+/// (device, uaid, channelID, pushEndpoint reachable from here).
+async fn webpush_device(
+    server: &Server,
+    key: Option<&EcdsaKeyPair>,
+) -> (common::Device, String, String, String) {
+    let mut device = server.connect().await;
+    let reply = device
+        .hello_with(json!({"messageType": "hello", "broadcasts": {}, "use_webpush": true}))
+        .await;
+    assert_eq!(reply["status"], json!(200), "{reply}");
+    let uaid = reply["uaid"].as_str().unwrap().to_owned();
+    let channel = chid();
+    let mut register = json!({"messageType": "register", "channelID": channel});
+    if let Some(key) = key {
+        register["key"] = json!(URL_SAFE_NO_PAD.encode(key.public_key().as_ref()));
+    }
+    device.send(register).await;
+    let reply = device.recv().await;
+    assert_eq!(reply["status"], json!(200), "{reply}");
+    let endpoint = server.reachable(reply["pushEndpoint"].as_str().unwrap());
+    (device, uaid, channel, endpoint)
+}
+
+/// POSTs to a full URL.
+async fn post_url(url: &str, headers: &[(&str, &str)], body: Option<&str>) -> Reply {
+    http_with("POST", url, headers, body).await
+}
+
+#[tokio::test]
+async fn a_push_reaches_a_connected_webpush_device_with_its_body_and_headers() {
+    let key = token_key();
+    let server = server(&key, &[]).await;
+    let app_key = key_pair();
+    let (mut device, uaid, channel, endpoint) = webpush_device(&server, Some(&app_key)).await;
+    assert!(endpoint.contains("/wpush/v2/"), "{endpoint}");
+    let authorization = vapid(&app_key, good_claims(&server));
+
+    let reply = post_url(
+        &endpoint,
+        &[
+            ("ttl", "120"),
+            ("content-encoding", "aes128gcm"),
+            ("authorization", &authorization),
+        ],
+        Some("ciphertext\u{1}"),
+    )
+    .await;
+    let location = assert_created(&reply, &server, 120);
+    let frame = device.recv_notification().await;
+    assert_eq!(frame["channelID"], json!(channel), "{frame}");
+    assert_eq!(frame["ttl"], json!(120), "{frame}");
+    assert_eq!(
+        frame["data"],
+        json!(URL_SAFE_NO_PAD.encode("ciphertext\u{1}")),
+        "{frame}"
+    );
+    assert_eq!(
+        frame["headers"],
+        json!({"encoding": "aes128gcm"}),
+        "{frame}"
+    );
+    // The Location names the message the device got.
+    let codec = TokenCodec::new(&[&key]).unwrap();
+    let token = location.rsplit('/').next().unwrap();
+    let (m_uaid, m_channel, id) = codec.decode_message(token).expect("a message token");
+    assert_eq!(
+        (m_uaid.as_str(), m_channel.as_str()),
+        (uaid.as_str(), channel.as_str())
+    );
+    assert_eq!(frame["version"], json!(id.as_str()), "{frame}");
+
+    // The legacy encoding carries its headers to the device.
+    let reply = post_url(
+        &endpoint,
+        &[
+            ("ttl", "60"),
+            ("content-encoding", "aesgcm"),
+            ("encryption", "salt=c2FsdA"),
+            ("crypto-key", "dh=ZGg"),
+            ("authorization", &authorization),
+        ],
+        Some("x"),
+    )
+    .await;
+    assert_created(&reply, &server, 60);
+    let frame = device.recv_notification().await;
+    assert_eq!(
+        frame["headers"],
+        json!({"encoding": "aesgcm", "encryption": "salt=c2FsdA", "crypto_key": "dh=ZGg"}),
+        "{frame}"
+    );
+    // TTL 0 reaches a device connected now.
+    assert_created(
+        &post_url(
+            &endpoint,
+            &[("ttl", "0"), ("authorization", &authorization)],
+            None,
+        )
+        .await,
+        &server,
+        0,
+    );
+    let frame = device.recv_notification().await;
+    assert_eq!(frame["ttl"], json!(0), "{frame}");
+    // A push without a body: no data, no headers.
+    assert_created(
+        &post_url(
+            &endpoint,
+            &[("ttl", "60"), ("authorization", &authorization)],
+            None,
+        )
+        .await,
+        &server,
+        60,
+    );
+    let frame = device.recv_notification().await;
+    assert!(
+        frame.get("data").is_none() && frame.get("headers").is_none(),
+        "{frame}"
+    );
+}
+
+#[tokio::test]
+async fn offline_pushes_wait_for_hello_unless_deleted_or_ttl_zero() {
+    let key = token_key();
+    let server = server(&key, &[]).await;
+    let (device, uaid, channel, endpoint) = webpush_device(&server, None).await;
+    assert!(endpoint.contains("/wpush/v1/"), "{endpoint}");
+    device.close().await;
+    server.wait_for_clients(0).await;
+
+    let withdrawn = assert_created(
+        &post_url(&endpoint, &[("ttl", "60")], None).await,
+        &server,
+        60,
+    );
+    assert_created(
+        &post_url(&endpoint, &[("ttl", "0")], None).await,
+        &server,
+        0,
+    );
+    let kept = post_url(
+        &endpoint,
+        &[("ttl", "60"), ("content-encoding", "aes128gcm")],
+        Some("kept"),
+    )
+    .await;
+    assert_created(&kept, &server, 60);
+    let delete = http("DELETE", &server.reachable(&withdrawn), None, None).await;
+    assert_eq!(delete.status, 204, "{}", delete.body);
+
+    let mut device = server.connect().await;
+    let reply = device
+        .hello_with(
+            json!({"messageType": "hello", "broadcasts": {}, "use_webpush": true, "uaid": uaid}),
+        )
+        .await;
+    assert_eq!(reply["uaid"], json!(uaid), "{reply}");
+    let frame = device.recv_notification().await;
+    assert_eq!(frame["channelID"], json!(channel), "{frame}");
+    assert_eq!(
+        frame["data"],
+        json!(URL_SAFE_NO_PAD.encode("kept")),
+        "{frame}"
+    );
+    // Nothing else: neither the withdrawn message nor the TTL 0 one.
+    // (the ping's answer is the next frame.)
+    device.ping().await;
+
+    // Unsubscribed: 410 from now on.
+    device
+        .send(json!({"messageType": "unregister", "channelID": channel, "code": 200}))
+        .await;
+    let reply = device.recv().await;
+    assert_eq!(reply["status"], json!(200), "{reply}");
+    post_url(&endpoint, &[("ttl", "60")], None)
+        .await
+        .assert_error(410, &["Gone"]);
+}
+
+/// Two nodes sharing a memcached: a push to one reaches the device on the other.
+#[cfg(feature = "memcache")]
+#[tokio::test]
+async fn a_push_to_another_node_is_routed_to_the_device() {
+    let memcached = common::Memcached::start().await;
+    let key = token_key();
+    let secret = hex_id();
+    let mut nodes = Vec::new();
+    for _ in 0..2 {
+        let node = memcached
+            .server()
+            .set("server", "token_keys", &format!("[\"{key}\"]"))
+            .set("router", "secret", &format!("\"{secret}\""))
+            .start()
+            .await;
+        nodes.push(node);
+    }
+    let (n1, n2) = (&nodes[0], &nodes[1]);
+    let (mut device, _uaid, channel, endpoint) = webpush_device(n1, None).await;
+    // The same endpoint on node 2's listener.
+    let (_, path) = endpoint.split_once("/wpush/").unwrap();
+    let via2 = n2.endpoint_url(&format!("/wpush/{path}"));
+    let reply = post_url(
+        &via2,
+        &[
+            ("ttl", "60"),
+            ("content-encoding", "aes128gcm"),
+            ("topic", "t1"),
+            ("urgency", "low"),
+        ],
+        Some("routed"),
+    )
+    .await;
+    assert_created(&reply, n2, 60);
+    let frame = device.recv_notification().await;
+    assert_eq!(frame["channelID"], json!(channel), "{frame}");
+    assert_eq!(
+        frame["data"],
+        json!(URL_SAFE_NO_PAD.encode("routed")),
+        "{frame}"
+    );
+    let metrics = n2.metrics_text().await;
+    assert_eq!(
+        metric(&metrics, "simplepush_routed_total{result=\"hit\"}"),
+        1.0,
+        "{metrics}"
+    );
+}
+
+/// The store down: 503 with Retry-After, for pushes and deletes.
+#[cfg(feature = "memcache")]
+#[tokio::test]
+async fn a_push_while_the_store_is_down_is_503_with_retry_after() {
+    let mut memcached = common::Memcached::start().await;
+    let key = token_key();
+    let server = memcached
+        .server()
+        .set("server", "token_keys", &format!("[\"{key}\"]"))
+        .start()
+        .await;
+    let path = wpush_path(&key, &hex_id(), &chid(), None);
+    memcached.stop();
+    let reply = post(&server, &path, &[("ttl", "60")], None).await;
+    reply.assert_error(503, &["Service Unavailable"]);
+    assert!(
+        reply.header("retry-after").is_some(),
+        "503 without Retry-After"
+    );
+    let codec = TokenCodec::new(&[&key]).unwrap();
+    let message = codec.encode_message(
+        &Uaid::from(hex_id().as_str()),
+        &ChannelId::from(chid().as_str()),
+        &simplepush_store::MessageId::from("00000000000000010000000000000001"),
+    );
+    let reply = http(
+        "DELETE",
+        &server.endpoint_url(&format!("/m/{message}")),
+        None,
+        None,
+    )
+    .await;
+    reply.assert_error(503, &["Service Unavailable"]);
 }

@@ -25,6 +25,11 @@ use crate::ops::metrics::{SHED_INFLIGHT, SHED_QUEUE_DELAY};
 /// `/update`: it is read before any in-flight slot is taken).
 const BODY_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// A TTL 0 message is never stored, only handed to a session connected now; sessions
+/// drop live messages that have expired, so it is given this long to be written to the
+/// device (here, or on the node it is routed to).
+const TTL_ZERO_HANDOFF_SECS: u64 = 3;
+
 /// Longest `Topic` (RFC 8030 §5.4).
 const MAX_TOPIC_LEN: usize = 32;
 
@@ -331,7 +336,7 @@ where
         id: message_id::mint(),
         channel: target.channel.clone(),
         ttl,
-        expires_at: now.saturating_add(ttl),
+        expires_at: now.saturating_add(if ttl == 0 { TTL_ZERO_HANDOFF_SECS } else { ttl }),
         topic,
         urgency,
         payload,

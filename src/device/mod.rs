@@ -1,7 +1,7 @@
 //! The devices' side: a device upgrades to a websocket ([`upgrade`]), keeps one
-//! [`session`] per socket that speaks the [`protocol`], is found by app servers through
-//! the [`registry`] of devices connected here, and may send only so many commands
-//! ([`throttle`]).
+//! [`session`] per socket that speaks SimplePush ([`protocol`]) or, once its hello asked
+//! for it, WebPush ([`webpush`]), is found by app servers through the [`registry`] of
+//! devices connected here, and may send only so many commands ([`throttle`]).
 
 pub mod protocol;
 pub mod registry;

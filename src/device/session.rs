@@ -142,8 +142,9 @@ struct Session {
     retry_at: Option<Stamp>,
     /// Dead-peer detection.
     keepalive: KeepaliveTimer,
-    /// Messages received from the device.
-    messages: u64,
+    /// Messages received from the device (a u32, so that it shares its word with
+    /// `webpush`: an idle session stays as small as before the WebPush dialect).
+    messages: u32,
     /// Set by a hello with `use_webpush` (PROTOCOL.md §9): the socket then speaks
     /// WebPush, and this counts the messages sent to it that it has not acknowledged
     /// yet (roughly: acks of other ids count too), so the next page of queued messages
@@ -344,7 +345,7 @@ impl Session {
     }
 
     async fn on_message(&mut self, frame: &[u8]) -> Step {
-        self.messages += 1;
+        self.messages = self.messages.saturating_add(1);
         if self.webpush.is_some() {
             return self.on_webpush_message(frame).await;
         }

@@ -97,6 +97,10 @@ async fn largest_encrypted_bodies_of_every_byte_value_decrypt() {
             "aes128gcm" => push.aes128gcm(&subscription, &plaintext),
             _ => push.aesgcm(&subscription, &plaintext),
         };
+        assert!(
+            push.body_len() > 3900 && push.body_len() <= 4096,
+            "{encoding}"
+        );
         assert_created(&push.send(&server).await, 60);
         let (notification, decrypted) = browser.recv_decrypted().await;
         assert!(
@@ -298,11 +302,11 @@ async fn forged_message_location_is_404() {
     let location = assert_created(&reply, 60);
     let notification = browser.recv_notification().await;
 
-    // Flip one character of the id: a forged message id is a clean 404.
+    // Change one character in the middle of the id: a forged message id is a clean 404.
     let (base, id) = location.rsplit_once('/').unwrap();
     let mut id: Vec<char> = id.chars().collect();
-    let last = id.len() - 1;
-    id[last] = if id[last] == 'A' { 'B' } else { 'A' };
+    let middle = id.len() / 2;
+    id[middle] = if id[middle] == 'A' { 'B' } else { 'A' };
     let forged = format!("{base}/{}", id.into_iter().collect::<String>());
     let reply = delete_message(&server, &forged).await;
     reply.assert_error(404, &["Not Found"]);

@@ -483,6 +483,11 @@ impl Push {
         self.header("Content-Encoding", encoding)
     }
 
+    /// The body's length in bytes.
+    pub fn body_len(&self) -> usize {
+        self.body.len()
+    }
+
     /// Signed with VAPID (`vapid t=.., k=..`), the usual claims for the endpoint.
     pub fn vapid(self, vapid: &Vapid) -> Push {
         let claims = Vapid::claims(&self.endpoint);

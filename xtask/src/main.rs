@@ -2,6 +2,7 @@
 
 mod bench;
 mod fuzz;
+mod interop;
 mod matrix;
 mod memcached;
 mod preflight;

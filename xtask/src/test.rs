@@ -116,6 +116,8 @@ fn run_step(step: Step, state: &mut RunState) -> Result<()> {
                 // (every backend compiled in; never a release RocksDB build in CI).
                 println!("\n$ cargo xtask bench smoke (debug binary, every backend)");
                 crate::bench::smoke(&crate::bench::binary_path(true), &crate::bench::BACKENDS)?;
+                println!("\n$ cargo xtask interop: pywebpush against the debug binary");
+                crate::interop::pywebpush(&crate::bench::binary_path(true))?;
             }
             Ok(())
         }

@@ -27,6 +27,7 @@ use crate::sys;
 use scenario::{Backend, Bench, Params};
 
 pub use baseline::main as baseline_main;
+pub(crate) use target::ServerProc;
 pub use worker::main as worker_main;
 
 /// What to measure.

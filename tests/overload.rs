@@ -428,6 +428,9 @@ impl Store for StalledStore {
     async fn knows_uaid(&self, uaid: &Uaid) -> Result<bool, StoreError> {
         self.inner.knows_uaid(uaid).await
     }
+    async fn registered(&self, uaid: &Uaid, channel: &ChannelId) -> Result<bool, StoreError> {
+        self.inner.registered(uaid, channel).await
+    }
     async fn register(
         &self,
         uaid: &Uaid,

@@ -270,6 +270,11 @@ async fn ttl_zero_is_never_stored() {
     post(&server, &path, &[("ttl", "60")], None)
         .await
         .assert_error(429, &["Too Many Requests"]);
+    // A TTL 0 push to a channel the store does not know is 410 all the same.
+    let gone = wpush_path(&key, &uaid, &chid(), None);
+    post(&server, &gone, &[("ttl", "0")], None)
+        .await
+        .assert_error(410, &["Gone"]);
 }
 
 #[tokio::test]

@@ -347,7 +347,17 @@ where
         app.tokens
             .encode_message(&target.uaid, &message.channel, &message.id)
     );
-    // TTL 0: for a device connected now only, never stored.
+    // TTL 0: for a device connected now only, never stored; a channel that is gone is
+    // still told (410), so the app server drops the subscription.
+    if ttl == 0
+        && !app
+            .store
+            .registered(&target.uaid, &message.channel)
+            .await
+            .map_err(HttpError::from_push_store)?
+    {
+        return Err(HttpError::new(StatusCode::GONE, "subscription expired"));
+    }
     if ttl > 0 {
         let max_queued = app.protocol.max_queued_messages;
         match app

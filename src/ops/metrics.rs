@@ -315,6 +315,11 @@ impl Store for MeteredStore {
         self.timed("knows_uaid", self.inner.knows_uaid(uaid)).await
     }
 
+    async fn registered(&self, uaid: &Uaid, channel: &ChannelId) -> Result<bool, StoreError> {
+        self.timed("registered", self.inner.registered(uaid, channel))
+            .await
+    }
+
     async fn register(
         &self,
         uaid: &Uaid,

@@ -483,6 +483,14 @@ impl Store for MemcacheStore {
         Ok(!self.device(uaid).await?.channels.is_empty())
     }
 
+    async fn registered(&self, uaid: &Uaid, channel: &ChannelId) -> Result<bool, StoreError> {
+        Ok(self
+            .device(uaid)
+            .await?
+            .channels
+            .contains_key(channel.as_str()))
+    }
+
     async fn register(
         &self,
         uaid: &Uaid,

@@ -231,6 +231,15 @@ impl Db {
         Ok(found)
     }
 
+    fn registered(&self, uaid: &Uaid, channel: &ChannelId) -> Result<bool, StoreError> {
+        let key = key::channel(uaid, channel)?;
+        let found = self
+            .db
+            .get_pinned_cf(self.family(CHANNELS)?, &key)
+            .map_err(from_rocksdb)?;
+        Ok(found.is_some())
+    }
+
     fn register(
         &self,
         uaid: &Uaid,
@@ -596,6 +605,11 @@ impl Store for RocksStore {
     async fn knows_uaid(&self, uaid: &Uaid) -> Result<bool, StoreError> {
         let uaid = uaid.clone();
         self.run(move |db| db.knows_uaid(&uaid)).await
+    }
+
+    async fn registered(&self, uaid: &Uaid, channel: &ChannelId) -> Result<bool, StoreError> {
+        let (uaid, channel) = (uaid.clone(), channel.clone());
+        self.run(move |db| db.registered(&uaid, &channel)).await
     }
 
     async fn register(

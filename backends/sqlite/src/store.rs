@@ -284,6 +284,17 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn registered(&self, uaid: &Uaid, channel: &ChannelId) -> Result<bool, StoreError> {
+        let (uaid, channel) = (uaid.as_str().to_owned(), channel.as_str().to_owned());
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM channel WHERE uaid = ?1 AND channel = ?2)",
+            )?;
+            Ok(stmt.query_row([uaid, channel], |row| row.get(0))?)
+        })
+        .await
+    }
+
     async fn register(
         &self,
         uaid: &Uaid,

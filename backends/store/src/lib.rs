@@ -41,6 +41,10 @@ pub trait Store: Send + Sync + 'static {
     /// data (eviction, a wiped disk) and must register again.
     async fn knows_uaid(&self, uaid: &Uaid) -> Result<bool, StoreError>;
 
+    /// Whether `channel` is registered for `uaid`. Read-only: for answers that must not
+    /// store anything (a WebPush push with TTL 0 to a channel that is gone is still 410).
+    async fn registered(&self, uaid: &Uaid, channel: &ChannelId) -> Result<bool, StoreError>;
+
     /// Registers `channel` for `uaid`. Idempotent: registering a live channel again
     /// answers [`RegisterOutcome::Registered`] and keeps its pending update.
     /// A new channel beyond `max_channels` live ones answers

@@ -155,6 +155,14 @@ impl Store for MemoryStore {
             .is_some_and(|device| !device.channels.is_empty()))
     }
 
+    async fn registered(&self, uaid: &Uaid, channel: &ChannelId) -> Result<bool, StoreError> {
+        Ok(self
+            .shard(uaid)
+            .devices
+            .get(uaid)
+            .is_some_and(|device| device.find(channel).is_ok()))
+    }
+
     async fn register(
         &self,
         uaid: &Uaid,

@@ -71,6 +71,20 @@ pub async fn knows_uaid_only_with_channels(store: TestStore) {
     assert!(!store.knows_uaid(&u).await.unwrap());
 }
 
+/// `registered` says whether a channel is registered, and changes nothing.
+pub async fn registered_answers_per_channel(store: TestStore) {
+    let (u, c) = registered(&store).await;
+    assert!(store.registered(&u, &c).await.unwrap());
+    assert!(!store.registered(&u, &channel()).await.unwrap());
+    assert!(!store.registered(&uaid(), &c).await.unwrap());
+    store.unregister(&u, &c).await.unwrap();
+    assert!(!store.registered(&u, &c).await.unwrap());
+    assert!(
+        !store.knows_uaid(&u).await.unwrap(),
+        "a look-up creates nothing"
+    );
+}
+
 /// Registering a channel twice succeeds and keeps its pending update.
 pub async fn register_is_idempotent_and_keeps_pending(store: TestStore) {
     let (u, c) = registered(&store).await;
@@ -1025,6 +1039,7 @@ macro_rules! conformance_suite {
     ($make:expr) => {
         $crate::conformance_suite!(@each $make;
             knows_uaid_only_with_channels,
+            registered_answers_per_channel,
             register_is_idempotent_and_keeps_pending,
             register_enforces_channel_limit,
             unregister_drops_pending_and_puts_are_gone,

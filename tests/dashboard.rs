@@ -1,5 +1,6 @@
 //! `/dashboard/`: one self-contained HTML page on the operator listener whose numbers,
-//! rendered in headless Chromium, follow what a device and an app server do.
+//! rendered in headless Chromium, follow what a device and an app server do, in both
+//! dialects (SimplePush, and WebPush of PROTOCOL.md §9).
 //!
 //! The browser test needs Debian's `chromium` package (`/usr/bin/chromium`, or the path
 //! in `SIMPLEPUSH_TEST_CHROMIUM`); without it the test fails and says how to install it.
@@ -11,7 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::webpush::{Browser, Push, Vapid, assert_created, delete_message};
 use common::{Server, chid, http};
+use serde_json::json;
 
 /// Where Debian's `chromium` package puts the browser.
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -106,6 +109,99 @@ async fn dashboard_in_chromium_follows_connections_and_live_updates() {
     assert!(png.starts_with(b"\x89PNG"), "the screenshot is not a PNG");
     eprintln!("dashboard screenshot: {}", screenshot.display());
     device.close().await;
+}
+
+/// WebPush figures beside the SimplePush ones: pushes by status and encoding, the
+/// browser's acks and nacks by code, VAPID failures by reason, message deletes.
+#[tokio::test]
+async fn dashboard_in_chromium_shows_webpush_beside_simplepush() {
+    let chromium = chromium();
+    let server = Server::start().await;
+    let url = server.admin_url("/dashboard/");
+
+    let before = load(&chromium, &url, None).await;
+    for id in [
+        "webpush-pushes-total",
+        "webpush-201-total",
+        "webpush-encoding-aes128gcm-total",
+        "webpush-ack-100-total",
+        "webpush-nack-301-total",
+        "webpush-notifications-total",
+        "vapid-failures-total",
+        "message-deletes-204-total",
+    ] {
+        assert_eq!(number(&before, id), 0.0, "#{id} before any WebPush");
+    }
+
+    // A restricted (v2) subscription and an open (v1) one.
+    let vapid = Vapid::new();
+    let mut browser = Browser::connect(&server).await;
+    let restricted = browser.subscribe(Some(&vapid)).await;
+    let open = browser.subscribe(None).await;
+
+    // Delivered live and acknowledged: aes128gcm, VAPID-signed.
+    let reply = Push::to(&restricted)
+        .aes128gcm(&restricted, b"one")
+        .vapid(&vapid)
+        .send(&server)
+        .await;
+    assert_created(&reply, 60);
+    let (first, _) = browser.recv_decrypted().await;
+    browser.ack(&first).await;
+
+    // Delivered live, then the page's handler fails: a nack.
+    let reply = Push::to(&open).aesgcm(&open, b"two").send(&server).await;
+    assert_created(&reply, 60);
+    let (second, _) = browser.recv_decrypted().await;
+    browser
+        .device()
+        .send(json!({"messageType": "nack", "version": second.version, "code": 301}))
+        .await;
+
+    // Signed with another key: 403 and a VAPID failure.
+    let reply = Push::to(&restricted)
+        .aes128gcm(&restricted, b"forged")
+        .vapid(&Vapid::new())
+        .send(&server)
+        .await;
+    assert_eq!(reply.status, 403, "{}", reply.body);
+
+    // Stored for the offline browser, then withdrawn.
+    let offline = browser.go_offline(&server, 0).await;
+    let reply = Push::to(&open).send(&server).await;
+    let location = assert_created(&reply, 60);
+    assert_eq!(delete_message(&server, &location).await.status, 204);
+    // Back online: the nacked message comes again (a nack does not remove it), the
+    // withdrawn one never.
+    let mut browser = offline.reconnect(&server).await;
+    let again = browser.recv_notification().await;
+    assert_eq!(again.version, second.version);
+    browser.ack(&again).await;
+    browser.expect_nothing().await;
+
+    let screenshot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard-webpush.png");
+    let _ = std::fs::remove_file(&screenshot);
+    let after = load(&chromium, &url, Some(&screenshot)).await;
+    eprintln!("dashboard screenshot: {}", screenshot.display());
+    assert_eq!(number(&after, "connections"), 1.0, "{after}");
+    assert_eq!(number(&after, "webpush-pushes-total"), 4.0);
+    assert_eq!(number(&after, "webpush-201-total"), 3.0);
+    assert_eq!(number(&after, "webpush-403-total"), 1.0);
+    assert_eq!(number(&after, "webpush-encoding-aes128gcm-total"), 1.0);
+    assert_eq!(number(&after, "webpush-encoding-aesgcm-total"), 1.0);
+    assert_eq!(number(&after, "webpush-encoding-none-total"), 1.0);
+    assert_eq!(number(&after, "webpush-notifications-total"), 3.0);
+    assert_eq!(number(&after, "webpush-ack-100-total"), 2.0);
+    assert_eq!(number(&after, "webpush-nack-301-total"), 1.0);
+    assert_eq!(number(&after, "webpush-commands-hello-total"), 2.0);
+    assert_eq!(number(&after, "webpush-commands-register-total"), 2.0);
+    assert_eq!(number(&after, "vapid-failures-total"), 1.0);
+    assert_eq!(number(&after, "vapid-key_mismatch-total"), 1.0);
+    assert_eq!(number(&after, "message-deletes-204-total"), 1.0);
+    // The SimplePush figures stay apart.
+    assert_eq!(number(&after, "live-total"), 0.0);
+    assert_eq!(number(&after, "commands-hello-total"), 0.0);
+    assert_eq!(number(&after, "commands-register-total"), 0.0);
 }
 
 /// In a cluster the page shows this node and the peers it routed to: a device on node B,

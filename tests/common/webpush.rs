@@ -515,6 +515,32 @@ impl Push {
 
     /// POSTs it; answers the status, headers and body.
     pub async fn send(self, server: &Server) -> Reply {
+        let url = server.reachable(&self.endpoint);
+        let (headers, body) = self.into_parts();
+        request("POST", &url, &headers, body).await
+    }
+
+    /// POSTs it to `url` (the endpoint as this test reaches it) with `client`; an error
+    /// when no answer came (e.g. the server was killed).
+    pub async fn try_send(self, client: &reqwest::Client, url: &str) -> reqwest::Result<Reply> {
+        let (headers, body) = self.into_parts();
+        let mut request = client.post(url);
+        for (name, value) in &headers {
+            request = request.header(name, value);
+        }
+        let response = request.body(body).send().await?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response.text().await?;
+        Ok(Reply {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    /// The request headers (with the authorization) and the body.
+    fn into_parts(self) -> (Vec<(String, String)>, Vec<u8>) {
         let mut headers = self.headers;
         let mut crypto_key = self.crypto_key;
         match self.auth {
@@ -530,13 +556,7 @@ impl Push {
         if !crypto_key.is_empty() {
             headers.push(("Crypto-Key".into(), crypto_key.join("; ")));
         }
-        request(
-            "POST",
-            &server.reachable(&self.endpoint),
-            &headers,
-            self.body,
-        )
-        .await
+        (headers, self.body)
     }
 }
 

@@ -1,5 +1,5 @@
 // The simplepush dashboard: polls this node's /metrics and /realstatus/ once a second
-// and renders them. Rates come from the two latest scrapes; percentiles are estimated
+// and renders them, SimplePush and WebPush side by side. Rates come from the two latest scrapes; percentiles are estimated
 // from the Prometheus histogram buckets over the last minute of scrapes. Every element
 // a test reads carries its raw number in `data-value` next to the formatted text.
 "use strict";
@@ -12,6 +12,19 @@ const MEANINGS = {
   "200": "delivered live", "202": "stored for later", "400": "bad request",
   "404": "unknown endpoint", "410": "channel gone", "413": "data too large",
   "503": "unavailable",
+};
+
+/** What a WebPush push's status means (PROTOCOL.md §9). */
+const WEBPUSH_MEANINGS = {
+  "201": "accepted (stored or delivered)", "400": "bad request", "401": "VAPID missing or invalid",
+  "403": "VAPID key not the subscription's", "404": "unknown endpoint", "410": "unsubscribed",
+  "413": "body too large", "429": "channel queue full", "503": "unavailable",
+};
+
+/** What a WebPush device's ack or nack code means. */
+const ANSWER_MEANINGS = {
+  "ack 100": "delivered", "ack 101": "decryption failed", "ack 102": "not delivered",
+  "nack 301": "handler failed", "nack 302": "handler rejected", "nack 303": "handler timed out",
 };
 
 /** Scrapes of the last minute, oldest first: {at: ms, series: [{name, labels, value}]}. */
@@ -151,6 +164,71 @@ function row(cells) {
   return tr;
 }
 
+/** Rows of counter `name` by `label`, sorted: the label (with its meaning from
+ *  `meanings` when given), the total and the rate, in cells with ids
+ *  `${prefix}-${value}-total` and `-rate`. A table without series says "none yet". */
+function counterRows(now, name, label, prefix, meanings) {
+  const sums = byLabel(now, name, label);
+  const width = meanings ? 4 : 3;
+  if (sums.size === 0) {
+    const tr = row(["none yet"]);
+    tr.firstChild.colSpan = width;
+    return [tr];
+  }
+  return [...sums.keys()].sort().map((key) => {
+    const r = rate((s) => byLabel(s, name, label).get(key) || 0);
+    return row([
+      key, ...(meanings ? [meanings[key] || ""] : []),
+      [formatCount(sums.get(key)), sums.get(key), `${prefix}-${key}-total`],
+      [formatRate(r), r, `${prefix}-${key}-rate`],
+    ]);
+  });
+}
+
+/** The WebPush figures (PROTOCOL.md §9), beside the SimplePush ones. */
+function renderWebPush(now) {
+  const pushes = byLabel(now, "simplepush_webpush_pushes_total", "status");
+  const pushesTotal = total(now, "simplepush_webpush_pushes_total");
+  const pushesRate = rate((s) => total(s, "simplepush_webpush_pushes_total"));
+  show("webpush-rate", pushesRate, formatRate(pushesRate));
+  show("webpush-pushes-total", pushesTotal, formatCount(pushesTotal));
+  show("webpush-stored-total", pushes.get("201") || 0, formatCount(pushes.get("201") || 0));
+  document.getElementById("webpush").replaceChildren(
+    ...counterRows(now, "simplepush_webpush_pushes_total", "status", "webpush", WEBPUSH_MEANINGS));
+  document.getElementById("webpush-encodings").replaceChildren(
+    ...counterRows(now, "simplepush_webpush_encodings_total", "encoding", "webpush-encoding"));
+
+  const vapidTotal = total(now, "simplepush_vapid_failures_total");
+  const vapidRate = rate((s) => total(s, "simplepush_vapid_failures_total"));
+  show("vapid-failures-total", vapidTotal, formatCount(vapidTotal));
+  show("vapid-failures-rate", vapidRate, formatRate(vapidRate));
+  document.getElementById("vapid-failures").replaceChildren(
+    ...counterRows(now, "simplepush_vapid_failures_total", "reason", "vapid"));
+  document.getElementById("message-deletes").replaceChildren(
+    ...counterRows(now, "simplepush_message_deletes_total", "status", "message-deletes"));
+
+  const notifications = total(now, "simplepush_webpush_notifications_total");
+  const notificationsRate = rate((s) => total(s, "simplepush_webpush_notifications_total"));
+  show("webpush-notifications-total", notifications, formatCount(notifications));
+  show("webpush-notifications-rate", notificationsRate, formatRate(notificationsRate));
+  const answers = [];
+  for (const kind of ["ack", "nack"]) {
+    const name = `simplepush_webpush_${kind}s_total`;
+    const codes = byLabel(now, name, "code");
+    for (const code of [...codes.keys()].sort()) {
+      const r = rate((s) => byLabel(s, name, "code").get(code) || 0);
+      answers.push(row([
+        kind, code, ANSWER_MEANINGS[`${kind} ${code}`] || "",
+        [formatCount(codes.get(code)), codes.get(code), `webpush-${kind}-${code}-total`],
+        [formatRate(r), r, `webpush-${kind}-${code}-rate`],
+      ]));
+    }
+  }
+  document.getElementById("webpush-answers").replaceChildren(...answers);
+  document.getElementById("webpush-commands").replaceChildren(
+    ...counterRows(now, "simplepush_webpush_commands_total", "command", "webpush-commands"));
+}
+
 function renderMetrics() {
   const now = history[history.length - 1];
   show("connections", total(now, "simplepush_connections"), formatCount(total(now, "simplepush_connections")));
@@ -160,28 +238,15 @@ function renderMetrics() {
   show("updates-rate", updatesRate, formatRate(updatesRate));
   show("live-total", updates.get("200") || 0, formatCount(updates.get("200") || 0));
   document.getElementById("updates").replaceChildren(
-    ...[...updates.keys()].sort().map((status) => {
-      const r = rate((s) => byLabel(s, "simplepush_updates_total", "status").get(status) || 0);
-      return row([
-        status, MEANINGS[status] || "",
-        [formatCount(updates.get(status)), updates.get(status), `updates-${status}-total`],
-        [formatRate(r), r, `updates-${status}-rate`],
-      ]);
-    }));
+    ...counterRows(now, "simplepush_updates_total", "status", "updates", MEANINGS));
 
-  const commands = byLabel(now, "simplepush_commands_total", "command");
   const commandsRate = rate((s) => total(s, "simplepush_commands_total"));
   show("commands-rate", commandsRate, formatRate(commandsRate));
   show("commands-total", total(now, "simplepush_commands_total"), formatCount(total(now, "simplepush_commands_total")));
   document.getElementById("commands").replaceChildren(
-    ...[...commands.keys()].sort().map((command) => {
-      const r = rate((s) => byLabel(s, "simplepush_commands_total", "command").get(command) || 0);
-      return row([
-        command,
-        [formatCount(commands.get(command)), commands.get(command), `commands-${command}-total`],
-        [formatRate(r), r, `commands-${command}-rate`],
-      ]);
-    }));
+    ...counterRows(now, "simplepush_commands_total", "command", "commands"));
+
+  renderWebPush(now);
 
   // Without live deliveries in the last minute, the percentiles since start say more
   // than none at all.

@@ -1,6 +1,6 @@
 //! The baseline (`cargo xtask bench-baseline`): the least a server can do for the same
-//! traffic — a bare warp `PUT /update/*` handler answering 200 `{}` and a bare websocket
-//! echo — so simplepush's numbers can be read as a ratio to it.
+//! traffic — a bare warp `PUT /update/*` handler answering 200 `{}` (and `POST
+//! /wpush/v1/*` answering 201, for WebPush) and a bare websocket echo — so simplepush's numbers can be read as a ratio to it.
 
 use std::net::SocketAddr;
 
@@ -45,9 +45,16 @@ async fn serve() -> Result<()> {
         .map(|_token: String, _body: warp::hyper::body::Bytes| {
             warp::reply::with_status("{}", warp::http::StatusCode::OK)
         });
+    // WebPush's push: a POST answered 201, the body read and dropped.
+    let post = warp::post()
+        .and(warp::path!("wpush" / "v1" / String))
+        .and(warp::body::bytes())
+        .map(|_token: String, _body: warp::hyper::body::Bytes| {
+            warp::reply::with_status("", warp::http::StatusCode::CREATED)
+        });
     tokio::join!(
         warp::serve(echo).incoming(ws_listener).run(),
-        warp::serve(put).incoming(put_listener).run(),
+        warp::serve(put.or(post)).incoming(put_listener).run(),
     );
     Ok(())
 }

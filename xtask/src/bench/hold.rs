@@ -217,6 +217,7 @@ impl Bench {
         ];
         Ok(Outcome {
             scenario: "hold",
+            dialect: p.dialect,
             backend: format!("memcache, {nodes} nodes"),
             params: vec![
                 ("connections", p.connections as f64),

@@ -24,7 +24,9 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 
 use crate::sys;
+use report::Outcome;
 use scenario::{Backend, Bench, Params};
+use worker::Dialect;
 
 pub use baseline::main as baseline_main;
 pub(crate) use target::ServerProc;
@@ -59,6 +61,12 @@ pub struct BenchArgs {
     /// The scenario.
     #[arg(value_enum)]
     scenario: Scenario,
+
+    /// The devices' and pushes' protocol(s), in turn (repeatable or comma-separated;
+    /// default simplepush, smoke: both). With both, `notify` also prints WebPush's server
+    /// CPU per notification as a ratio to SimplePush's of the same run.
+    #[arg(long = "dialect", value_enum, value_delimiter = ',')]
+    dialects: Vec<Dialect>,
 
     /// Storage backend(s) to run against (repeatable or comma-separated).
     #[arg(long = "backend", value_delimiter = ',', default_value = "memory")]
@@ -149,14 +157,29 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     // Taken once: every result of this run carries the day it started and the box.
     let stamp = report::Stamp::measure();
     println!("bench: {stamp}");
+    let dialects = match (args.dialects.is_empty(), smoke) {
+        (false, _) => args.dialects.clone(),
+        (true, false) => vec![Dialect::Simplepush],
+        (true, true) => vec![Dialect::Simplepush, Dialect::Webpush],
+    };
     let mut outcomes = Vec::new();
-    for &scenario in scenarios {
+    for (&scenario, &dialect) in scenarios
+        .iter()
+        .flat_map(|s| dialects.iter().map(move |d| (s, d)))
+    {
+        // Smoke checks WebPush where it differs: devices, pushes, notifications, routing.
+        if smoke
+            && dialect == Dialect::Webpush
+            && matches!(scenario, Scenario::Overload | Scenario::Hold)
+        {
+            continue;
+        }
         if matches!(scenario, Scenario::Cluster | Scenario::Hold) {
             // One run of nodes sharing memcached; it needs the memcache feature.
             if smoke && !args.backends.iter().any(|b| b == "memcache") {
                 continue;
             }
-            let p = params(args, scenario, smoke);
+            let p = params(args, scenario, smoke, dialect);
             let outcome = if scenario == Scenario::Cluster {
                 bench.cluster(&p).context("scenario cluster")?
             } else {
@@ -170,24 +193,77 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         }
         for name in &args.backends {
             let backend = Backend::start(name)?;
-            let p = params(args, scenario, smoke);
+            let p = params(args, scenario, smoke, dialect);
             let outcome = match scenario {
                 Scenario::Idle => bench.idle(&backend, &p),
                 Scenario::Connect => bench.connect(&backend, &p),
                 Scenario::Notify => bench.notify(&backend, &p),
                 _ => bench.overload(&backend, &p, args.overload_inflight),
             }
-            .with_context(|| format!("scenario {scenario:?} on {name}"))?;
+            .with_context(|| format!("scenario {scenario:?} ({}) on {name}", dialect.name()))?;
             println!("{}\n{}", outcome.table(), outcome.json_line(&stamp));
             outcomes.push(outcome);
         }
     }
     println!("\nbench: {} scenario run(s) finished", outcomes.len());
+    for line in comparisons(&outcomes) {
+        println!("bench: {line}");
+    }
     Ok(())
 }
 
+/// Ratios between notify runs of the same invocation: WebPush's server CPU per
+/// notification to SimplePush's on each backend (goal ≤ 1.5), and each backend's to the
+/// memory store's in each dialect (goal ≤ 2, memcache ≤ 3).
+fn comparisons(outcomes: &[Outcome]) -> Vec<String> {
+    const CPU: &str = "server_cpu_us_per_notification";
+    let cpu = |dialect: Dialect, backend: &str| {
+        outcomes
+            .iter()
+            .filter(|o| o.scenario == "notify" && o.dialect == dialect && o.backend == backend)
+            .flat_map(|o| &o.metrics)
+            .find(|m| m.name == CPU)
+            .map(|m| m.value)
+    };
+    let mut lines = Vec::new();
+    let mut seen = Vec::new();
+    for o in outcomes.iter().filter(|o| o.scenario == "notify") {
+        if seen.contains(&(o.dialect, &o.backend)) {
+            continue;
+        }
+        seen.push((o.dialect, &o.backend));
+        let Some(value) = cpu(o.dialect, &o.backend) else {
+            continue;
+        };
+        let mut line = |what: String, of: f64, goal: f64| {
+            let ratio = value / of.max(1e-9);
+            let met = if ratio <= goal { "met" } else { "NOT met" };
+            lines.push(format!(
+                "notify {what}: {ratio:.2} × ({value:.1} / {of:.1} µs server CPU per \
+                 notification; goal <= {goal}: {met})"
+            ));
+        };
+        if o.dialect == Dialect::Webpush
+            && let Some(of) = cpu(Dialect::Simplepush, &o.backend)
+        {
+            line(format!("on {}, webpush / simplepush", o.backend), of, 1.5);
+        }
+        if o.backend != "memory"
+            && let Some(of) = cpu(o.dialect, "memory")
+        {
+            let goal = if o.backend == "memcache" { 3.0 } else { 2.0 };
+            line(
+                format!("{}, {} / memory", o.dialect.name(), o.backend),
+                of,
+                goal,
+            );
+        }
+    }
+    lines
+}
+
 /// The parameters of `scenario`: the flags, else the scenario's defaults (tiny for smoke).
-fn params(args: &BenchArgs, scenario: Scenario, smoke: bool) -> Params {
+fn params(args: &BenchArgs, scenario: Scenario, smoke: bool, dialect: Dialect) -> Params {
     let (connections, rate, secs) = match (scenario, smoke) {
         (Scenario::Idle, true) => (50, 500.0, 1.0),
         (Scenario::Overload, true) => (50, 2000.0, 1.0),
@@ -210,6 +286,7 @@ fn params(args: &BenchArgs, scenario: Scenario, smoke: bool) -> Params {
         rate,
         secs: args.secs.unwrap_or(secs),
         workers: args.workers,
+        dialect,
     }
 }
 
@@ -271,6 +348,7 @@ pub fn binary_path(debug: bool) -> PathBuf {
 pub fn smoke(binary: &Path, backends: &[&str]) -> Result<()> {
     let args = BenchArgs {
         scenario: Scenario::Smoke,
+        dialects: Vec::new(),
         backends: backends.iter().map(|b| (*b).to_owned()).collect(),
         connections: None,
         rate: None,
@@ -284,4 +362,40 @@ pub fn smoke(binary: &Path, backends: &[&str]) -> Result<()> {
         nodes: None,
     };
     run(&args)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::comparisons;
+    use super::report::{Metric, Outcome};
+    use super::worker::Dialect;
+
+    fn notify(dialect: Dialect, backend: &str, cpu: f64) -> Outcome {
+        Outcome {
+            scenario: "notify",
+            dialect,
+            backend: backend.into(),
+            params: Vec::new(),
+            metrics: vec![Metric::new("server_cpu_us_per_notification", cpu, "µs")],
+        }
+    }
+
+    #[test]
+    fn notify_runs_are_compared_across_dialects_and_with_memory() {
+        let lines = comparisons(&[
+            notify(Dialect::Simplepush, "memory", 100.0),
+            notify(Dialect::Simplepush, "sqlite", 150.0),
+            notify(Dialect::Webpush, "memory", 160.0),
+            notify(Dialect::Webpush, "sqlite", 400.0),
+        ]);
+        assert_eq!(lines.len(), 4, "{lines:#?}");
+        assert!(lines[0].starts_with("notify simplepush, sqlite / memory: 1.50 ×"));
+        assert!(lines[0].ends_with("goal <= 2: met)"), "{}", lines[0]);
+        assert!(lines[1].starts_with("notify on memory, webpush / simplepush: 1.60 ×"));
+        assert!(lines[1].ends_with("goal <= 1.5: NOT met)"), "{}", lines[1]);
+        assert!(lines[2].starts_with("notify on sqlite, webpush / simplepush: 2.67 ×"));
+        assert!(lines[3].starts_with("notify webpush, sqlite / memory: 2.50 ×"));
+        // One dialect on one backend: nothing to compare.
+        assert!(comparisons(&[notify(Dialect::Webpush, "memory", 1.0)]).is_empty());
+    }
 }

@@ -7,6 +7,7 @@ use std::time::SystemTime;
 
 use serde_json::{Map, Value, json};
 
+use super::worker::Dialect;
 use crate::sys;
 
 /// When, at which commit and on what machine a run measured its results: read from the
@@ -139,6 +140,8 @@ impl Metric {
 pub struct Outcome {
     /// Scenario name.
     pub scenario: &'static str,
+    /// The protocol the devices spoke.
+    pub dialect: Dialect,
     /// Backend name.
     pub backend: String,
     /// The run's parameters (connections, rate, seconds...).
@@ -169,6 +172,7 @@ impl Outcome {
             .collect();
         json!({
             "scenario": self.scenario,
+            "dialect": self.dialect.name(),
             "backend": self.backend,
             "date": stamp.date,
             "commit": stamp.commit,
@@ -189,8 +193,9 @@ impl Outcome {
             .map(|(k, v)| format!("{k}={}", show(*v)))
             .collect();
         let mut out = format!(
-            "== {} on {} ({})\n",
+            "== {} ({}) on {} ({})\n",
             self.scenario,
+            self.dialect.name(),
             self.backend,
             params.join(", ")
         );
@@ -247,7 +252,7 @@ fn show(value: f64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{Metric, Outcome, Stamp, machine, mem_total_kib, utc_date};
+    use super::{Dialect, Metric, Outcome, Stamp, machine, mem_total_kib, utc_date};
     use std::process::Command;
     use std::time::{Duration, UNIX_EPOCH};
 
@@ -326,6 +331,7 @@ mod tests {
     fn json_line_and_table_carry_values_ratios_and_targets() {
         let outcome = Outcome {
             scenario: "notify",
+            dialect: Dialect::Webpush,
             backend: "memory".into(),
             params: vec![("rate", 10000.0)],
             metrics: vec![
@@ -342,6 +348,7 @@ mod tests {
         };
         let line: serde_json::Value = serde_json::from_str(&outcome.json_line(&stamp)).unwrap();
         assert_eq!(line["date"], "2000-01-02");
+        assert_eq!(line["dialect"], "webpush");
         assert_eq!(line["commit"], "abc1234-dirty");
         assert_eq!(line["machine"], "3 cores, 1.0 GiB, Linux 6.1");
         assert_eq!(line["metrics"]["p99_us"], 900);
@@ -350,6 +357,10 @@ mod tests {
         assert_eq!(line["params"]["rate"], 10000);
         let table = outcome.table();
         assert!(table.contains("3.00"), "{table}");
+        assert!(
+            table.starts_with("== notify (webpush) on memory"),
+            "{table}"
+        );
         assert!(table.contains("< 5000 µs: met"), "{table}");
         assert_eq!(line["metrics"]["lost"], 0);
     }

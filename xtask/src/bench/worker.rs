@@ -1,6 +1,9 @@
 //! One load-generating process (`cargo xtask bench-worker JOB`): opens its share of device
 //! websockets (hello + register, each from a source address in 127.0.0.0/8), then on `go`
-//! sends PUTs open-loop at a fixed rate and times each notification back.
+//! sends PUTs open-loop at a fixed rate and times each notification back. Devices speak
+//! the job's [`Dialect`]: SimplePush (PUT `version=N`), or WebPush (POST of an opaque
+//! `aes128gcm` body that starts with N, which comes back base64url in the notification's
+//! `data`; the server never decrypts, so the rest of the body is random bytes).
 //!
 //! It talks to the parent over pipes: it prints `ready {json}` once its devices are
 //! connected and `done {json}` after the PUT phase; it reads `go` from stdin, and ends
@@ -13,6 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use futures_util::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -31,6 +36,110 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 const PUT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Source addresses used per worker (127.0.<worker+1>.1 ..= .200).
 const SOURCES_PER_WORKER: usize = 200;
+
+/// Bytes of each WebPush body: 8 for the sequence number, the rest random (a small
+/// encrypted payload; the protocol allows 4096).
+pub const WEBPUSH_BODY_BYTES: usize = 256;
+/// The TTL header of each WebPush POST, seconds.
+const WEBPUSH_TTL: u32 = 60;
+
+/// The protocol the generator's devices and app server speak (PROTOCOL.md §2–§6 or §9).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Dialect {
+    /// hello + register; `PUT /update/{token}` with `version=N`; ack of `updates`.
+    #[default]
+    Simplepush,
+    /// hello with `use_webpush`; `POST /wpush/v1/{token}` with an `aes128gcm` body and a
+    /// TTL; notification with `data`; ack with code 100.
+    Webpush,
+}
+
+impl Dialect {
+    /// The name used in tables, JSON lines and flags.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dialect::Simplepush => "simplepush",
+            Dialect::Webpush => "webpush",
+        }
+    }
+
+    /// Where a pushEndpoint's path starts (the baseline serves the same paths).
+    fn endpoint_prefix(self) -> &'static str {
+        match self {
+            Dialect::Simplepush => "/update/",
+            Dialect::Webpush => "/wpush/v1/",
+        }
+    }
+
+    /// The hello a fresh device of this dialect sends.
+    fn hello(self) -> Value {
+        match self {
+            Dialect::Simplepush => json!({"messageType": "hello", "uaid": "", "channelIDs": []}),
+            Dialect::Webpush => {
+                json!({"messageType": "hello", "broadcasts": {}, "use_webpush": true})
+            }
+        }
+    }
+
+    /// The sequence number (1..) a notification carries and the ack of it; `None` for a
+    /// frame that is not a notification.
+    fn notification(self, message: &Value) -> Option<(Vec<u64>, Value)> {
+        if message["messageType"] != json!("notification") {
+            return None;
+        }
+        match self {
+            Dialect::Simplepush => {
+                let updates = message["updates"].as_array().cloned().unwrap_or_default();
+                let versions = updates
+                    .iter()
+                    .filter_map(|u| u["version"].as_u64())
+                    .collect();
+                let acks: Vec<Value> = updates
+                    .iter()
+                    .map(|u| json!({"channelID": u["channelID"], "version": u["version"]}))
+                    .collect();
+                Some((versions, json!({"messageType": "ack", "updates": acks})))
+            }
+            Dialect::Webpush => {
+                let seq = message["data"]
+                    .as_str()
+                    .and_then(|data| URL_SAFE_NO_PAD.decode(data.trim_end_matches('=')).ok())
+                    .and_then(|body| Some(u64::from_be_bytes(body.get(..8)?.try_into().ok()?)));
+                let ack = json!({"messageType": "ack", "updates": [{
+                    "channelID": message["channelID"],
+                    "version": message["version"],
+                    "code": 100,
+                }]});
+                Some((seq.into_iter().collect(), ack))
+            }
+        }
+    }
+}
+
+/// A WebPush body: `seq` (big endian), then `pad`.
+fn webpush_body(seq: u64, pad: &[u8]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(8 + pad.len());
+    body.extend_from_slice(&seq.to_be_bytes());
+    body.extend_from_slice(pad);
+    body
+}
+
+/// `len` random bytes (from the standard library's randomly keyed hasher).
+fn random_bytes(len: usize) -> Vec<u8> {
+    use std::hash::{BuildHasher, Hasher};
+    let state = std::collections::hash_map::RandomState::new();
+    let mut bytes = Vec::with_capacity(len + 8);
+    let mut i = 0u64;
+    while bytes.len() < len {
+        let mut hasher = state.build_hasher();
+        hasher.write_u64(i);
+        bytes.extend_from_slice(&hasher.finish().to_le_bytes());
+        i += 1;
+    }
+    bytes.truncate(len);
+    bytes
+}
 
 /// What one worker does; built by the parent, passed as JSON on the command line.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -59,6 +168,9 @@ pub struct Job {
     pub max_inflight_puts: usize,
     /// How long to wait for late notifications after the last PUT answered, seconds.
     pub grace_secs: f64,
+    /// The protocol of the devices and of the pushes.
+    #[serde(default)]
+    pub dialect: Dialect,
 }
 
 /// What the worker reports after connecting (`ready`).
@@ -264,7 +376,7 @@ async fn connect_all(
             match result {
                 Ok((socket, url)) => {
                     let _ = tx.send(Ok((began.elapsed(), url)));
-                    device_loop(socket, stop, dropped).await;
+                    device_loop(socket, job.dialect, stop, dropped).await;
                 }
                 Err(err) => {
                     let _ = tx.send(Err(format!("{err:#}")));
@@ -319,31 +431,31 @@ async fn connect_device(job: &Job, source: Ipv4Addr) -> Result<(Socket, String)>
     )
     .await
     .context("websocket handshake")?;
-    let hello = request(
-        &mut socket,
-        json!({"messageType": "hello", "uaid": "", "channelIDs": []}),
-        "hello",
-    )
-    .await?;
+    let hello = request(&mut socket, job.dialect.hello(), "hello").await?;
     if !job.baseline && hello["status"] != json!(200) {
         bail!("hello answered {hello}");
     }
-    let channel = random_hex32();
+    let channel = match job.dialect {
+        Dialect::Simplepush => random_hex32(),
+        // Firefox's channelIDs are dashed UUIDs.
+        Dialect::Webpush => dashed(&random_hex32()),
+    };
     let register = request(
         &mut socket,
         json!({"messageType": "register", "channelID": channel}),
         "register",
     )
     .await?;
+    let prefix = job.dialect.endpoint_prefix();
     let path = if job.baseline {
-        format!("/update/{channel}")
+        format!("{prefix}{channel}")
     } else {
         let endpoint = register["pushEndpoint"]
             .as_str()
             .with_context(|| format!("register answered {register}"))?;
         let at = endpoint
-            .find("/update/")
-            .with_context(|| format!("pushEndpoint without /update/: {endpoint}"))?;
+            .find(prefix)
+            .with_context(|| format!("pushEndpoint without {prefix}: {endpoint}"))?;
         endpoint[at..].to_owned()
     };
     Ok((socket, format!("http://{}{path}", job.put_to)))
@@ -384,10 +496,20 @@ fn random_hex32() -> String {
     text
 }
 
+/// `hex32` as a UUID: dashes at 8, 13, 18 and 23.
+fn dashed(hex32: &str) -> String {
+    let (a, rest) = hex32.split_at(8);
+    let (b, rest) = rest.split_at(4);
+    let (c, rest) = rest.split_at(4);
+    let (d, e) = rest.split_at(4);
+    format!("{a}-{b}-{c}-{d}-{e}")
+}
+
 /// Reads a connected device's socket until the worker stops: records each notification
 /// and acks it at once.
 async fn device_loop(
     mut socket: Socket,
+    dialect: Dialect,
     mut stop: watch::Receiver<Option<Arc<Tracker>>>,
     dropped: Arc<AtomicUsize>,
 ) {
@@ -412,19 +534,14 @@ async fn device_loop(
         let Ok(message) = serde_json::from_str::<Value>(text.as_str()) else {
             continue;
         };
-        if message["messageType"] != json!("notification") {
+        let Some((versions, ack)) = dialect.notification(&message) else {
             continue;
-        }
-        let tracker = stop.borrow().clone();
-        let updates = message["updates"].as_array().cloned().unwrap_or_default();
-        let mut acks = Vec::with_capacity(updates.len());
-        for update in &updates {
-            if let (Some(version), Some(tracker)) = (update["version"].as_u64(), &tracker) {
+        };
+        if let Some(tracker) = stop.borrow().as_ref() {
+            for version in versions {
                 tracker.received(version);
             }
-            acks.push(json!({"channelID": update["channelID"], "version": update["version"]}));
         }
-        let ack = json!({"messageType": "ack", "updates": acks});
         if socket.send(Message::text(ack.to_string())).await.is_err() {
             dropped.fetch_add(1, Ordering::Relaxed);
             return;
@@ -464,6 +581,7 @@ async fn put_phase(
         }
     };
     let inflight = Arc::new(tokio::sync::Semaphore::new(job.max_inflight_puts.max(1)));
+    let pad: Arc<[u8]> = random_bytes(WEBPUSH_BODY_BYTES.saturating_sub(8)).into();
     let answers = Arc::new(Mutex::new(PutReport::default()));
     let interval = Duration::from_secs_f64(1.0 / job.put_rate);
     let mut tasks = tokio::task::JoinSet::new();
@@ -481,15 +599,20 @@ async fn put_phase(
             let url = endpoints[seq % endpoints.len()].clone();
             let (client, tracker, answers) = (client.clone(), tracker.clone(), answers.clone());
             let this = seq;
+            let version = this as u64 + 1;
+            let request = match job.dialect {
+                Dialect::Simplepush => client.put(url).body(format!("version={version}")),
+                Dialect::Webpush => client
+                    .post(url)
+                    .header("Content-Encoding", "aes128gcm")
+                    .header("TTL", WEBPUSH_TTL)
+                    .body(webpush_body(version, &pad)),
+            };
             tasks.spawn(async move {
                 let _permit = permit;
                 let sent = Instant::now();
                 tracker.sent_at[this].store(tracker.now_nanos() + 1, Ordering::Relaxed);
-                let result = client
-                    .put(url)
-                    .body(format!("version={}", this + 1))
-                    .send()
-                    .await;
+                let result = request.send().await;
                 let result = match result {
                     Ok(response) => {
                         let status = response.status().as_u16();
@@ -539,7 +662,7 @@ async fn put_phase(
         Vec::new()
     } else {
         (0..total)
-            .filter(|&s| matches!(tracker.status[s].load(Ordering::Relaxed), 200 | 202))
+            .filter(|&s| matches!(tracker.status[s].load(Ordering::Relaxed), 200..=202))
             .collect()
     };
     let deadline = Instant::now() + Duration::from_secs_f64(job.grace_secs);
@@ -591,7 +714,9 @@ fn clone_answers(answers: &PutReport) -> PutReport {
 
 #[cfg(test)]
 mod tests {
-    use super::{Tracker, random_hex32, source_addr};
+    use super::{Dialect, Tracker, dashed, random_hex32, source_addr, webpush_body};
+    use base64::Engine as _;
+    use serde_json::json;
     use std::net::Ipv4Addr;
 
     #[test]
@@ -608,6 +733,50 @@ mod tests {
         assert_eq!(a.len(), 32);
         assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn webpush_notifications_give_back_the_posted_sequence_and_ack_with_code_100() {
+        let body = webpush_body(42, &[7; 248]);
+        assert_eq!(body.len(), super::WEBPUSH_BODY_BYTES);
+        let data = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&body);
+        let message = json!({"messageType": "notification", "channelID": "c", "version": "m1",
+            "ttl": 60, "data": data, "headers": {"encoding": "aes128gcm"}});
+        let (seqs, ack) = Dialect::Webpush.notification(&message).unwrap();
+        assert_eq!(seqs, vec![42]);
+        assert_eq!(
+            ack,
+            json!({"messageType": "ack",
+                "updates": [{"channelID": "c", "version": "m1", "code": 100}]})
+        );
+        // Padded base64url is accepted too; a body without data is acked, not counted.
+        let padded = json!({"messageType": "notification", "data": format!("{data}==")});
+        assert_eq!(Dialect::Webpush.notification(&padded).unwrap().0, vec![42]);
+        let empty = json!({"messageType": "notification", "version": "m2"});
+        assert!(Dialect::Webpush.notification(&empty).unwrap().0.is_empty());
+        assert!(Dialect::Webpush.notification(&json!({})).is_none());
+    }
+
+    #[test]
+    fn simplepush_notifications_ack_every_update() {
+        let message = json!({"messageType": "notification", "updates": [
+            {"channelID": "a", "version": 3}, {"channelID": "b", "version": 5}]});
+        let (seqs, ack) = Dialect::Simplepush.notification(&message).unwrap();
+        assert_eq!(seqs, vec![3, 5]);
+        assert_eq!(ack["updates"][1], json!({"channelID": "b", "version": 5}));
+    }
+
+    #[test]
+    fn webpush_channel_ids_are_dashed_uuids() {
+        let id = dashed(&random_hex32());
+        assert_eq!(id.len(), 36);
+        assert_eq!(
+            id.char_indices()
+                .filter(|(_, c)| *c == '-')
+                .map(|(i, _)| i)
+                .collect::<Vec<_>>(),
+            vec![8, 13, 18, 23]
+        );
     }
 
     #[test]

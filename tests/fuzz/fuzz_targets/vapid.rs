@@ -137,7 +137,7 @@ fn jwt_of(authorization: &str) -> &str {
         .filter_map(|p| p.split_once('='))
         .filter(|(name, _)| name.trim().eq_ignore_ascii_case("t"))
         .map(|(_, value)| value.trim().trim_matches('"'))
-        .last()
+        .next_back()
         .unwrap_or_else(|| panic!("no t= in {authorization:?}"))
 }
 

@@ -16,7 +16,14 @@ use clap::{Args, ValueEnum};
 use crate::sys;
 
 /// The fuzz targets of `tests/fuzz/fuzz_targets`, in run order.
-pub const TARGETS: [&str; 3] = ["protocol_parse", "token_decode", "endpoint_form"];
+pub const TARGETS: [&str; 6] = [
+    "protocol_parse",
+    "token_decode",
+    "endpoint_form",
+    "webpush_frame",
+    "vapid",
+    "webpush_request",
+];
 
 /// Seconds each target runs as the last step of `cargo xtask test`.
 pub const CI_SECONDS: u64 = 10;

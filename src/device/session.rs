@@ -162,6 +162,16 @@ impl Drop for Session {
     }
 }
 
+/// The error frame of a hello the store could not answer, echoing the uaid as sent
+/// (either dialect).
+fn hello_refusal(error: &StoreError, sent: Option<String>) -> ErrorFrame {
+    let frame = store_error_frame(error).for_type("hello");
+    match sent {
+        Some(sent) => frame.echo("uaid", Value::String(sent)),
+        None => frame,
+    }
+}
+
 /// What the keepalive asks for when its time comes.
 #[derive(Debug, PartialEq, Eq)]
 enum Keepalive {
@@ -497,13 +507,7 @@ impl Session {
         }
         let uaid = match Self::choose_uaid(&self.app, uaid.clone(), channel_ids).await {
             Ok(uaid) => uaid,
-            Err(e) => {
-                let mut error = store_error_frame(&e).for_type("hello");
-                if let Some(sent) = uaid {
-                    error = error.echo("uaid", Value::String(sent));
-                }
-                return self.fail(error).await;
-            }
+            Err(e) => return self.fail(hello_refusal(&e, uaid)).await,
         };
         self.claim(&uaid).await?;
         // A replacement that raced our own claim is not ours to obey.
@@ -533,13 +537,7 @@ impl Session {
     async fn webpush_hello(&mut self, sent: Option<String>) -> Step {
         let uaid = match Self::choose_webpush_uaid(&self.app, sent.as_deref()).await {
             Ok(uaid) => uaid,
-            Err(e) => {
-                let mut error = store_error_frame(&e).for_type("hello");
-                if let Some(sent) = sent {
-                    error = error.echo("uaid", Value::String(sent));
-                }
-                return self.fail(error).await;
-            }
+            Err(e) => return self.fail(hello_refusal(&e, sent)).await,
         };
         self.claim(&uaid).await?;
         let reply = protocol::to_text(&webpush::HelloReply::new(uaid.as_str()));

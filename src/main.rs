@@ -6,6 +6,17 @@
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc's options, read once at its start. Stock jemalloc purges freed pages only
+/// while the program keeps allocating, so after a burst (a reconnect storm's handshakes)
+/// an idle server kept their memory for good; a background thread returns it within
+/// about a second instead. Muzzy pages (`MADV_FREE`) would still count as resident, so
+/// purging skips that stage. A thin `&[u8; N]`: jemalloc reads a `char *` here.
+#[cfg(feature = "jemalloc")]
+#[allow(non_upper_case_globals)]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+pub static malloc_conf: &[u8; 60] =
+    b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;

@@ -17,14 +17,10 @@ pub struct Options {
     /// `--vapid-public-key` of `simplepush client --webpush`.
     #[arg(long)]
     pub vapid: bool,
-    /// With --vapid: the private key's file; an existing file is never overwritten.
-    #[arg(
-        long,
-        value_name = "FILE",
-        default_value = "vapid.pem",
-        requires = "vapid"
-    )]
-    pub out: PathBuf,
+    /// With --vapid: the private key's file; an existing file is never overwritten
+    /// [default: vapid.pem].
+    #[arg(long, value_name = "FILE", requires = "vapid")]
+    pub out: Option<PathBuf>,
 }
 
 /// Makes the key and answers the line to print: the token key, or the VAPID public key
@@ -34,6 +30,10 @@ pub fn run(options: &Options) -> Result<String, KeyFileError> {
         return Ok(crate::app_server::token::generate_key());
     }
     let key = VapidKey::generate();
-    key.write_new(&options.out)?;
+    let out = options
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("vapid.pem"));
+    key.write_new(&out)?;
     Ok(key.public_key_b64())
 }

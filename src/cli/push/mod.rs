@@ -37,11 +37,16 @@ const QUOTED_BODY_CHARS: usize = 200;
 /// The VAPID contact when `--subject` is not given.
 pub const DEFAULT_SUBJECT: &str = "mailto:simplepush@localhost";
 
+/// The `TTL` when `--ttl` is not given.
+pub const DEFAULT_TTL: u64 = 60;
+
 /// Where the WebPush options are listed in `--help`.
 const WEBPUSH: &str = "WebPush (with --subscription)";
 
 /// What `simplepush push` sends, and where: a SimplePush `ENDPOINT`, or a WebPush
-/// `--subscription`.
+/// `--subscription`. WebPush options both require `--subscription` and conflict with
+/// `ENDPOINT`: clap drops a requirement that conflicts with a present argument, so
+/// `requires` alone would let `push ENDPOINT --ttl 5` through silently.
 #[derive(Debug, Clone, Args)]
 pub struct Options {
     /// SimplePush: the channel's pushEndpoint (`http://…/update/<token>`), as `simplepush
@@ -70,26 +75,27 @@ pub struct Options {
     /// Sign the push with VAPID with this private key (PEM, as `simplepush genkey --vapid`
     /// writes it). Endpoints restricted to a key (`/wpush/v2/`) take only pushes signed
     /// with it.
-    #[arg(long, value_name = "FILE", requires = "subscription", help_heading = WEBPUSH)]
+    #[arg(long, value_name = "FILE", help_heading = WEBPUSH,
+          requires = "subscription", conflicts_with = "endpoint")]
     pub vapid_key: Option<PathBuf>,
     /// The VAPID contact (the JWT's `sub`): a mailto: or https: URL [default:
     /// mailto:simplepush@localhost].
-    #[arg(long, value_name = "URL", requires = "vapid_key", help_heading = WEBPUSH,
-          value_parser = parse_subject)]
+    #[arg(long, value_name = "URL", help_heading = WEBPUSH,
+          requires = "vapid_key", conflicts_with = "endpoint", value_parser = parse_subject)]
     pub subject: Option<String>,
     /// How long, in seconds, the server keeps the message for a device that is offline
-    /// (0: deliver now or never); the server may lower it.
-    #[arg(long, value_name = "SECONDS", default_value_t = 60, requires = "subscription",
-          help_heading = WEBPUSH)]
-    pub ttl: u64,
+    /// (0: deliver now or never); the server may lower it [default: 60].
+    #[arg(long, value_name = "SECONDS", help_heading = WEBPUSH,
+          requires = "subscription", conflicts_with = "endpoint")]
+    pub ttl: Option<u64>,
     /// A topic (up to 32 characters of A-Z a-z 0-9 - _): a newer message with the same
     /// topic replaces one the device has not received yet.
-    #[arg(long, value_name = "TOPIC", requires = "subscription", help_heading = WEBPUSH,
-          value_parser = parse_topic)]
+    #[arg(long, value_name = "TOPIC", help_heading = WEBPUSH,
+          requires = "subscription", conflicts_with = "endpoint", value_parser = parse_topic)]
     pub topic: Option<String>,
     /// How urgent the message is, for devices that save battery.
-    #[arg(long, value_name = "URGENCY", value_enum, requires = "subscription",
-          help_heading = WEBPUSH)]
+    #[arg(long, value_name = "URGENCY", value_enum, help_heading = WEBPUSH,
+          requires = "subscription", conflicts_with = "endpoint")]
     pub urgency: Option<Urgency>,
 }
 
@@ -244,7 +250,7 @@ pub async fn run(args: &Options) -> Result<Answer, PushError> {
             .subject
             .clone()
             .unwrap_or_else(|| DEFAULT_SUBJECT.to_owned()),
-        ttl: args.ttl,
+        ttl: args.ttl.unwrap_or(DEFAULT_TTL),
         topic: args.topic.clone(),
         urgency: args.urgency,
     };

@@ -618,12 +618,13 @@ async fn help_documents_every_flag_and_version_works() {
                 assert!(described, "undocumented value: {line:?} in {help}");
                 continue;
             }
-            if !line.trim_start().starts_with('-')
-                && !line.trim_start().starts_with('<')
-                && !(line.trim_start().starts_with('[')
-                    && !line.trim_start().starts_with("[default")
-                    && !line.trim_start().starts_with("[possible"))
-            {
+            let start = line.trim_start();
+            let argument = start.starts_with('-')
+                || start.starts_with('<')
+                || (start.starts_with('[')
+                    && !start.starts_with("[default")
+                    && !start.starts_with("[possible"));
+            if !argument {
                 continue;
             }
             let inline = line.trim().split_once("  ").map(|(_, d)| d.trim());
@@ -1134,6 +1135,8 @@ async fn webpush_client_before_a_restart(
         notification_text(&mut client, &channel).await.as_deref(),
         Some("before the restart")
     );
+    // Acked before the restart, so it is not delivered again after it.
+    wait_for_acks(&server.server, 100, 1).await;
     (client, subscription, uaid, channel)
 }
 

@@ -35,8 +35,7 @@ use clap::Args;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use self::connection::Handled;
-use self::state::{State, WebPushKeys};
+use self::state::{State, WebPushState};
 
 /// What `simplepush client` connects to and where it keeps its identity.
 #[derive(Debug, Clone, Args)]
@@ -169,7 +168,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Cl
     };
     let to_unregister = state.plan_channels(wanted);
     if options.webpush && state.webpush.is_none() {
-        state.webpush = Some(WebPushKeys::generate());
+        state.webpush = Some(WebPushState::generate());
     }
     if state != loaded {
         // Written before connecting: an unwritable state file fails at once, and a
@@ -203,14 +202,12 @@ struct Identity {
 }
 
 impl Identity {
-    /// The hello was answered with `uaid`: keeps it (a new one means the server lost
-    /// the old one's data), prints it, and answers a register per channel (each made by
-    /// `register`) and an unregister per dropped channel.
-    ///
-    /// Register is idempotent: registering at every hello gets each channel's current
-    /// endpoint (it changes when the server's token key or the device's uaid does).
-    async fn on_hello(&mut self, uaid: &str, register: impl Fn(&str) -> Value) -> Handled {
-        if self.state.uaid != uaid {
+    /// The hello was answered with `uaid`: keeps it and prints it. Answers whether it
+    /// is new: the first one, or the server lost the old one's data (its channels and
+    /// endpoints are gone and must be registered again).
+    async fn adopt_uaid(&mut self, uaid: &str) -> Result<bool, ClientError> {
+        let new = self.state.uaid != uaid;
+        if new {
             if !self.state.uaid.is_empty() {
                 tracing::warn!(
                     old = %self.state.uaid,
@@ -223,13 +220,15 @@ impl Identity {
             self.state.save(&self.path).await?;
         }
         print(&format!("uaid {uaid}")).await?;
-        let mut frames: Vec<Value> = self.state.channel_ids.iter().map(|c| register(c)).collect();
-        frames.extend(
-            std::mem::take(&mut self.to_unregister)
-                .into_iter()
-                .map(|channel| json!({"messageType": "unregister", "channelID": channel})),
-        );
-        Ok(frames)
+        Ok(new)
+    }
+
+    /// An unregister for each channel dropped since the last hello.
+    fn unregisters(&mut self) -> Vec<Value> {
+        std::mem::take(&mut self.to_unregister)
+            .into_iter()
+            .map(|channel| json!({"messageType": "unregister", "channelID": channel}))
+            .collect()
     }
 }
 

@@ -27,13 +27,18 @@ impl Dialect for SimplePush {
         })
     }
 
+    /// Registers every channel at every hello: register is idempotent, and its reply
+    /// carries each channel's current endpoint (it changes when the server's token key
+    /// or the device's uaid does).
     async fn on_hello(&mut self, uaid: &str) -> Handled {
-        self.identity
-            .on_hello(
-                uaid,
-                |channel| json!({"messageType": "register", "channelID": channel}),
-            )
-            .await
+        self.identity.adopt_uaid(uaid).await?;
+        let channels = &self.identity.state.channel_ids;
+        let mut frames: Vec<Value> = channels
+            .iter()
+            .map(|channel| json!({"messageType": "register", "channelID": channel}))
+            .collect();
+        frames.extend(self.identity.unregisters());
+        Ok(frames)
     }
 
     async fn on_register(&mut self, channel_id: &str, endpoint: &str) -> Handled {

@@ -25,30 +25,44 @@ pub(super) struct State {
     /// The device's channels, in the order they were created.
     #[serde(default, rename = "channelIDs")]
     pub channel_ids: Vec<String>,
-    /// A WebPush device's keys; absent for a SimplePush device.
+    /// A WebPush device's keys and subscription; absent for a SimplePush device.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub webpush: Option<WebPushKeys>,
+    pub webpush: Option<WebPushState>,
 }
 
-/// What a WebPush device keeps secret: the private half of its `p256dh` key and the
-/// auth secret, base64url.
+/// What a WebPush device keeps: the private half of its `p256dh` key and the auth
+/// secret (base64url), and, once subscribed, the endpoint it got and the app server key
+/// it subscribed with. Like a browser it keeps its subscription across connections and
+/// subscribes again only when the server forgot the device or the key changes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct WebPushKeys {
+pub(super) struct WebPushState {
     #[serde(rename = "privateKey")]
     private_key: String,
     auth: String,
+    /// The pushEndpoint of the channel, once registered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// The VAPID public key the channel was registered with, if any.
+    #[serde(
+        default,
+        rename = "applicationServerKey",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub application_server_key: Option<String>,
 }
 
-impl WebPushKeys {
+impl WebPushState {
     /// A fresh key pair and auth secret.
-    pub fn generate() -> WebPushKeys {
+    pub fn generate() -> WebPushState {
         let secret = SecretKey::random(&mut rand_core::OsRng);
         let mut auth = [0u8; AUTH_LEN];
         rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut auth);
-        WebPushKeys {
+        WebPushState {
             private_key: URL_SAFE_NO_PAD.encode(secret.to_bytes()),
             auth: URL_SAFE_NO_PAD.encode(auth),
+            endpoint: None,
+            application_server_key: None,
         }
     }
 
@@ -204,8 +218,10 @@ mod tests {
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
 
+        let mut keys = WebPushState::generate();
+        keys.endpoint = Some("http://localhost:8081/wpush/v1/x".to_owned());
         let webpush = State {
-            webpush: Some(WebPushKeys::generate()),
+            webpush: Some(keys),
             ..state
         };
         webpush.save(&path).await.unwrap();

@@ -1,8 +1,9 @@
 //! The WebPush device (PROTOCOL.md §9), as a browser is one: it says hello with
 //! `use_webpush`, subscribes one channel (restricted to an app server's VAPID key when
-//! given), writes the subscription JSON an app server needs, and decrypts every message
-//! with its own key pair and auth secret (RFC 8291, `aes128gcm`). Each message is acked
-//! with code 100, or 101 when it does not decrypt.
+//! given) and keeps that subscription across connections, writes the subscription JSON
+//! an app server needs, and decrypts every message with its own key pair and auth secret
+//! (RFC 8291, `aes128gcm`). Each message is acked with code 100, or 101 when it does not
+//! decrypt.
 
 use std::io;
 use std::path::PathBuf;
@@ -59,6 +60,28 @@ impl WebPush {
         })
     }
 
+    /// The endpoint of an earlier subscription, if it was made with today's key.
+    fn kept_endpoint(&self) -> Option<String> {
+        let kept = self.identity.state.webpush.as_ref()?;
+        if kept.application_server_key != self.vapid_public_key {
+            return None;
+        }
+        kept.endpoint.clone()
+    }
+
+    /// Writes the subscription JSON for this endpoint and prints the `endpoint` and
+    /// `subscription` lines.
+    async fn subscribed(&self, channel_id: &str, endpoint: &str) -> Result<(), ClientError> {
+        let subscription = Subscription {
+            endpoint: endpoint.to_owned(),
+            p256dh: self.secret.public_key(),
+            auth: self.auth,
+        };
+        self.write_subscription(&subscription).await?;
+        print(&format!("endpoint {channel_id} {endpoint}")).await?;
+        print(&format!("subscription {}", self.subscription_out.display())).await
+    }
+
     /// Writes the subscription unless the file already says exactly that (replaced
     /// through a file beside it, so a reader never sees half of it).
     async fn write_subscription(&self, subscription: &Subscription) -> Result<(), ClientError> {
@@ -112,28 +135,37 @@ impl Dialect for WebPush {
         hello
     }
 
+    /// Subscribes (registers its channel) only when it has no subscription yet, the
+    /// server gave it a new uaid (it forgot the old one, and its endpoint with it), or the
+    /// app server key changed; otherwise, as a browser, it keeps the endpoint it has.
     async fn on_hello(&mut self, uaid: &str) -> Handled {
-        let key = self.vapid_public_key.clone();
-        self.identity
-            .on_hello(uaid, |channel| {
+        let new_uaid = self.identity.adopt_uaid(uaid).await?;
+        let channel = self.identity.state.channel_ids.first().cloned();
+        let mut frames = Vec::new();
+        match (self.kept_endpoint().filter(|_| !new_uaid), channel) {
+            (Some(endpoint), Some(channel)) => self.subscribed(&channel, &endpoint).await?,
+            (_, channel) => {
                 let mut register = json!({"messageType": "register", "channelID": channel});
-                if let Some(key) = &key {
+                if let Some(key) = &self.vapid_public_key {
                     register["key"] = json!(key);
                 }
-                register
-            })
-            .await
+                frames.push(register);
+            }
+        }
+        frames.extend(self.identity.unregisters());
+        Ok(frames)
     }
 
     async fn on_register(&mut self, channel_id: &str, endpoint: &str) -> Handled {
-        let subscription = Subscription {
-            endpoint: endpoint.to_owned(),
-            p256dh: self.secret.public_key(),
-            auth: self.auth,
-        };
-        self.write_subscription(&subscription).await?;
-        print(&format!("endpoint {channel_id} {endpoint}")).await?;
-        print(&format!("subscription {}", self.subscription_out.display())).await?;
+        let key = &self.vapid_public_key;
+        if let Some(kept) = self.identity.state.webpush.as_mut()
+            && (kept.endpoint.as_deref() != Some(endpoint) || kept.application_server_key != *key)
+        {
+            kept.endpoint = Some(endpoint.to_owned());
+            kept.application_server_key = key.clone();
+            self.identity.state.save(&self.identity.path).await?;
+        }
+        self.subscribed(channel_id, endpoint).await?;
         Ok(Vec::new())
     }
 

@@ -9,7 +9,8 @@
 //!   their URLs.
 //! - [`cluster`]: node-to-node routing when nodes share memcached.
 //! - [`ops`]: what operators see: metrics, health, the dashboard, overload shedding.
-//! - [`cli`]: the `client` and `push` subcommands, to try a server end to end.
+//! - [`cli`]: the `client`, `push` and `genkey --vapid` subcommands, in both dialects, to
+//!   try a server end to end.
 //!
 //! And what holds them together:
 //! - [`config`] and [`flags`]: the TOML configuration, its defaults and its flags.

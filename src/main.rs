@@ -41,22 +41,29 @@ struct Cli {
 enum Command {
     /// Run the server (the default when no command is given).
     Serve(Box<ServeArgs>),
-    /// Print a fresh random token key for `[server] token_keys`.
-    Genkey,
+    /// Print a fresh random token key for `[server] token_keys`; with --vapid, make a
+    /// VAPID key pair for a WebPush app server.
+    Genkey(simplepush::cli::genkey::Options),
     /// Be a device: connect, register channels, print each pushEndpoint and every
     /// notification (and acknowledge it), until Ctrl-C.
     ///
     /// Lines on stdout: `uaid <uaid>`, `endpoint <channelID> <url>`,
     /// `notification <channelID> <version> [data]`, `expired <channelID>`. The uaid and
     /// channelIDs are kept in the state file, so a restart resumes the same device.
-    /// Diagnostics go to stderr (filter them with RUST_LOG).
+    /// With --webpush it is a WebPush device, as a browser is: it also prints
+    /// `subscription <file>` (the subscription JSON it wrote for app servers), the data of
+    /// each notification decrypted, and `undecryptable <channelID> <version> <why>` for a
+    /// message it cannot decrypt. Diagnostics go to stderr (filter them with RUST_LOG).
     Client(simplepush::cli::client::Options),
-    /// Be an app server: PUT a version (and data) to a pushEndpoint and print the answer.
+    /// Be an app server: PUT a version (and data) to a SimplePush pushEndpoint, or with
+    /// --subscription POST encrypted data to a WebPush subscription; print the answer.
     ///
-    /// Prints `200 delivered`, `202 stored` (the device is offline: it gets the update
-    /// when it reconnects) or the error status and reason; exits with 0 only for 200
-    /// and 202.
-    Push(simplepush::cli::push::Request),
+    /// SimplePush prints `200 delivered`, `202 stored` (the device is offline: it gets the
+    /// update when it reconnects) or the error status and reason; exits with 0 only for
+    /// 200 and 202. WebPush prints `201 Created` and the `Location:` and `TTL:` answered,
+    /// or the error status and reason; exits with 0 only for 201. A bad file, JSON, key or
+    /// endpoint exits with 2.
+    Push(simplepush::cli::push::Options),
 }
 
 /// Flags of `serve`; each overrides the config file.
@@ -89,12 +96,15 @@ impl ServeArgs {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let serve = match cli.command {
-        Some(Command::Genkey) => {
-            println!("{}", simplepush::app_server::token::generate_key());
+        Some(Command::Genkey(options)) => {
+            match simplepush::cli::genkey::run(&options) {
+                Ok(line) => println!("{line}"),
+                Err(error) => exit_with(2, error.into()),
+            }
             return Ok(());
         }
         Some(Command::Client(options)) => return run_client(options),
-        Some(Command::Push(request)) => return run_push(&request),
+        Some(Command::Push(args)) => return run_push(&args),
         Some(Command::Serve(args)) => *args,
         None => cli.serve,
     };
@@ -128,18 +138,26 @@ fn run_client(options: simplepush::cli::client::Options) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `simplepush push`: prints the outcome; exits with 1 unless it is 200 or 202.
-fn run_push(request: &simplepush::cli::push::Request) -> anyhow::Result<()> {
-    let outcome = tokio::runtime::Builder::new_current_thread()
+/// `simplepush push`: prints the answer; exits with 1 unless the push was accepted, with
+/// 2 when the input was wrong.
+fn run_push(args: &simplepush::cli::push::Options) -> anyhow::Result<()> {
+    let answer = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?
-        .block_on(simplepush::cli::push::push(request))?;
-    println!("{outcome}");
-    if !outcome.is_success() {
+        .block_on(simplepush::cli::push::run(args))
+        .unwrap_or_else(|error| exit_with(error.exit_code(), error.into()));
+    println!("{answer}");
+    if !answer.is_success() {
         std::process::exit(1);
     }
     Ok(())
+}
+
+/// Reports an error as returning it from `main` would, but exits with `code`.
+fn exit_with(code: i32, error: anyhow::Error) -> ! {
+    eprintln!("Error: {error:?}");
+    std::process::exit(code);
 }
 
 fn init_logging(config: &Config) -> anyhow::Result<()> {

@@ -1,5 +1,6 @@
-//! End-to-end tests of `simplepush client` and `simplepush push`: the real binary runs as
-//! a device and as an app server against a live server started by the harness.
+//! End-to-end tests of `simplepush client`, `simplepush push` and `simplepush genkey`: the
+//! real binary runs as a device and as an app server, in both dialects, against a live
+//! server started by the harness.
 
 mod common;
 
@@ -12,7 +13,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Server, WAIT, chid, hex_id, unix_now};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use common::webpush::{Browser, b64};
+use common::{Server, WAIT, chid, hex_id, token_key, unix_now};
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -96,6 +100,17 @@ impl Client {
     /// [`Client::expect_within`] with the usual wait.
     async fn expect(&mut self, kind: &str) -> Vec<String> {
         self.expect_within(kind, WAIT).await
+    }
+
+    /// The first line starting with `kind`, whole (see [`Client::expect_within`]).
+    async fn expect_line_within(&mut self, kind: &str, wait: Duration) -> String {
+        // Lines are split on single spaces, so joining them gives the line back exactly.
+        self.expect_within(kind, wait).await.join(" ")
+    }
+
+    /// [`Client::expect_line_within`] with the usual wait.
+    async fn expect_line(&mut self, kind: &str) -> String {
+        self.expect_line_within(kind, WAIT).await
     }
 
     /// The `uaid` line.
@@ -212,10 +227,12 @@ fn state_of(path: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
-/// A TCP proxy in front of the server's websocket listener that the test can cut.
+/// A TCP proxy in front of a server's listener that the test can cut, and point at
+/// another server (a restarted one, on new ports).
 struct Proxy {
     addr: SocketAddr,
     up: Arc<AtomicBool>,
+    target: Arc<Mutex<SocketAddr>>,
     links: Arc<Mutex<Vec<AbortHandle>>>,
     accept: AbortHandle,
 }
@@ -225,9 +242,10 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let up = Arc::new(AtomicBool::new(true));
+        let target = Arc::new(Mutex::new(target));
         let links = Arc::new(Mutex::new(Vec::new()));
         let accept = tokio::spawn({
-            let (up, links) = (up.clone(), links.clone());
+            let (up, links, target) = (up.clone(), links.clone(), target.clone());
             async move {
                 loop {
                     let Ok((mut inbound, _)) = listener.accept().await else {
@@ -237,6 +255,7 @@ impl Proxy {
                         // Down: the connection is closed at once.
                         continue;
                     }
+                    let target = *target.lock().unwrap();
                     let link = tokio::spawn(async move {
                         let Ok(mut outbound) = TcpStream::connect(target).await else {
                             return;
@@ -251,6 +270,7 @@ impl Proxy {
         Proxy {
             addr,
             up,
+            target,
             links,
             accept,
         }
@@ -258,6 +278,11 @@ impl Proxy {
 
     fn ws_url(&self) -> String {
         format!("ws://{}/", self.addr)
+    }
+
+    /// New connections go to `target`.
+    fn retarget(&self, target: SocketAddr) {
+        *self.target.lock().unwrap() = target;
     }
 
     /// Drops every connection and refuses new ones until [`Proxy::restore`].
@@ -553,16 +578,53 @@ async fn help_documents_every_flag_and_version_works() {
         assert!(client_help.contains(flag), "{flag} in {client_help}");
     }
     assert!(client_help.contains("[default: ws://localhost:8080/]"));
+    for flag in [
+        "--webpush",
+        "--vapid-public-key <KEY>",
+        "--subscription-out <FILE>",
+    ] {
+        assert!(client_help.contains(flag), "{flag} in {client_help}");
+    }
     let (status, push_help, _) = simplepush(&["push", "--help"]).await;
     assert!(status.success());
-    for flag in ["<ENDPOINT>", "--version <N>", "--data <TEXT>"] {
+    for flag in [
+        "[ENDPOINT]",
+        "--version <N>",
+        "--data <TEXT>",
+        "--subscription <FILE>",
+        "--vapid-key <FILE>",
+        "--subject <URL>",
+        "--ttl <SECONDS>",
+        "--topic <TOPIC>",
+        "--urgency <URGENCY>",
+    ] {
         assert!(push_help.contains(flag), "{flag} in {push_help}");
     }
+    for value in ["very-low", "low", "normal", "high", "[default: 60]"] {
+        assert!(push_help.contains(value), "{value} in {push_help}");
+    }
+    let (status, genkey_help, _) = simplepush(&["genkey", "--help"]).await;
+    assert!(status.success());
+    for flag in ["--vapid", "--out <FILE>", "[default: vapid.pem]"] {
+        assert!(genkey_help.contains(flag), "{flag} in {genkey_help}");
+    }
     // Every flag has a description, on its line or (long help) on the next one.
-    for help in [&client_help, &push_help] {
+    for help in [&client_help, &push_help, &genkey_help] {
         let lines: Vec<&str> = help.lines().collect();
         for (i, line) in lines.iter().enumerate() {
-            if !line.trim_start().starts_with('-') && !line.trim_start().starts_with('<') {
+            if let Some(value) = line.trim_start().strip_prefix("- ") {
+                // A possible value and its description: `- very-low: On power…`.
+                let described = value.split_once(": ").is_some_and(|(_, d)| !d.is_empty());
+                assert!(described, "undocumented value: {line:?} in {help}");
+                continue;
+            }
+            let start = line.trim_start();
+            let argument = start.starts_with('-')
+                || start.starts_with('<')
+                || (start.starts_with('[')
+                    && !start.starts_with("[default")
+                    && !start.starts_with("[possible"));
+            if !argument {
                 continue;
             }
             let inline = line.trim().split_once("  ").map(|(_, d)| d.trim());
@@ -576,4 +638,606 @@ async fn help_documents_every_flag_and_version_works() {
             );
         }
     }
+}
+
+// ---- WebPush: `genkey --vapid`, `client --webpush`, `push --subscription` ----
+
+/// Runs `simplepush genkey --vapid --out <path>` and returns the public key it printed,
+/// checked to be a base64url uncompressed P-256 point.
+async fn genkey_vapid(path: &Path) -> String {
+    let (status, stdout, stderr) =
+        simplepush(&["genkey", "--vapid", "--out", path.to_str().unwrap()]).await;
+    assert!(status.success(), "genkey --vapid: {stderr}");
+    let key = stdout.trim_end().to_owned();
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    let point = URL_SAFE_NO_PAD.decode(&key).unwrap();
+    assert_eq!((point.len(), point[0]), (65, 4), "{key}");
+    key
+}
+
+/// Runs `simplepush push --subscription <file> <args>`: (exit status, stdout, stderr).
+async fn push_to(subscription: &Path, args: &[&str]) -> (ExitStatus, String, String) {
+    let mut all = vec!["push", "--subscription", subscription.to_str().unwrap()];
+    all.extend_from_slice(args);
+    simplepush(&all).await
+}
+
+/// Runs `simplepush push --subscription`, asserts `201 Created` with a `Location` on
+/// `/m/` and the `TTL` given, and a zero exit.
+async fn push_created(subscription: &Path, args: &[&str], ttl: u64) {
+    let (status, stdout, stderr) = push_to(subscription, args).await;
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "push {args:?}: {stdout:?} {stderr}");
+    assert_eq!(lines[0], "201 Created", "push {args:?}: {stderr}");
+    let location = lines[1].strip_prefix("Location: ").unwrap_or_default();
+    assert!(
+        location.starts_with("http://") && location.contains("/m/"),
+        "{stdout}"
+    );
+    assert_eq!(lines[2], format!("TTL: {ttl}"));
+    assert!(status.success(), "push {args:?} exited with {status}");
+}
+
+/// Starts `simplepush client --webpush` writing its subscription to `subscription`.
+fn webpush_client(server: &str, state: &Path, subscription: &Path, args: &[&str]) -> Client {
+    let mut all = vec![
+        "--webpush",
+        "--subscription-out",
+        subscription.to_str().unwrap(),
+    ];
+    all.extend_from_slice(args);
+    Client::start(server, state, &all)
+}
+
+/// The lines a WebPush client prints once subscribed: (uaid, channelID, endpoint).
+async fn subscribed(client: &mut Client, subscription: &Path) -> (String, String, String) {
+    let uaid = client.uaid().await;
+    let (channel, endpoint) = client.endpoint().await;
+    assert_eq!(
+        client.expect("subscription").await,
+        ["subscription", subscription.to_str().unwrap()]
+    );
+    (uaid, channel, endpoint)
+}
+
+/// The text of the next `notification` line of `channel`: what follows
+/// `notification <channelID> <version> `, or `None` for a notification without data.
+async fn notification_text(client: &mut Client, channel: &str) -> Option<String> {
+    let line = client.expect_line("notification").await;
+    let mut parts = line.splitn(4, ' ');
+    assert_eq!(parts.next(), Some("notification"));
+    assert_eq!(parts.next(), Some(channel), "{line}");
+    let version = parts.next().unwrap_or_default();
+    assert!(!version.is_empty(), "{line}");
+    parts.next().map(str::to_owned)
+}
+
+/// The value of a counter with this label in the server's metrics.
+fn metric(metrics: &str, name: &str, label: &str) -> Option<u64> {
+    let prefix = format!("simplepush_{name}{{");
+    metrics
+        .lines()
+        .find(|line| line.starts_with(&prefix) && line.contains(label))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
+/// Waits until the server counted `n` WebPush acks with `code`.
+async fn wait_for_acks(server: &Server, code: u16, n: u64) {
+    let label = format!("code=\"{code}\"");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let metrics = server.metrics_text().await;
+        let acks = metric(&metrics, "webpush_acks_total", &label);
+        if acks == Some(n) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "acks with code {code}: {acks:?}, not {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn webpush_client_decrypts_exactly_what_push_sends_to_its_subscription() {
+    let server = Server::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (state, subscription) = (dir.path().join("device.json"), dir.path().join("sub.json"));
+    let mut client = webpush_client(&server.ws_url(), &state, &subscription, &[]);
+    let (uaid, channel, endpoint) = subscribed(&mut client, &subscription).await;
+    assert!(endpoint.contains("/wpush/v1/"), "{endpoint}");
+
+    // The subscription is in the shape of a browser's PushSubscription.toJSON().
+    let json = state_of(&subscription);
+    let keys = &json["keys"];
+    assert_eq!(
+        json,
+        json!({"endpoint": endpoint, "expirationTime": null,
+               "keys": {"p256dh": keys["p256dh"], "auth": keys["auth"]}})
+    );
+    let p256dh = URL_SAFE_NO_PAD
+        .decode(keys["p256dh"].as_str().unwrap())
+        .unwrap();
+    assert_eq!((p256dh.len(), p256dh[0]), (65, 4));
+    let auth = URL_SAFE_NO_PAD
+        .decode(keys["auth"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(auth.len(), 16);
+    // The state keeps the device and the keys' secret halves.
+    let kept = state_of(&state);
+    assert_eq!(kept["uaid"], json!(uaid));
+    assert_eq!(kept["channelIDs"], json!([channel]));
+    assert_eq!(kept["webpush"]["auth"], keys["auth"]);
+    assert!(kept["webpush"]["privateKey"].is_string(), "{kept}");
+
+    let text = "hello wörld,  two spaces and a trailing one ";
+    push_created(&subscription, &["--data", text], 60).await;
+    assert_eq!(
+        notification_text(&mut client, &channel).await.as_deref(),
+        Some(text)
+    );
+    wait_for_acks(&server, 100, 1).await;
+
+    push_created(
+        &subscription,
+        &[
+            "--data",
+            "second",
+            "--ttl",
+            "120",
+            "--topic",
+            "news",
+            "--urgency",
+            "high",
+        ],
+        120,
+    )
+    .await;
+    assert_eq!(
+        notification_text(&mut client, &channel).await.as_deref(),
+        Some("second")
+    );
+    // Without --data: a push without a payload.
+    push_created(&subscription, &[], 60).await;
+    assert_eq!(notification_text(&mut client, &channel).await, None);
+    wait_for_acks(&server, 100, 3).await;
+    client.assert_nothing_else();
+    assert!(
+        client.log_text().contains("without data"),
+        "{}",
+        client.log_text()
+    );
+}
+
+#[tokio::test]
+async fn genkey_vapid_makes_the_key_that_a_restricted_subscription_needs() {
+    let server = Server::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (ours, theirs) = (dir.path().join("ours.pem"), dir.path().join("theirs.pem"));
+    let key = genkey_vapid(&ours).await;
+    let pem = std::fs::read_to_string(&ours).unwrap();
+    assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----\n"), "{pem}");
+    // An existing key file is never overwritten.
+    let (status, stdout, stderr) =
+        simplepush(&["genkey", "--vapid", "--out", ours.to_str().unwrap()]).await;
+    assert_eq!(status.code(), Some(2), "{stdout}{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(stderr.contains("already exists"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&ours).unwrap(), pem);
+    let other_key = genkey_vapid(&theirs).await;
+    assert_ne!(key, other_key);
+    // Plain genkey still prints a token key (32 bytes) and writes nothing.
+    let (status, stdout, _) = simplepush(&["genkey"]).await;
+    assert!(status.success());
+    assert_eq!(
+        URL_SAFE_NO_PAD.decode(stdout.trim_end()).unwrap().len(),
+        32,
+        "{stdout}"
+    );
+
+    let (state, subscription) = (dir.path().join("device.json"), dir.path().join("sub.json"));
+    let mut client = webpush_client(
+        &server.ws_url(),
+        &state,
+        &subscription,
+        &["--vapid-public-key", &key],
+    );
+    let (_, channel, endpoint) = subscribed(&mut client, &subscription).await;
+    assert!(endpoint.contains("/wpush/v2/"), "{endpoint}");
+
+    // Signed with another key: 403, and a non-zero exit with the server's reason.
+    let (status, stdout, stderr) = push_to(
+        &subscription,
+        &["--vapid-key", theirs.to_str().unwrap(), "--data", "forged"],
+    )
+    .await;
+    assert!(stdout.starts_with("403 Forbidden: "), "{stdout}{stderr}");
+    assert!(stdout.contains("VAPID"), "{stdout}");
+    assert_eq!(status.code(), Some(1));
+    // Not signed at all: 401.
+    let (status, stdout, _) = push_to(&subscription, &["--data", "unsigned"]).await;
+    assert!(stdout.starts_with("401 "), "{stdout}");
+    assert_eq!(status.code(), Some(1));
+
+    push_created(
+        &subscription,
+        &[
+            "--vapid-key",
+            ours.to_str().unwrap(),
+            "--subject",
+            "https://example.com/contact",
+            "--data",
+            "signed by us",
+        ],
+        60,
+    )
+    .await;
+    assert_eq!(
+        notification_text(&mut client, &channel).await.as_deref(),
+        Some("signed by us")
+    );
+    push_created(
+        &subscription,
+        &[
+            "--vapid-key",
+            ours.to_str().unwrap(),
+            "--data",
+            "default subject",
+        ],
+        60,
+    )
+    .await;
+    assert_eq!(
+        notification_text(&mut client, &channel).await.as_deref(),
+        Some("default subject")
+    );
+    client.assert_nothing_else();
+}
+
+#[tokio::test]
+async fn push_encrypts_for_a_subscription_a_browser_made() {
+    let server = Server::start().await;
+    let mut browser = Browser::connect(&server).await;
+    let made = browser.subscribe(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("browser.json");
+    // Exactly what toJSON() gives, then the same without expirationTime.
+    let keys = json!({"p256dh": b64(&made.p256dh), "auth": b64(&made.auth)});
+    for (json, text) in [
+        (
+            json!({"endpoint": made.endpoint, "expirationTime": null, "keys": keys}),
+            "from the command line",
+        ),
+        (
+            json!({"endpoint": made.endpoint, "keys": keys}),
+            "without expirationTime",
+        ),
+    ] {
+        std::fs::write(&file, json.to_string()).unwrap();
+        push_created(&file, &["--data", text], 60).await;
+        let (notification, plaintext) = browser.recv_decrypted().await;
+        assert_eq!(
+            notification.frame["headers"]["encoding"],
+            json!("aes128gcm")
+        );
+        assert_eq!(notification.channel_id, made.channel_id);
+        assert_eq!(String::from_utf8(plaintext).unwrap(), text);
+        browser.ack(&notification).await;
+    }
+    browser.expect_nothing().await;
+}
+
+#[tokio::test]
+async fn webpush_client_says_when_a_message_does_not_decrypt() {
+    let server = Server::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (state, subscription) = (dir.path().join("device.json"), dir.path().join("sub.json"));
+    let mut client = webpush_client(&server.ws_url(), &state, &subscription, &[]);
+    let (_, channel, _) = subscribed(&mut client, &subscription).await;
+    // The right endpoint, but encrypted for someone else's keys.
+    let mut stranger = state_of(&subscription);
+    let (keys, auth) = ece::generate_keypair_and_auth_secret().unwrap();
+    stranger["keys"] = json!({"p256dh": b64(&keys.pub_as_raw().unwrap()), "auth": b64(&auth)});
+    let file = dir.path().join("stranger.json");
+    std::fs::write(&file, stranger.to_string()).unwrap();
+    push_created(&file, &["--data", "not for you"], 60).await;
+    let line = client.expect_line("undecryptable").await;
+    let words: Vec<&str> = line.splitn(4, ' ').collect();
+    assert_eq!(words[1], channel, "{line}");
+    assert!(words[3].contains("does not decrypt"), "{line}");
+    wait_for_acks(&server, 101, 1).await;
+    client.assert_nothing_else();
+}
+
+#[tokio::test]
+async fn push_input_errors_say_which_and_exit_with_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let p256dh = b64(&ece::generate_keypair_and_auth_secret()
+        .unwrap()
+        .0
+        .pub_as_raw()
+        .unwrap());
+    let good = file(
+        "good.json",
+        &json!({"endpoint": "http://127.0.0.1:1/wpush/v1/x", "expirationTime": null,
+                "keys": {"p256dh": p256dh, "auth": b64(&[1; 16])}})
+        .to_string(),
+    );
+    let missing = dir.path().join("missing.json");
+    let not_json = file("not.json", "<html>");
+    let no_auth = file(
+        "no-auth.json",
+        &json!({"endpoint": "http://e/", "keys": {"p256dh": p256dh}}).to_string(),
+    );
+    let bad_point = file(
+        "bad-point.json",
+        &json!({"endpoint": "http://e/", "keys": {"p256dh": b64(&[4; 65]), "auth": b64(&[1; 16])}})
+            .to_string(),
+    );
+    let https = file(
+        "https.json",
+        &json!({"endpoint": "https://push.example.com/x", "keys": {"p256dh": p256dh, "auth": b64(&[1; 16])}})
+            .to_string(),
+    );
+    let garbage_key = file("garbage.pem", "not a key\n");
+    let missing = missing.to_str().unwrap();
+    for (args, says) in [
+        (vec!["push", "--subscription", missing], "missing.json"),
+        (
+            vec!["push", "--subscription", &not_json],
+            "not a push subscription JSON",
+        ),
+        (vec!["push", "--subscription", &no_auth], "`auth`"),
+        (vec!["push", "--subscription", &bad_point], "keys.p256dh"),
+        (vec!["push", "--subscription", &https], "TLS"),
+        (
+            vec!["push", "--subscription", &good, "--vapid-key", &garbage_key],
+            "garbage.pem is not a P-256 private key",
+        ),
+        (
+            vec!["push", "--subscription", &good, "--data", ""],
+            "--data",
+        ),
+        (
+            vec![
+                "push",
+                "--subscription",
+                &good,
+                "--vapid-key",
+                &garbage_key,
+                "--subject",
+                "me",
+            ],
+            "--subject",
+        ),
+        (
+            vec!["push", "--subscription", &good, "--urgency", "asap"],
+            "--urgency",
+        ),
+        (
+            vec!["push", "--subscription", &good, "--topic", "a/b"],
+            "--topic",
+        ),
+        (
+            vec!["push", "--subscription", &good, "--version", "1"],
+            "--version",
+        ),
+        (
+            vec!["push", "http://127.0.0.1:1/update/x", "--ttl", "5"],
+            "--ttl",
+        ),
+        (vec!["push", "--urgency", "high"], "--subscription"),
+        (
+            vec![
+                "push",
+                "http://127.0.0.1:1/update/x",
+                "--subject",
+                "mailto:a@b",
+            ],
+            "--subject",
+        ),
+        (vec!["push"], "<ENDPOINT>"),
+        (vec!["genkey", "--out", "x.pem"], "--vapid"),
+    ] {
+        let (status, stdout, stderr) = simplepush(&args).await;
+        assert_eq!(status.code(), Some(2), "{args:?}: {stdout}{stderr}");
+        assert!(stdout.is_empty(), "{args:?}: {stdout}");
+        assert!(
+            stderr.contains(says),
+            "{args:?} should say {says:?}: {stderr}"
+        );
+    }
+    // Nothing listening: not the user's input, exit 1.
+    let (status, stdout, stderr) = simplepush(&["push", "--subscription", &good]).await;
+    assert_eq!(status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(stderr.contains("POST"), "{stderr}");
+    assert!(
+        !Path::new("x.pem").exists(),
+        "genkey without --vapid wrote a file"
+    );
+}
+
+/// A server whose websocket and endpoint listeners sit behind proxies, so that a
+/// restarted server (on new ports) is reached at the same URLs: the client reconnects to
+/// the same ws URL, and the endpoints it was given keep their origin.
+struct Restartable {
+    ws: Proxy,
+    endpoint: Proxy,
+    token_key: String,
+    store: Vec<String>,
+    server: Server,
+}
+
+impl Restartable {
+    async fn start(store: &[&str]) -> Restartable {
+        let nowhere = SocketAddr::from(([127, 0, 0, 1], 9));
+        let (ws, endpoint) = (Proxy::start(nowhere).await, Proxy::start(nowhere).await);
+        let token_key = token_key();
+        let store: Vec<String> = store.iter().map(|s| (*s).to_owned()).collect();
+        let server = Self::server(&endpoint, &token_key, &store).await;
+        ws.retarget(server.ws);
+        endpoint.retarget(server.endpoint);
+        Restartable {
+            ws,
+            endpoint,
+            token_key,
+            store,
+            server,
+        }
+    }
+
+    async fn server(endpoint: &Proxy, token_key: &str, store: &[String]) -> Server {
+        let mut builder = Server::builder()
+            .set(
+                "server",
+                "endpoint_url",
+                &format!("\"http://{}\"", endpoint.addr),
+            )
+            .set("server", "token_keys", &format!("[\"{token_key}\"]"));
+        for arg in store {
+            builder = builder.arg(arg);
+        }
+        builder.start().await
+    }
+
+    /// Stops the server (SIGTERM) and starts another on the same store.
+    async fn restart(&mut self) {
+        self.server.terminate();
+        assert!(self.server.wait_exit().await.success());
+        self.server = Self::server(&self.endpoint, &self.token_key, &self.store).await;
+        self.ws.retarget(self.server.ws);
+        self.endpoint.retarget(self.server.endpoint);
+    }
+}
+
+/// A WebPush client subscribed through a [`Restartable`] server, and one push decrypted.
+async fn webpush_client_before_a_restart(
+    server: &Restartable,
+    dir: &Path,
+) -> (Client, PathBuf, String, String) {
+    let (state, subscription) = (dir.join("device.json"), dir.join("sub.json"));
+    let mut client = webpush_client(&server.ws.ws_url(), &state, &subscription, &[]);
+    let (uaid, channel, endpoint) = subscribed(&mut client, &subscription).await;
+    assert!(
+        endpoint.starts_with(&format!("http://{}/wpush/", server.endpoint.addr)),
+        "{endpoint}"
+    );
+    push_created(&subscription, &["--data", "before the restart"], 60).await;
+    assert_eq!(
+        notification_text(&mut client, &channel).await.as_deref(),
+        Some("before the restart")
+    );
+    // Acked before the restart, so it is not delivered again after it.
+    wait_for_acks(&server.server, 100, 1).await;
+    (client, subscription, uaid, channel)
+}
+
+#[cfg(feature = "sqlite")]
+#[tokio::test]
+async fn webpush_client_survives_a_server_restart_with_the_same_subscription() {
+    let data = tempfile::tempdir().unwrap();
+    let path = data.path().to_str().unwrap();
+    let mut server = Restartable::start(&["--store", "sqlite", "--store-path", path]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut client, subscription, uaid, channel) =
+        webpush_client_before_a_restart(&server, dir.path()).await;
+    let before = std::fs::read_to_string(&subscription).unwrap();
+
+    server.restart().await;
+    // Pushed while the client has not reconnected yet: stored, then delivered.
+    push_created(&subscription, &["--data", "while reconnecting"], 60).await;
+    assert_eq!(
+        client.expect_within("uaid", RECONNECT_WAIT).await,
+        ["uaid", &uaid],
+        "the same device after the restart"
+    );
+    let (again, _) = client.endpoint().await;
+    assert_eq!(again, channel);
+    client.expect("subscription").await;
+    assert_eq!(
+        std::fs::read_to_string(&subscription).unwrap(),
+        before,
+        "the same subscription"
+    );
+    assert_eq!(
+        notification_text(&mut client, &channel).await.as_deref(),
+        Some("while reconnecting")
+    );
+    push_created(&subscription, &["--data", "after the restart"], 60).await;
+    assert_eq!(
+        notification_text(&mut client, &channel).await.as_deref(),
+        Some("after the restart")
+    );
+    client.assert_nothing_else();
+}
+
+#[tokio::test]
+async fn webpush_client_resubscribes_when_a_restarted_server_forgot_it() {
+    let mut server = Restartable::start(&["--store", "memory"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut client, subscription, uaid, channel) =
+        webpush_client_before_a_restart(&server, dir.path()).await;
+    let before = state_of(&subscription);
+    let old = dir.path().join("old-sub.json");
+    std::fs::copy(&subscription, &old).unwrap();
+
+    server.restart().await;
+    let line = client.expect_within("uaid", RECONNECT_WAIT).await;
+    assert_ne!(line[1], uaid, "the memory store forgot the device");
+    let (again, endpoint) = client.endpoint().await;
+    assert_eq!(again, channel, "the channel is kept");
+    client.expect("subscription").await;
+    let after = state_of(&subscription);
+    assert_eq!(after["endpoint"], json!(endpoint));
+    assert_ne!(after["endpoint"], before["endpoint"]);
+    assert_eq!(after["keys"], before["keys"], "the same keys");
+    // The old subscription is gone; the new one works with the same keys.
+    let (status, stdout, _) = push_to(&old, &["--data", "to the old endpoint"]).await;
+    assert!(stdout.starts_with('4'), "{stdout}");
+    assert_eq!(status.code(), Some(1));
+    push_created(&subscription, &["--data", "resubscribed"], 60).await;
+    assert_eq!(
+        notification_text(&mut client, &channel).await.as_deref(),
+        Some("resubscribed")
+    );
+    client.assert_nothing_else();
+}
+
+#[tokio::test]
+async fn state_files_of_one_dialect_are_refused_by_the_other() {
+    let server = Server::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("device.json");
+    let mut simple = Client::start(&server.ws_url(), &state, &[]);
+    simple.endpoint().await;
+    simple.terminate();
+    assert!(simple.wait_exit().await.success());
+    let subscription = dir.path().join("sub.json");
+    let mut webpush = webpush_client(&server.ws_url(), &state, &subscription, &[]);
+    assert!(!webpush.wait_exit().await.success());
+    assert!(
+        webpush.log_text().contains("SimplePush device"),
+        "{}",
+        webpush.log_text()
+    );
+    assert!(!subscription.exists());
+
+    let webpush_state = dir.path().join("webpush.json");
+    let mut webpush = webpush_client(&server.ws_url(), &webpush_state, &subscription, &[]);
+    subscribed(&mut webpush, &subscription).await;
+    let mut simple = Client::start(&server.ws_url(), &webpush_state, &[]);
+    assert!(!simple.wait_exit().await.success());
+    assert!(
+        simple.log_text().contains("WebPush device"),
+        "{}",
+        simple.log_text()
+    );
 }

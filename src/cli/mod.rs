@@ -1,6 +1,12 @@
 //! The command-line tools that talk to a running server from the outside: a demo device
-//! (`simplepush client`) and an app server (`simplepush push`). Both speak only the wire
-//! protocol of PROTOCOL.md, so they work against any SimplePush server.
+//! (`simplepush client`, SimplePush or WebPush) and an app server (`simplepush push`, a
+//! SimplePush `PUT` or an encrypted, VAPID-signed WebPush `POST`), and the VAPID key
+//! maker behind `simplepush genkey --vapid`. They speak only the wire protocol of
+//! PROTOCOL.md, so they work against any SimplePush or WebPush server.
 
 pub mod client;
+pub mod genkey;
+pub mod payload;
 pub mod push;
+pub mod subscription;
+pub mod vapid;

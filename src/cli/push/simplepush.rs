@@ -1,35 +1,21 @@
-//! `simplepush push`: an app server on the command line. It `PUT`s one version (and
-//! optional data) to a pushEndpoint and reports what the server answered as one line:
-//! `200 delivered`, `202 stored`, or the error status with the reason from the JSON body.
+//! A SimplePush push: one `PUT` of a version (and optional data) to a pushEndpoint,
+//! reported as one line: `200 delivered`, `202 stored`, or the error status with the
+//! reason from the JSON body.
 
 use std::fmt;
-use std::time::Duration;
 
-use clap::Args;
 use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
-use reqwest::{StatusCode, Url};
-use serde::Deserialize;
 
-/// How long one `PUT` may take, connecting included.
-const TIMEOUT: Duration = Duration::from_secs(30);
+use super::{PushError, describe_error, endpoint_url, http_client};
 
-/// How much of a body that is not a JSON error is quoted in the outcome.
-const QUOTED_BODY_CHARS: usize = 200;
-
-/// What `simplepush push` sends, and where.
-#[derive(Debug, Clone, Args)]
+/// A SimplePush push: where, and what.
+#[derive(Debug, Clone)]
 pub struct Request {
-    /// The channel's pushEndpoint (`http://…/update/<token>`), as `simplepush client` printed it.
-    #[arg(value_name = "ENDPOINT")]
+    /// The channel's pushEndpoint (`http://…/update/<token>`).
     pub endpoint: String,
-    /// The version to push, an integer from 0 to 2^63-1; only the device's latest version
-    /// matters. Without it the server uses the current UNIX time in seconds.
-    #[arg(long, value_name = "N",
-          value_parser = clap::value_parser!(u64).range(..=i64::MAX.unsigned_abs()))]
+    /// The version; without it the server uses the current UNIX time in seconds.
     pub version: Option<u64>,
-    /// Data delivered with the version (the server accepts up to `max_data_bytes`, 4096 by
-    /// default).
-    #[arg(long, value_name = "TEXT")]
+    /// Data delivered with the version.
     pub data: Option<String>,
 }
 
@@ -86,94 +72,16 @@ impl fmt::Display for Outcome {
     }
 }
 
-/// The JSON error body of PROTOCOL.md §5: `{"status":N,"error":"..","reason":".."}`.
-#[derive(Debug, Deserialize)]
-struct ErrorBody {
-    error: Option<String>,
-    reason: Option<String>,
-}
-
-/// `Error: reason` from a JSON error body; the status's name and the start of the body
-/// when the body is something else (a proxy's HTML page, say).
-fn describe_error(status: u16, body: &str) -> String {
-    let name = StatusCode::from_u16(status)
-        .ok()
-        .and_then(|s| s.canonical_reason())
-        .unwrap_or("Unknown Status");
-    match serde_json::from_str::<ErrorBody>(body) {
-        Ok(ErrorBody {
-            error: Some(error),
-            reason: Some(reason),
-        }) => format!("{error}: {reason}"),
-        Ok(ErrorBody {
-            error: Some(error),
-            reason: None,
-        }) => error,
-        _ => {
-            let quoted: String = body
-                .split_whitespace()
-                .collect::<Vec<_>>()
-                .join(" ")
-                .chars()
-                .take(QUOTED_BODY_CHARS)
-                .collect();
-            if quoted.is_empty() {
-                name.to_owned()
-            } else {
-                format!("{name}: {quoted}")
-            }
-        }
-    }
-}
-
-/// Why a push got no answer at all.
-#[derive(Debug, thiserror::Error)]
-pub enum PushError {
-    /// The endpoint is not a URL this tool can `PUT` to.
-    #[error("{endpoint} is not a usable pushEndpoint: {reason}")]
-    Endpoint {
-        /// The endpoint as given.
-        endpoint: String,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// The request failed before a reply came (refused, timed out, reset).
-    #[error("PUT {endpoint} failed")]
-    Request {
-        /// The endpoint as given.
-        endpoint: String,
-        /// What went wrong.
-        #[source]
-        source: reqwest::Error,
-    },
-}
-
 /// `PUT`s the request's version and data to its endpoint and returns the server's answer,
 /// whatever its status. Redirects are not followed: an endpoint answers itself.
 pub async fn push(request: &Request) -> Result<Outcome, PushError> {
-    let endpoint_error = |reason: String| PushError::Endpoint {
-        endpoint: request.endpoint.clone(),
-        reason,
-    };
-    let url = Url::parse(&request.endpoint).map_err(|e| endpoint_error(e.to_string()))?;
-    match url.scheme() {
-        "http" => {}
-        "https" => {
-            return Err(endpoint_error(
-                "https needs TLS, which this build of simplepush does not include".to_owned(),
-            ));
-        }
-        other => return Err(endpoint_error(format!("unsupported scheme `{other}`"))),
-    }
+    let url = endpoint_url(&request.endpoint)?;
     let request_error = |source| PushError::Request {
+        method: "PUT",
         endpoint: request.endpoint.clone(),
         source,
     };
-    let client = reqwest::Client::builder()
-        .timeout(TIMEOUT)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(request_error)?;
+    let client = http_client().map_err(request_error)?;
     let response = client
         .put(url)
         .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
@@ -256,7 +164,7 @@ mod tests {
         let outcome = Outcome::from_reply(500, None, &long);
         assert_eq!(
             outcome.description.len(),
-            "Internal Server Error: ".len() + QUOTED_BODY_CHARS
+            "Internal Server Error: ".len() + super::super::QUOTED_BODY_CHARS
         );
     }
 

@@ -2,8 +2,10 @@
 //! rendered in headless Chromium, follow what a device and an app server do, in both
 //! dialects (SimplePush, and WebPush of PROTOCOL.md §9).
 //!
-//! The browser test needs Debian's `chromium` package (`/usr/bin/chromium`, or the path
-//! in `SIMPLEPUSH_TEST_CHROMIUM`); without it the test fails and says how to install it.
+//! The browser tests need Debian's `chromium` package (`/usr/bin/chromium`, or the path
+//! in `SIMPLEPUSH_TEST_CHROMIUM`); without it they fail and say how to install it. Most
+//! load the page once and read the DOM it rendered (`--dump-dom`); the plots' test keeps
+//! the page open in real time and reads it over the DevTools protocol while pushes happen.
 
 mod common;
 

@@ -2,19 +2,25 @@
 //! rendered in headless Chromium, follow what a device and an app server do, in both
 //! dialects (SimplePush, and WebPush of PROTOCOL.md §9).
 //!
-//! The browser test needs Debian's `chromium` package (`/usr/bin/chromium`, or the path
-//! in `SIMPLEPUSH_TEST_CHROMIUM`); without it the test fails and says how to install it.
+//! The browser tests need Debian's `chromium` package (`/usr/bin/chromium`, or the path
+//! in `SIMPLEPUSH_TEST_CHROMIUM`); without it they fail and say how to install it. Most
+//! load the page once and read the DOM it rendered (`--dump-dom`); the plots' test keeps
+//! the page open in real time and reads it over the DevTools protocol while pushes happen.
 
 mod common;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::webpush::{Browser, Push, Vapid, assert_created, delete_message};
 use common::{Server, chid, http};
+use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// Where Debian's `chromium` package puts the browser.
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -89,6 +95,8 @@ async fn dashboard_in_chromium_follows_connections_and_live_updates() {
     let endpoint = device.register(&channel).await;
     server.put_version(&endpoint, 1, 200).await;
     device.recv_notification().await;
+    device.ack(&channel, 1).await;
+    device.ping().await;
 
     let screenshot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
     let _ = std::fs::remove_file(&screenshot);
@@ -100,6 +108,13 @@ async fn dashboard_in_chromium_follows_connections_and_live_updates() {
     assert_eq!(number(&after, "commands-hello-total"), 1.0);
     assert_eq!(number(&after, "commands-register-total"), 1.0);
     assert_eq!(number(&after, "store-put_update-calls"), 1.0);
+    assert_eq!(number(&after, "store-ack_many-calls"), 1.0);
+    // The put and the ack ran before the page was opened: their percentiles are still
+    // figures (of every call since start), and an op never called says so.
+    for op in ["put_update", "ack_many", "register"] {
+        assert_store_percentiles(&after, op, "start");
+    }
+    assert_no_store_calls(&after, "drop_uaid");
     let p99 = number(&after, "delivery-p99");
     assert!(p99 > 0.0 && p99 <= 5.0, "delivery p99 {p99} s");
     assert!(number(&after, "delivery-p50") <= p99);
@@ -202,6 +217,196 @@ async fn dashboard_in_chromium_shows_webpush_beside_simplepush() {
     assert_eq!(number(&after, "live-total"), 0.0);
     assert_eq!(number(&after, "commands-hello-total"), 0.0);
     assert_eq!(number(&after, "commands-register-total"), 0.0);
+}
+
+/// The plots of the last 15 minutes, in a page left open while pushes happen: they start
+/// empty, gain a point each second, and show the pushes of both dialects by outcome,
+/// the connections and the delivery latency; the store table gives every op that ran
+/// its percentiles.
+#[tokio::test]
+async fn dashboard_in_chromium_plots_pushes_as_they_happen() {
+    let chromium = chromium();
+    let server = Server::start().await;
+    let mut device = server.connect().await;
+    device.hello("").await;
+    let channel = chid();
+    let endpoint = device.register(&channel).await;
+    let vapid = Vapid::new();
+    let mut browser = Browser::connect(&server).await;
+    let subscription = browser.subscribe(Some(&vapid)).await;
+
+    let mut page = LivePage::open(&chromium, &server.admin_url("/dashboard/")).await;
+    let quiet = page
+        .wait_for("two samples in the plots", |dom| {
+            points(dom, "plot-connections") >= 2
+        })
+        .await;
+    assert!(
+        quiet.contains("since this page was opened"),
+        "the page does not say where the plots start"
+    );
+    assert_eq!(number(&quiet, "plot-connections-connections"), 2.0);
+    for id in [
+        "plot-simplepush-spLive",
+        "plot-simplepush-spErrors",
+        "plot-webpush-wp201",
+        "plot-webpush-wp4xx",
+    ] {
+        assert_eq!(number(&quiet, id), 0.0, "#{id} before any push");
+    }
+    assert_eq!(attribute(&quiet, "plot-latency", "data-max"), "");
+    // Ops that ran only before the page was opened have figures since start.
+    assert_store_percentiles(&quiet, "register", "start");
+    assert_no_store_calls(&quiet, "put_update");
+    let lines_before = [
+        line_points(&quiet, "plot-simplepush-spLive-line"),
+        line_points(&quiet, "plot-webpush-wp201-line"),
+        line_points(&quiet, "plot-connections-connections-line"),
+    ];
+
+    // A burst of pushes in both dialects, each delivered and acked, with a refused one
+    // of each dialect beside, until the page's newest sample has them all.
+    let unknown = server.endpoint_url("/update/unknown-token");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut version = 0;
+    let burst = loop {
+        version += 1;
+        server.put_version(&endpoint, version, 200).await;
+        device.recv_notification().await;
+        device.ack(&channel, version).await;
+        let refused = http("PUT", &unknown, None, Some("version=1")).await;
+        assert!(
+            refused.status >= 400,
+            "PUT to an unknown endpoint: {}",
+            refused.status
+        );
+        let reply = Push::to(&subscription)
+            .aes128gcm(&subscription, b"burst")
+            .vapid(&vapid)
+            .send(&server)
+            .await;
+        assert_created(&reply, 60);
+        let (message, _) = browser.recv_decrypted().await;
+        browser.ack(&message).await;
+        let forged = Push::to(&subscription)
+            .vapid(&Vapid::new())
+            .send(&server)
+            .await;
+        assert_eq!(forged.status, 403, "{}", forged.body);
+
+        let dom = page.dom().await;
+        let newest = [
+            "plot-simplepush-spLive",
+            "plot-simplepush-spErrors",
+            "plot-webpush-wp201",
+            "plot-webpush-wp4xx",
+        ]
+        .map(|id| number(&dom, id));
+        if newest.iter().all(|rate| *rate > 0.0) {
+            break dom;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after {version} rounds of pushes the plots' newest rates are {newest:?}:\n{dom}"
+        );
+    };
+    for (id, before) in [
+        "plot-simplepush-spLive-line",
+        "plot-webpush-wp201-line",
+        "plot-connections-connections-line",
+    ]
+    .into_iter()
+    .zip(lines_before)
+    {
+        let after = line_points(&burst, id);
+        assert!(after > before, "#{id} had {before} points and has {after}");
+    }
+    for id in ["plot-simplepush", "plot-webpush"] {
+        let max: f64 = attribute(&burst, id, "data-max").parse().unwrap();
+        assert!(max > 0.0, "#{id} peaks at {max}");
+    }
+    assert_eq!(number(&burst, "plot-simplepush-spStored"), 0.0);
+    assert_eq!(number(&burst, "plot-webpush-wp5xx"), 0.0);
+    assert_eq!(number(&burst, "plot-connections-connections"), 2.0);
+    let (p50, p99) = (
+        number(&burst, "plot-latency-p50"),
+        number(&burst, "plot-latency-p99"),
+    );
+    assert!(
+        0.0 < p50 && p50 <= p99 && p99 <= 5.0,
+        "latency p50 {p50} s, p99 {p99} s"
+    );
+    assert!(line_points(&burst, "plot-latency-p99-line") >= 1);
+    // Pictures to look at, in both colour schemes.
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    page.screenshot(&dir.join("dashboard-plots.png")).await;
+    let dark = json!({"features": [{"name": "prefers-color-scheme", "value": "dark"}]});
+    page.call("Emulation.setEmulatedMedia", dark).await;
+    page.screenshot(&dir.join("dashboard-plots-dark.png")).await;
+
+    // Every ack reached the store before the page looks again.
+    device.ping().await;
+    browser.expect_nothing().await;
+    let settled = page
+        .wait_for("a poll after the last ack", |dom| {
+            points(dom, "plot-connections") > points(&burst, "plot-connections")
+        })
+        .await;
+    assert_eq!(number(&settled, "store-put_update-calls"), version as f64);
+    for op in ["put_update", "ack_many", "put_message", "ack_messages"] {
+        assert_store_percentiles(&settled, op, "minute");
+    }
+    assert_store_percentiles(&settled, "register", "start");
+    assert_no_store_calls(&settled, "drop_uaid");
+    device.close().await;
+}
+
+/// Asserts that the store table gives `op` real p50 and p99 figures, of its calls over
+/// `window` (`minute`: the last minute; `start`: since the server started).
+fn assert_store_percentiles(dom: &str, op: &str, window: &str) {
+    let (p50, p99) = (
+        number(dom, &format!("store-{op}-p50")),
+        number(dom, &format!("store-{op}-p99")),
+    );
+    assert!(
+        0.0 < p50 && p50 <= p99 && p99 <= 5.0,
+        "store {op}: p50 {p50} s, p99 {p99} s"
+    );
+    assert_eq!(
+        attribute(dom, &format!("store-{op}-window"), "data-value"),
+        window,
+        "store {op}"
+    );
+}
+
+/// Asserts that the store table lists `op` as not called yet, in words.
+fn assert_no_store_calls(dom: &str, op: &str) {
+    assert_eq!(number(dom, &format!("store-{op}-calls")), 0.0, "store {op}");
+    let id = format!("store-{op}-p50");
+    let cell = tag(dom, &id);
+    let text = dom[dom.find(cell).unwrap() + cell.len() + 1..]
+        .split('<')
+        .next()
+        .unwrap();
+    assert_eq!(text, "no calls yet", "#{id}");
+}
+
+/// The samples a plot holds (its figure's `data-points`).
+fn points(dom: &str, plot: &str) -> usize {
+    let value = attribute(dom, plot, "data-points");
+    value
+        .parse()
+        .unwrap_or_else(|_| panic!("#{plot} data-points {value:?}"))
+}
+
+/// The points of one plot line: its `data-points`, checked against the points its path
+/// data really has (one `M` or `L` each).
+fn line_points(dom: &str, line: &str) -> usize {
+    let count = points(dom, line);
+    let d = attribute(dom, line, "d");
+    let drawn = d.matches(['M', 'L']).count();
+    assert_eq!(drawn, count, "#{line} d={d:?}");
+    count
 }
 
 /// In a cluster the page shows this node and the peers it routed to: a device on node B,
@@ -348,6 +553,190 @@ fn run(chromium: &Path, args: &[String], stderr: &Path) -> String {
         std::fs::read_to_string(stderr).unwrap_or_default()
     );
     dom
+}
+
+/// A headless Chromium showing one page, in real time, driven over the DevTools
+/// protocol: the test reads the page's DOM while the page keeps polling.
+struct LivePage {
+    browser: Browsing,
+    devtools: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    next_id: u64,
+}
+
+/// The Chromium process and its profile directory; the browser is killed when this is
+/// dropped, also when a test fails (its helper processes follow it).
+struct Browsing {
+    child: Child,
+    profile: tempfile::TempDir,
+}
+
+impl LivePage {
+    /// Starts Chromium on `url` and connects to the page's DevTools socket.
+    async fn open(chromium: &Path, url: &str) -> LivePage {
+        let profile = tempfile::tempdir().unwrap();
+        let log = std::fs::File::create(profile.path().join("chromium.log")).unwrap();
+        let child = Command::new(chromium)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                // Its timers run at full pace although nobody looks at the page.
+                "--disable-background-timer-throttling",
+                "--disable-renderer-backgrounding",
+                "--window-size=1200,1100",
+                "--remote-debugging-port=0",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg(url)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", chromium.display()));
+        let mut browser = Browsing { child, profile };
+        let port = browser.devtools_port().await;
+        let targets = http(
+            "GET",
+            &format!("http://127.0.0.1:{port}/json/list"),
+            None,
+            None,
+        )
+        .await;
+        let targets: Vec<serde_json::Value> = serde_json::from_str(&targets.body).unwrap();
+        let socket = targets
+            .iter()
+            .find(|t| t["type"] == "page" && t["url"] == url)
+            .and_then(|t| t["webSocketDebuggerUrl"].as_str())
+            .unwrap_or_else(|| panic!("no page {url} among {targets:#?}"));
+        let devtools = tokio_tungstenite::connect_async(socket).await.unwrap().0;
+        LivePage {
+            browser,
+            devtools,
+            next_id: 0,
+        }
+    }
+
+    /// Calls DevTools `method` with `params` on the page and returns its result.
+    async fn call(&mut self, method: &str, params: serde_json::Value) -> serde_json::Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        let call = json!({"id": id, "method": method, "params": params});
+        self.devtools
+            .send(Message::text(call.to_string()))
+            .await
+            .unwrap();
+        // Events may come first; the answer carries the call's id.
+        loop {
+            let frame = tokio::time::timeout(CHROMIUM_TIMEOUT, self.devtools.next())
+                .await
+                .unwrap_or_else(|_| panic!("no answer to {method}:\n{}", self.browser.log()))
+                .unwrap_or_else(|| panic!("DevTools closed:\n{}", self.browser.log()))
+                .unwrap();
+            let Message::Text(text) = frame else { continue };
+            let mut answer: serde_json::Value = serde_json::from_str(&text).unwrap();
+            if answer["id"] == id {
+                assert!(answer["error"].is_null(), "{method}: {answer}");
+                break answer["result"].take();
+            }
+        }
+    }
+
+    /// The page's DOM as it is now, serialized.
+    async fn dom(&mut self) -> String {
+        match self.try_dom().await {
+            Ok(dom) => dom,
+            Err(result) => panic!("no DOM: {result}"),
+        }
+    }
+
+    /// The page's DOM, serialized; the evaluation's result when there is none yet (the
+    /// page still loading).
+    async fn try_dom(&mut self) -> Result<String, serde_json::Value> {
+        let expression = "document.documentElement.outerHTML";
+        let result = self
+            .call(
+                "Runtime.evaluate",
+                json!({"expression": expression, "returnByValue": true}),
+            )
+            .await;
+        match result["result"]["value"].as_str() {
+            Some(dom) => Ok(dom.to_owned()),
+            None => Err(result),
+        }
+    }
+
+    /// Saves a PNG of the page as it is now at `path`.
+    async fn screenshot(&mut self, path: &Path) {
+        use base64::Engine as _;
+        let result = self
+            .call(
+                "Page.captureScreenshot",
+                json!({"format": "png", "captureBeyondViewport": true}),
+            )
+            .await;
+        let data = result["data"].as_str().unwrap_or_default();
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(data)
+            .unwrap();
+        assert!(png.starts_with(b"\x89PNG"), "the screenshot is not a PNG");
+        std::fs::write(path, png).unwrap();
+        eprintln!("dashboard screenshot: {}", path.display());
+    }
+
+    /// The DOM once `ready` holds for it; fails after [`CHROMIUM_TIMEOUT`] saying `what`
+    /// it waited for.
+    async fn wait_for(&mut self, what: &str, ready: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + CHROMIUM_TIMEOUT;
+        loop {
+            // Before the page has loaded there is no DOM, or no plots yet.
+            let dom = self.try_dom().await.unwrap_or_else(|e| e.to_string());
+            if dom.contains("id=\"plots\"") && ready(&dom) {
+                return dom;
+            }
+            assert!(Instant::now() < deadline, "no {what}:\n{dom}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Browsing {
+    /// The port of the DevTools listener, from the file Chromium writes once it listens.
+    async fn devtools_port(&mut self) -> u16 {
+        let file = self.profile.path().join("DevToolsActivePort");
+        let deadline = Instant::now() + CHROMIUM_TIMEOUT;
+        loop {
+            let text = std::fs::read_to_string(&file).unwrap_or_default();
+            if let Some(Ok(port)) = text.lines().next().map(str::parse) {
+                return port;
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("Chromium exited ({status}):\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Chromium did not listen within {CHROMIUM_TIMEOUT:?}:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Chromium's stderr so far.
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.profile.path().join("chromium.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Browsing {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// The start tag of the element with id `id` in serialized HTML.

@@ -1,6 +1,7 @@
 //! `GET /dashboard/` on the operator listener: one self-contained live page (HTML, CSS
 //! and JS compiled into the binary) that polls this node's own `/metrics` and
-//! `/realstatus/` every second and shows connections, rates, latency and store health,
+//! `/realstatus/` every second and shows connections, rates, latency and store health
+//! (with plots of the last 15 minutes, drawn by the page from what it polled),
 //! SimplePush updates and WebPush pushes (acks, nacks, VAPID failures) side by side.
 
 use std::sync::LazyLock;

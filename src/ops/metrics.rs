@@ -20,6 +20,28 @@ const BUCKETS: &[f64] = &[
     1.0, 2.5, 5.0,
 ];
 
+/// The `op` label of every store call [`MeteredStore`] times, one per [`Store`] method
+/// (the single `ack` and `ack_expired` count as `ack_many`). Preset, so that `/metrics`
+/// and the dashboard list an operation before its first call.
+pub const STORE_OPS: &[&str] = &[
+    "knows_uaid",
+    "registered",
+    "register",
+    "unregister",
+    "put_update",
+    "pending",
+    "ack_many",
+    "put_message",
+    "messages",
+    "ack_messages",
+    "delete_message",
+    "drop_uaid",
+    "set_node",
+    "node",
+    "clear_node",
+    "check",
+];
+
 /// `requests_shed_total` reason: the in-flight limit was reached.
 pub const SHED_INFLIGHT: &str = "inflight";
 /// `requests_shed_total` reason: the runtime's queue delay was over its limit.
@@ -195,6 +217,10 @@ impl Metrics {
             "201", "400", "401", "403", "404", "410", "413", "429", "503",
         ] {
             self.webpush_pushes.with_label_values(&[status]);
+        }
+        for op in STORE_OPS {
+            self.store_seconds.with_label_values(&[op]);
+            self.store_errors.with_label_values(&[op]);
         }
         for encoding in ["aes128gcm", "aesgcm", "none"] {
             self.webpush_encodings.with_label_values(&[encoding]);
@@ -461,6 +487,65 @@ mod tests {
             text.contains(r#"simplepush_commands_total{command="hello",backend="memory"} 1"#),
             "{text}"
         );
+    }
+
+    /// Every method of the trait, once, through a metered store: each op label it
+    /// records is one [`STORE_OPS`] presets (or the dashboard would never list it).
+    #[tokio::test]
+    async fn store_ops_name_every_timed_store_call() {
+        let metrics = Arc::new(Metrics::new("memory"));
+        let store = MeteredStore::new(Arc::new(MemoryStore::new()), metrics.clone());
+        let (uaid, channel) = (Uaid::from("u"), ChannelId::from("c"));
+        let update = Update {
+            version: 1,
+            data: None,
+            expires_at: u64::MAX,
+        };
+        let message = Message {
+            id: MessageId::new("m"),
+            channel: channel.clone(),
+            ttl: 60,
+            expires_at: u64::MAX,
+            topic: None,
+            urgency: Default::default(),
+            payload: None,
+        };
+        let _ = store.knows_uaid(&uaid).await;
+        let _ = store.registered(&uaid, &channel).await;
+        let _ = store.register(&uaid, &channel, 10).await;
+        let _ = store.put_update(&uaid, &channel, update, 0).await;
+        let _ = store.pending(&uaid, 0).await;
+        let _ = store.ack(&uaid, &channel, 1).await;
+        let _ = store.put_message(&uaid, &message, 10, 0).await;
+        let _ = store.messages(&uaid, 0, 10).await;
+        let ids = std::slice::from_ref(&message.id);
+        let _ = store.ack_messages(&uaid, ids, 0).await;
+        let _ = store.delete_message(&uaid, &channel, &message.id, 0).await;
+        let _ = store.set_node(&uaid, "n").await;
+        let _ = store.node(&uaid).await;
+        let _ = store.clear_node(&uaid, "n").await;
+        let _ = store.unregister(&uaid, &channel).await;
+        let _ = store.drop_uaid(&uaid).await;
+        let _ = store.check().await;
+        let text = metrics.render(0);
+        let mut timed: Vec<&str> = text
+            .lines()
+            .filter_map(|line| line.strip_prefix("simplepush_store_seconds_count{op=\""))
+            .filter_map(|rest| rest.split('"').next())
+            .collect();
+        timed.sort_unstable();
+        let mut preset = STORE_OPS.to_vec();
+        preset.sort_unstable();
+        assert_eq!(timed, preset);
+
+        // Preset, every op shows at zero before its first call.
+        let fresh = Metrics::new("memory");
+        fresh.preset();
+        let text = fresh.render(0);
+        for op in STORE_OPS {
+            let line = format!(r#"simplepush_store_seconds_count{{op="{op}",backend="memory"}} 0"#);
+            assert!(text.contains(&line), "no {line} in:\n{text}");
+        }
     }
 
     #[tokio::test]

@@ -1,12 +1,21 @@
 // The simplepush dashboard: polls this node's /metrics and /realstatus/ once a second
-// and renders them, SimplePush and WebPush side by side. Rates come from the two latest scrapes; percentiles are estimated
-// from the Prometheus histogram buckets over the last minute of scrapes. Every element
-// a test reads carries its raw number in `data-value` next to the formatted text.
+// and renders them, SimplePush and WebPush side by side. Rates come from the two latest
+// scrapes; percentiles are estimated from the Prometheus histogram buckets over the last
+// minute of scrapes. Each poll also adds one sample to the plots of the last 15 minutes.
+// Every element a test reads carries its raw number in `data-value` next to the
+// formatted text.
 "use strict";
 
 const POLL_MS = 1000;
 const WINDOW_MS = 60000;
 const FETCH_TIMEOUT_MS = 5000;
+/** The plots span 15 minutes: one sample per poll, at most this many. */
+const PLOT_SPAN_MS = 15 * 60 * 1000;
+const PLOT_POINTS = PLOT_SPAN_MS / POLL_MS;
+/** Samples further apart than this (missed polls) are not joined by a line. */
+const PLOT_GAP_MS = 2.5 * POLL_MS;
+/** The latency plot's percentiles are of the deliveries in this long before each point. */
+const LATENCY_WINDOW_MS = 10000;
 
 const MEANINGS = {
   "200": "delivered live", "202": "stored for later", "400": "bad request",
@@ -119,12 +128,16 @@ function rate(pick) {
  *  the last minute of scrapes, or since the server started when `sinceStart`. */
 function observed(name, only, sinceStart) {
   const newest = buckets(history[history.length - 1], name, only);
-  return sinceStart ? newest : subtract(newest, buckets(history[0], name, only));
+  if (sinceStart) return newest;
+  const recent = subtract(newest, buckets(history[0], name, only));
+  // Counts that went down belong to a restarted server: all it has seen is recent.
+  return [...recent.values()].some((count) => count < 0) ? newest : recent;
 }
 
-/** Whether histogram `name` observed anything over the last minute of scrapes. */
-function observedRecently(name) {
-  return history.length > 1 && (observed(name, {}, false).get(Infinity) || 0) > 0;
+/** Whether histogram `name` (series matching `only`) observed anything over the last
+ *  minute of scrapes. */
+function observedRecently(name, only = {}) {
+  return history.length > 1 && (observed(name, only, false).get(Infinity) || 0) > 0;
 }
 
 function formatCount(n) {
@@ -258,27 +271,279 @@ function renderMetrics() {
   show("delivery-p99", p99, formatSeconds(p99));
   document.getElementById("delivery-window").textContent = deliveryRecent ? "last minute" : "since start";
 
-  // One window for the whole table: the last minute as soon as there are two scrapes
-  // (each poll of /realstatus/ makes a store call, so the window is never empty).
-  const storeSinceStart = !observedRecently("simplepush_store_seconds");
+  renderStoreOps(now);
+}
+
+/** The store call table. Each op's percentiles are of its own calls in the last minute,
+ *  or since start when it made none in that minute: one window for the whole table would
+ *  leave ops that ran only before the page was opened (or a minute ago) without figures,
+ *  since the store check behind each poll of /realstatus/ is always recent. */
+function renderStoreOps(now) {
   const calls = byLabel(now, "simplepush_store_seconds_count", "op");
   const errors = byLabel(now, "simplepush_store_errors_total", "op");
   document.getElementById("store-ops").replaceChildren(
-    ...[...calls.keys()].sort().map((op) => {
-      const r = rate((s) => byLabel(s, "simplepush_store_seconds_count", "op").get(op) || 0);
-      const latency = observed("simplepush_store_seconds", { op }, storeSinceStart);
-      const [q50, q99] = [quantile(0.5, latency), quantile(0.99, latency)];
-      return row([
-        op,
-        [formatCount(calls.get(op)), calls.get(op), `store-${op}-calls`],
-        [formatRate(r), r],
-        [formatSeconds(q50), q50, `store-${op}-p50`],
-        [formatSeconds(q99), q99, `store-${op}-p99`],
-        [formatCount(errors.get(op) || 0), errors.get(op) || 0, `store-${op}-errors`],
-      ]);
+    ...[...calls.keys()].sort().map((op) => storeRow(op, calls.get(op), errors.get(op) || 0)));
+}
+
+/** One op's row: calls, rate, p50, p99, the calls they are of, errors. */
+function storeRow(op, calls, errors) {
+  const r = rate((s) => byLabel(s, "simplepush_store_seconds_count", "op").get(op) || 0);
+  const callCells = [[formatCount(calls), calls, `store-${op}-calls`], [formatRate(r), r]];
+  const errorCell = [formatCount(errors), errors, `store-${op}-errors`];
+  if (!(calls > 0)) {
+    // Listed before its first call (the server presets every op): no percentiles yet.
+    const tr = row([op, ...callCells, ["no calls yet", null, `store-${op}-p50`], errorCell]);
+    tr.children[3].colSpan = 3;
+    tr.children[3].className = "none";
+    return tr;
+  }
+  const recent = observedRecently("simplepush_store_seconds", { op });
+  const latency = observed("simplepush_store_seconds", { op }, !recent);
+  const [q50, q99] = [quantile(0.5, latency), quantile(0.99, latency)];
+  return row([
+    op, ...callCells,
+    [formatSeconds(q50), q50, `store-${op}-p50`],
+    [formatSeconds(q99), q99, `store-${op}-p99`],
+    [recent ? "last minute" : "since start", recent ? "minute" : "start", `store-${op}-window`],
+    errorCell,
+  ]);
+}
+
+// ---- Plots of the last 15 minutes -----------------------------------------------------
+
+/** The plots' samples, oldest first, one per poll since this page was opened, at most
+ *  PLOT_POINTS: {at, connections, spLive, spStored, spErrors, wp201, wp4xx, wp5xx,
+ *  p50, p99}; a rate or percentile is null where it cannot be known. */
+const samples = [];
+
+/** Each plot: its element id, caption and note, how it labels a value (with its unit),
+ *  the smallest y range it shows, whether its values are whole numbers, the text it
+ *  shows without points, and its series [sample field, legend label, colour]. */
+const PLOTS = [
+  {
+    id: "plot-connections", caption: "Connections", note: "device sockets, both dialects",
+    tick: formatCount, floor: 1, whole: true, empty: "waiting for the first poll",
+    series: [["connections", "open", "blue"]],
+  },
+  {
+    id: "plot-simplepush", caption: "SimplePush updates", note: "per second, by outcome",
+    tick: (v) => formatTick(v) + "/s", floor: 1, empty: "waiting for a second poll",
+    series: [["spLive", "200 live", "green"], ["spStored", "202 stored", "blue"],
+      ["spErrors", "4xx/5xx errors", "red"]],
+  },
+  {
+    id: "plot-webpush", caption: "WebPush pushes", note: "per second, by outcome",
+    tick: (v) => formatTick(v) + "/s", floor: 1, empty: "waiting for a second poll",
+    series: [["wp201", "201 accepted", "green"], ["wp4xx", "4xx refused", "orange"],
+      ["wp5xx", "5xx unavailable", "red"]],
+  },
+  {
+    id: "plot-latency", caption: "Delivery latency", note: "of the deliveries in the 10 s before each point",
+    tick: formatDuration, floor: 0.001, empty: "no deliveries to show",
+    series: [["p50", "p50", "blue"], ["p99", "p99", "purple"]],
+  },
+];
+
+/** Sum of counter `name` over the series whose `label` passes `test`. */
+function sumWhere(scrape, name, label, test) {
+  let sum = 0;
+  for (const [key, value] of byLabel(scrape, name, label)) if (test(key)) sum += value;
+  return sum;
+}
+
+/** The rate of counter `name` over the series whose `label` passes `test`. */
+function rateWhere(name, label, test) {
+  return rate((s) => sumWhere(s, name, label, test));
+}
+
+/** p50 and p99 (seconds) of the deliveries in the LATENCY_WINDOW_MS before the newest
+ *  scrape (less at the page's start); null without any. */
+function recentDeliveryLatency() {
+  const newest = history[history.length - 1];
+  // The newest scrape at least the window old: the counts since it are the window's.
+  let base = history[0];
+  for (const scrape of history) {
+    if (newest.at - scrape.at < LATENCY_WINDOW_MS) break;
+    base = scrape;
+  }
+  if (base === newest) return [null, null];
+  const counts = subtract(buckets(newest, "simplepush_delivery_seconds"),
+    buckets(base, "simplepush_delivery_seconds"));
+  return [quantile(0.5, counts), quantile(0.99, counts)];
+}
+
+/** Adds the newest scrape's sample to the plots' ring buffer (dropping the oldest). */
+function addSample() {
+  const now = history[history.length - 1];
+  const updates = "simplepush_updates_total";
+  const pushes = "simplepush_webpush_pushes_total";
+  const [p50, p99] = recentDeliveryLatency();
+  samples.push({
+    at: now.at,
+    connections: total(now, "simplepush_connections"),
+    spLive: rateWhere(updates, "status", (status) => status === "200"),
+    spStored: rateWhere(updates, "status", (status) => status === "202"),
+    spErrors: rateWhere(updates, "status", (status) => status !== "200" && status !== "202"),
+    wp201: rateWhere(pushes, "status", (status) => status === "201"),
+    wp4xx: rateWhere(pushes, "status", (status) => status.startsWith("4")),
+    wp5xx: rateWhere(pushes, "status", (status) => status.startsWith("5")),
+    p50, p99,
+  });
+  while (samples.length > PLOT_POINTS || now.at - samples[0].at > PLOT_SPAN_MS) samples.shift();
+}
+
+/** A tick label: at most three significant digits, no trailing zeros. */
+function formatTick(v) {
+  return Number(v.toPrecision(3)).toLocaleString("en");
+}
+
+/** A duration in seconds as a tick label: µs, ms or s. */
+function formatDuration(s) {
+  if (s === 0) return "0";
+  if (s < 0.001) return formatTick(s * 1e6) + " µs";
+  return s < 1 ? formatTick(s * 1000) + " ms" : formatTick(s) + " s";
+}
+
+/** The smallest of 1, 2 or 5 times a power of ten that is at least `v` (and `floor`):
+ *  the top of a y axis with round ticks. */
+function niceMax(v, floor) {
+  if (!(v > floor)) return floor;
+  const power = 10 ** Math.floor(Math.log10(v));
+  // Scaled to [1, 10), with a little slack so that rounding (0.3 / 0.1 = 2.9999…) stays.
+  const scaled = v / power;
+  const step = [1, 2, 5, 10].find((m) => scaled <= m * (1 + 1e-9));
+  return step * power;
+}
+
+/** Creates the plots' figures, empty, before the first poll (so nothing moves later). */
+function setUpPlots() {
+  document.getElementById("plots").replaceChildren(...PLOTS.map((plot) => {
+    const figure = document.createElement("figure");
+    figure.className = "plot";
+    figure.id = plot.id;
+    figure.innerHTML = "<figcaption></figcaption><svg role=\"img\"></svg><ul class=\"legend\"></ul>";
+    const caption = figure.querySelector("figcaption");
+    caption.append(plot.caption + " ");
+    caption.append(Object.assign(document.createElement("small"), { textContent: plot.note }));
+    figure.querySelector("svg").setAttribute("aria-label", `${plot.caption}, ${plot.note}`);
+    figure.querySelector("ul").replaceChildren(...plot.series.map(([field, label, colour]) => {
+      const item = document.createElement("li");
+      item.innerHTML = `<span class="swatch ${colour}"></span>`;
+      item.append(label + " ", Object.assign(document.createElement("output"),
+        { id: `${plot.id}-${field}`, textContent: "–" }));
+      return item;
     }));
-  document.getElementById("store-window").textContent =
-    `(percentiles: ${storeSinceStart ? "since start" : "last minute"})`;
+    return figure;
+  }));
+  renderPlots();
+}
+
+/** Draws every plot from the samples. */
+function renderPlots() {
+  for (const plot of PLOTS) renderPlot(plot);
+}
+
+/** Draws one plot: grid, tick labels with units, a line per series, the legend's latest
+ *  values. Its figure's data-points is the number of samples, data-max the highest
+ *  value over them. */
+function renderPlot(plot) {
+  const figure = document.getElementById(plot.id);
+  const svg = figure.querySelector("svg");
+  const { width, height } = svg.getBoundingClientRect();
+  const box = { left: 52, right: width - 10, top: 8, bottom: height - 20 };
+  const end = samples.length ? samples[samples.length - 1].at : performance.now();
+  const values = samples.flatMap((s) => plot.series.map(([field]) => s[field]))
+    .filter((v) => typeof v === "number");
+  const highest = values.length ? Math.max(...values) : null;
+  // A tenth of headroom, so that a line at the peak is not drawn on the frame.
+  const top = niceMax(highest * 1.1, plot.floor);
+  // Time runs from 15 minutes before the newest sample (left) to it (right); values
+  // from 0 (bottom) to the axis' top.
+  const x = (at) => box.right - ((end - at) / PLOT_SPAN_MS) * (box.right - box.left);
+  const y = (v) => box.bottom - (v / top) * (box.bottom - box.top);
+
+  const parts = [...yAxis(plot, top, box, y), ...xAxis(box, x, end)];
+  let drawn = 0;
+  for (const [field, , colour] of plot.series) {
+    const [d, points] = linePath(field, x, y);
+    drawn += points;
+    parts.push(svgElement("path", { d, class: `line ${colour}`, id: `${plot.id}-${field}-line`, "data-points": points }));
+  }
+  if (drawn === 0) {
+    parts.push(svgElement("text", { x: (box.left + box.right) / 2, y: (box.top + box.bottom) / 2,
+      "text-anchor": "middle" }, plot.empty));
+  }
+  svg.replaceChildren(...parts);
+
+  figure.dataset.points = String(samples.length);
+  figure.dataset.max = highest === null ? "" : String(highest);
+  const latest = samples[samples.length - 1] || {};
+  for (const [field] of plot.series) {
+    const v = latest[field] ?? null;
+    show(`${plot.id}-${field}`, v, v === null ? "–" : plot.tick(v));
+  }
+}
+
+/** Horizontal grid lines and labels at 0, half and the top of the y axis (no half
+ *  for whole numbers it would not be). */
+function yAxis(plot, top, box, y) {
+  const ticks = plot.whole && top % 2 !== 0 ? [0, top] : [0, top / 2, top];
+  return ticks.flatMap((v) => [
+    svgElement("line", { x1: box.left, x2: box.right, y1: y(v), y2: y(v), class: "grid" }),
+    svgElement("text", { x: box.left - 6, y: y(v) + 4, "text-anchor": "end" }, plot.tick(v)),
+  ]);
+}
+
+/** Vertical grid lines and labels every five minutes back from the newest sample. */
+function xAxis(box, x, end) {
+  return [15, 10, 5, 0].flatMap((minutes) => {
+    const at = x(end - minutes * 60000);
+    const anchor = minutes === 15 ? "start" : minutes === 0 ? "end" : "middle";
+    return [
+      svgElement("line", { x1: at, x2: at, y1: box.top, y2: box.bottom, class: "grid" }),
+      svgElement("text", { x: at, y: box.bottom + 15, "text-anchor": anchor },
+        minutes === 0 ? "now" : `−${minutes} min`),
+    ];
+  });
+}
+
+/** SVG path data through the samples' `field`, and how many points it has. The line
+ *  breaks where a value is missing or polls were missed; each piece starts with a
+ *  zero-length segment ("h0"), which the round line cap draws as a dot, so that a lone
+ *  point shows too. */
+function linePath(field, x, y) {
+  let d = "";
+  let points = 0;
+  let previous = null;
+  for (const sample of samples) {
+    const v = sample[field];
+    if (typeof v !== "number" || Number.isNaN(v)) {
+      previous = null;
+      continue;
+    }
+    const [px, py] = [x(sample.at).toFixed(1), y(v).toFixed(1)];
+    const joined = previous !== null && sample.at - previous.at <= PLOT_GAP_MS;
+    d += joined ? `L${px} ${py}` : `M${px} ${py}h0`;
+    previous = sample;
+    points += 1;
+  }
+  return [d, points];
+}
+
+/** The SVG namespace, read off an element the HTML parser made: spelled out, it would
+ *  be the only URL in a page that refers to nothing outside itself. */
+const SVG_NS = (() => {
+  const template = document.createElement("template");
+  template.innerHTML = "<svg></svg>";
+  return template.content.firstChild.namespaceURI;
+})();
+
+/** A new SVG element with these attributes (and text). */
+function svgElement(name, attributes, text) {
+  const element = document.createElementNS(SVG_NS, name);
+  for (const [key, value] of Object.entries(attributes)) element.setAttribute(key, String(value));
+  if (text !== undefined) element.textContent = text;
+  return element;
 }
 
 function renderStatus(status) {
@@ -319,6 +584,8 @@ async function poll() {
     history.push({ at, series: parseMetrics(metrics) });
     while (history.length > 2 && at - history[0].at > WINDOW_MS) history.shift();
     renderMetrics();
+    addSample();
+    renderPlots();
     renderStatus(JSON.parse(status));
     indicator.textContent = "live · " + new Date().toLocaleTimeString("en-GB");
     indicator.dataset.state = "ok";
@@ -329,4 +596,6 @@ async function poll() {
   setTimeout(poll, POLL_MS);
 }
 
+setUpPlots();
+window.addEventListener("resize", renderPlots);
 poll();

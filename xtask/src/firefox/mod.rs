@@ -159,12 +159,14 @@ pub fn check(binary: &Path, backends: &[Backend], cluster: bool) -> Result<()> {
     Ok(())
 }
 
-/// The server config of one node on `backend` (plus `extra` lines).
-fn server_config(backend: &str, extra_store: &str, extra_sections: &str) -> String {
+/// The config of one node on `backend`, every listener on a free loopback port, the data
+/// in its scratch directory. `server_extra` goes at the end of `[server]` (and may open
+/// further sections), `store_extra` at the end of `[store]`.
+fn server_config(backend: &str, store_extra: &str, server_extra: &str) -> String {
     format!(
         "[server]\nws_addr = \"127.0.0.1:0\"\nendpoint_addr = \"127.0.0.1:0\"\n\
-         admin_addr = \"127.0.0.1:0\"\n{extra_sections}\
-         [store]\nbackend = \"{backend}\"\npath = \"data\"\n{extra_store}\
+         admin_addr = \"127.0.0.1:0\"\n{server_extra}\
+         [store]\nbackend = \"{backend}\"\npath = \"data\"\n{store_extra}\
          [log]\nlevel = \"info,simplepush=debug\"\n"
     )
 }

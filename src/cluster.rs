@@ -1,4 +1,4 @@
-//! Cluster routing (PROTOCOL.md §7): nodes sharing a memcached pool record which node
+//! Cluster routing (docs/protocol.md): nodes sharing a memcached pool record which node
 //! holds each device, forward live updates to it over the router listener, and tell the
 //! previous node to close a device's stale socket when it reconnects elsewhere.
 

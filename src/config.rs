@@ -1,4 +1,4 @@
-//! The server's configuration: the TOML file of PROTOCOL.md §8, with defaults for every
+//! The server's configuration: the TOML file of docs/protocol.md, with defaults for every
 //! key, overridden by command-line flags.
 
 use std::net::SocketAddr;
@@ -81,7 +81,7 @@ impl Default for ServerConfig {
     }
 }
 
-/// `[protocol]`: timers and limits of PROTOCOL.md.
+/// `[protocol]`: timers and limits of docs/protocol.md.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProtocolConfig {

@@ -1,4 +1,4 @@
-//! Command-line flags for every config key (PROTOCOL.md §8: "each key also settable by a
+//! Command-line flags for every config key (docs/protocol.md: "each key also settable by a
 //! flag"). A flag is the key in kebab case; keys whose bare name would be ambiguous carry
 //! their section (`--store-path`, `--router-addr`, `--log-level`). A flag given
 //! overrides the file.

@@ -1,4 +1,4 @@
-//! The operator listener (`[server] admin_addr`, PROTOCOL.md §1): `/metrics`,
+//! The operator listener (`[server] admin_addr`, docs/protocol.md): `/metrics`,
 //! `/dashboard/` and the detailed `/realstatus/` live there and nowhere else; the public
 //! listeners' `/realstatus/` says only OK or ERROR.
 

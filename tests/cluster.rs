@@ -1,4 +1,4 @@
-//! Cluster routing (PROTOCOL.md §7) on real processes: nodes sharing two memcached
+//! Cluster routing (docs/protocol.md) on real processes: nodes sharing two memcached
 //! servers forward live updates to the node holding the device, close its stale socket
 //! when it reconnects elsewhere, and fall back to "stored" when that node is dead.
 

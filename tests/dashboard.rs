@@ -1,6 +1,6 @@
 //! `/dashboard/`: one self-contained HTML page on the operator listener whose numbers,
 //! rendered in headless Chromium, follow what a device and an app server do, in both
-//! dialects (SimplePush, and WebPush of PROTOCOL.md §9).
+//! dialects (SimplePush, and WebPush of docs/protocol.md).
 //!
 //! The browser tests need Debian's `chromium` package (`/usr/bin/chromium`, or the path
 //! in `SIMPLEPUSH_TEST_CHROMIUM`); without it they fail and say how to install it. Most

@@ -3,7 +3,7 @@
 //! every device gets its latest versions; endpoints minted before the crash still work.
 //! The server is also killed in the middle of a stream of concurrent PUTs: every PUT it
 //! answered 202 before dying is delivered after the restart. The same holds for WebPush
-//! (PROTOCOL.md §9): every encrypted push answered 201 before the kill reaches the
+//! (docs/protocol.md): every encrypted push answered 201 before the kill reaches the
 //! browser after the restart, decrypted, in order, and its endpoints still take pushes.
 
 mod common;

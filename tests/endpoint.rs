@@ -1,4 +1,4 @@
-//! Black-box tests of the app-server endpoint (PROTOCOL.md §5): `PUT /update/{token}`
+//! Black-box tests of the app-server endpoint (docs/protocol.md): `PUT /update/{token}`
 //! over real HTTP against the real binary, with a real websocket device behind it.
 
 mod common;

@@ -1,4 +1,4 @@
-//! Black-box tests of the health pages (PROTOCOL.md §6) on both public listeners (the
+//! Black-box tests of the health pages (docs/protocol.md) on both public listeners (the
 //! operator listener's detailed `/realstatus/` is in admin.rs).
 
 mod common;

@@ -1,7 +1,7 @@
 //! Hostile input against the real binary over real sockets: random and malformed websocket
 //! frames, out-of-range numbers, oversized frames and bodies, floods of commands and
 //! headers, tampered tokens and half-open connections. The server must answer each the
-//! way PROTOCOL.md says, never crash, keep serving well-behaved peers, and give back the
+//! way docs/protocol.md says, never crash, keep serving well-behaved peers, and give back the
 //! memory the abuse cost.
 
 mod common;

@@ -1,4 +1,4 @@
-//! Overload of the endpoint (PROTOCOL.md §5), by each of its two guards: a small
+//! Overload of the endpoint (docs/protocol.md), by each of its two guards: a small
 //! `max_inflight_requests` with ten times that many concurrent PUTs (and, to shed
 //! deterministically, a store whose writes stall: a slot covers the store work only,
 //! never a body still on its way), and a tiny

@@ -1,4 +1,4 @@
-//! An independent audit of the real binary against PROTOCOL.md: each test pins one rule
+//! An independent audit of the real binary against docs/protocol.md: each test pins one rule
 //! (or one edge of a rule) that the other black-box suites leave uncovered or check only
 //! loosely, over real sockets, as a strict third-party client would exercise it.
 
@@ -790,7 +790,7 @@ async fn form_content_types_are_matched_case_insensitively() {
 }
 
 /// §5 body parsed when Content-Type "is absent": a header with an empty value names no
-/// type, and pushgo (the reference where PROTOCOL.md is silent) treated it as absent.
+/// type, and pushgo (the reference where docs/protocol.md is silent) treated it as absent.
 #[tokio::test]
 async fn empty_content_type_header_is_treated_as_absent() {
     let server = builder().start().await;
@@ -915,7 +915,7 @@ async fn token_key_rotation_first_key_mints_all_keys_open() {
 
 // ---- §8 operator-facing names ------------------------------------------------------------
 
-/// §8: the config block exactly as PROTOCOL.md documents it (every key, its default
+/// §8: the config block exactly as docs/protocol.md documents it (every key, its default
 /// value) is accepted, and `endpoint_url` is the base of every pushEndpoint.
 #[tokio::test]
 async fn config_with_every_documented_key_is_accepted() {
@@ -975,7 +975,7 @@ async fn durations_in_minutes_hours_and_days_are_accepted() {
     device.ping().await;
 }
 
-/// The §8 keys and the flag names a reader of PROTOCOL.md would look for (a key's
+/// The §8 keys and the flag names a reader of docs/protocol.md would look for (a key's
 /// name in kebab case, prefixed by its section where the bare name would be ambiguous).
 const FLAGS: &[(&str, &[&str])] = &[
     ("[server] ws_addr", &["--ws-addr"]),

@@ -1,4 +1,4 @@
-//! End-to-end black-box tests of WebPush (PROTOCOL.md §9): a browser-like device on the
+//! End-to-end black-box tests of WebPush (docs/protocol.md): a browser-like device on the
 //! websocket, an app server that encrypts (RFC 8291) and signs (RFC 8292) its pushes, and
 //! every payload decrypted on arrival, so the bytes are proven intact end to end.
 //!
@@ -650,7 +650,7 @@ async fn ttl_above_the_maximum_is_lowered_and_answered() {
 }
 
 /// WebPush across a memcache cluster: the push lands on another node than the one
-/// holding the socket, live and then offline (PROTOCOL.md §7 and §9).
+/// holding the socket, live and then offline (docs/protocol.md).
 #[cfg(feature = "memcache")]
 #[tokio::test]
 async fn webpush_follows_the_device_across_cluster_nodes() {

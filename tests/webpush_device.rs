@@ -1,4 +1,4 @@
-//! The WebPush dialect of the device websocket (PROTOCOL.md §9), over real sockets: the
+//! The WebPush dialect of the device websocket (docs/protocol.md), over real sockets: the
 //! hello's uaid rules and its one reply, register with and without the app server's
 //! key, unregister, ack, nack, ping, what is ignored, and the delivery of queued
 //! messages (at hello, on retry, a page at a time). SimplePush devices on the same

@@ -1,4 +1,4 @@
-//! WebPush for app servers over real sockets (PROTOCOL.md §9): `POST /wpush/v1|v2/{token}`
+//! WebPush for app servers over real sockets (docs/protocol.md): `POST /wpush/v1|v2/{token}`
 //! (statuses, headers, VAPID) and `DELETE /m/{token}`.
 //!
 //! Until the WebPush websocket session exists, a subscription is made by registering the

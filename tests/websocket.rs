@@ -1,4 +1,4 @@
-//! Black-box tests of the device protocol (PROTOCOL.md §2 framing, §3 errors, §4
+//! Black-box tests of the device protocol (docs/protocol.md framing, §3 errors, §4
 //! messages) against the real binary over a real websocket.
 
 mod common;

@@ -1,4 +1,4 @@
-//! The app servers' side (PROTOCOL.md §5): `PUT /update/{token}` stores an update and
+//! The app servers' side (docs/protocol.md): `PUT /update/{token}` stores an update and
 //! delivers it live when the device is connected here.
 
 use std::sync::Arc;
@@ -225,7 +225,7 @@ where
         ));
     }
     // The token is in the path and opens without I/O; its verdict waits, because the
-    // parameters are checked first (PROTOCOL.md §5: 400 and 413 before 404).
+    // parameters are checked first (docs/protocol.md: 400 and 413 before 404).
     let target = app.tokens.decode(token);
     // The body is read without an in-flight slot, under its own short deadline: a
     // sender that never finishes costs its connection only, not a slot that a

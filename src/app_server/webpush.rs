@@ -1,4 +1,4 @@
-//! The app servers' WebPush side (PROTOCOL.md §9, RFC 8030): `POST /wpush/v1/{token}`
+//! The app servers' WebPush side (docs/protocol.md, RFC 8030): `POST /wpush/v1/{token}`
 //! and `/wpush/v2/{token}` queue an encrypted message for a subscription and deliver it
 //! live when the device is connected; `DELETE /m/{token}` withdraws a queued message.
 //! The server never decrypts: the body and its encoding headers travel as sent.

@@ -2,7 +2,7 @@
 //! (`simplepush client`, SimplePush or WebPush) and an app server (`simplepush push`, a
 //! SimplePush `PUT` or an encrypted, VAPID-signed WebPush `POST`), and the VAPID key
 //! maker behind `simplepush genkey --vapid`. They speak only the wire protocol of
-//! PROTOCOL.md, so they work against any SimplePush or WebPush server.
+//! docs/protocol.md, so they work against any SimplePush or WebPush server.
 
 pub mod client;
 pub mod genkey;

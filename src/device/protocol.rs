@@ -1,4 +1,4 @@
-//! The websocket messages of PROTOCOL.md §2–§4: parsing what devices send (keys and
+//! The websocket messages of docs/protocol.md: parsing what devices send (keys and
 //! `messageType` matched case-insensitively) and the frames the server sends back.
 
 use serde::Serialize;
@@ -15,7 +15,7 @@ pub enum Command {
         uaid: Option<String>,
         /// `channelIDs` as sent; `None` when the key is absent.
         channel_ids: Option<Vec<String>>,
-        /// `"use_webpush": true`: the socket speaks WebPush (PROTOCOL.md §9).
+        /// `"use_webpush": true`: the socket speaks WebPush (docs/protocol.md).
         webpush: bool,
     },
     /// `register` of a UUID-shaped channel id.
@@ -61,7 +61,7 @@ pub enum Refusal {
     Invalid(ErrorFrame),
 }
 
-/// An error reply (PROTOCOL.md §3), sent before the server closes the socket.
+/// An error reply (docs/protocol.md), sent before the server closes the socket.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ErrorFrame {
     /// The command's type, lower-cased, when the device sent one as a string.

@@ -1,6 +1,6 @@
 //! One device's websocket session: reads its commands, answers them, delivers its
 //! updates live, re-sends what it has not acknowledged, and closes with the code
-//! PROTOCOL.md names. One task per socket; its only timer is reset, never spawned.
+//! docs/protocol.md names. One task per socket; its only timer is reset, never spawned.
 
 use std::future::poll_fn;
 use std::pin::Pin;
@@ -145,7 +145,7 @@ struct Session {
     /// Messages received from the device (a u32, so that it shares its word with
     /// `webpush`: an idle session stays as small as before the WebPush dialect).
     messages: u32,
-    /// Set by a hello with `use_webpush` (PROTOCOL.md §9): the socket then speaks
+    /// Set by a hello with `use_webpush` (docs/protocol.md): the socket then speaks
     /// WebPush, and this counts the messages sent to it that it has not acknowledged
     /// yet (roughly: acks of other ids count too), so the next page of queued messages
     /// goes out once the last page is acknowledged.
@@ -405,7 +405,7 @@ impl Session {
         self.throttle.admit(self.app.registry.now(), rate, burst)
     }
 
-    /// A message of a WebPush session (PROTOCOL.md §9).
+    /// A message of a WebPush session (docs/protocol.md).
     async fn on_webpush_message(&mut self, frame: &[u8]) -> Step {
         let command = webpush::parse(frame);
         if let Ok(command) = &command {
@@ -532,7 +532,7 @@ impl Session {
         Ok(())
     }
 
-    /// The hello that makes this socket a WebPush session (PROTOCOL.md §9): its one
+    /// The hello that makes this socket a WebPush session (docs/protocol.md): its one
     /// reply, then every queued message.
     async fn webpush_hello(&mut self, sent: Option<String>) -> Step {
         let uaid = match Self::choose_webpush_uaid(&self.app, sent.as_deref()).await {
@@ -560,7 +560,7 @@ impl Session {
         Ok(Uaid::new(uuid::Uuid::new_v4().simple().to_string()))
     }
 
-    /// The uaid this device goes by, per the minting rules of PROTOCOL.md §4.
+    /// The uaid this device goes by, per the minting rules of docs/protocol.md.
     async fn choose_uaid(
         app: &App,
         sent: Option<String>,
@@ -927,7 +927,7 @@ impl Session {
     }
 }
 
-/// The refusal of a command beyond the socket's allowance (PROTOCOL.md §3: 401, the
+/// The refusal of a command beyond the socket's allowance (docs/protocol.md: 401, the
 /// command's identifying field echoed).
 fn too_many_commands(command: &Command) -> ErrorFrame {
     let error = ErrorFrame::new(401, "too many commands").for_type(command.name());

@@ -1,4 +1,4 @@
-//! The WebPush dialect of the device websocket (PROTOCOL.md §9): what a device says
+//! The WebPush dialect of the device websocket (docs/protocol.md): what a device says
 //! once its hello carried `"use_webpush": true`, and the frames the server sends it.
 //! The session machinery (timers, retry, registry) is shared with SimplePush
 //! ([`crate::device::session`]); only the parsing and the replies differ.
@@ -12,7 +12,7 @@ use simplepush_store::{ChannelId, Message, MessageId, Uaid};
 use crate::app::App;
 use crate::device::protocol::{ErrorFrame, Fields, Refusal, echoing, parse_channel};
 
-/// The longest uaid a WebPush device may keep, in characters (PROTOCOL.md §9).
+/// The longest uaid a WebPush device may keep, in characters (docs/protocol.md).
 pub const MAX_UAID_CHARS: usize = 128;
 
 /// The pushEndpoint of a WebPush channel: `/wpush/v1/{token}`, or `/wpush/v2/{token}`
@@ -181,7 +181,7 @@ fn acked_message(item: &Value) -> Option<(String, Option<u64>)> {
 }
 
 /// The message ids of one ack, each once; `None` when it names more than `max`
-/// distinct ids (the SimplePush ack's cap, PROTOCOL.md §4). Ids too long to be one
+/// distinct ids (the SimplePush ack's cap, docs/protocol.md). Ids too long to be one
 /// the server minted are left out.
 pub fn distinct_ids(updates: &[(String, Option<u64>)], max: usize) -> Option<Vec<MessageId>> {
     let mut ids: Vec<&str> = updates

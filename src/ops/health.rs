@@ -1,4 +1,4 @@
-//! `/status/` and `/realstatus/` (PROTOCOL.md §6). The public listeners' `/realstatus/`
+//! `/status/` and `/realstatus/` (docs/protocol.md). The public listeners' `/realstatus/`
 //! says only OK or ERROR; the operator listener's tells why (store latency and error,
 //! cluster peers), which is no business of the internet.
 

@@ -232,7 +232,7 @@ impl Metrics {
     }
 }
 
-/// What WebPush device sessions do (PROTOCOL.md §9).
+/// What WebPush device sessions do (docs/protocol.md).
 pub struct DeviceWebPushMetrics {
     /// Commands of WebPush sessions, by `command` (hello, register, unregister, ack,
     /// nack, ping, broadcast_subscribe, unknown).

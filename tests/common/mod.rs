@@ -818,7 +818,7 @@ impl Device {
         .await;
     }
 
-    /// Expects an error frame (PROTOCOL.md §3) with `status`, `error` and the `echoed`
+    /// Expects an error frame (docs/protocol.md) with `status`, `error` and the `echoed`
     /// fields next, then the server's close with 1000.
     pub async fn expect_refusal(&mut self, status: u16, error: &str, echoed: &[(&str, Value)]) {
         let frame = self.recv().await;

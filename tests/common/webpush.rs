@@ -1,4 +1,4 @@
-//! WebPush test clients (PROTOCOL.md §9): a [`Browser`] that speaks the WebPush dialect
+//! WebPush test clients (docs/protocol.md): a [`Browser`] that speaks the WebPush dialect
 //! over the websocket as Firefox does and decrypts what arrives, and an app server
 //! ([`Push`], [`Vapid`]) that encrypts for a subscription, signs VAPID and POSTs.
 //!

@@ -1,6 +1,7 @@
 //! `cargo xtask`: project automation for simplepush, written in Rust instead of shell.
 
 mod bench;
+mod firefox;
 mod fuzz;
 mod interop;
 mod matrix;
@@ -36,12 +37,15 @@ enum Command {
     /// each backend leg (memory, sqlite, memcache, rocksdb, all), stopping at the first
     /// failure.
     #[command(long_about = "Run the CI matrix, stopping at the first failure.\n\n\
-        1. preflight: memcached and libclang must be installed (as root they are \
-        installed with apt-get, otherwise the command to run is printed);\n\
+        1. preflight: memcached, libclang and the other system packages must be \
+        installed, firefox-esr too when the all leg runs (as root they are installed with \
+        apt-get, otherwise the command to run is printed);\n\
         2. cargo fmt --all -- --check;\n\
         3. for each leg: cargo clippy --workspace --all-targets <features> -- -D warnings, \
         then cargo test --workspace <features>. The memcache and all legs get two fresh \
-        memcached servers on free loopback ports, passed in SIMPLEPUSH_TEST_MEMCACHED;\n\
+        memcached servers on free loopback ports, passed in SIMPLEPUSH_TEST_MEMCACHED. The \
+        all leg then checks its debug binary: `cargo xtask bench smoke`, the pywebpush \
+        interop check and the Firefox check (`cargo xtask firefox`);\n\
         4. every fuzz target of tests/fuzz for 10 s (`cargo xtask fuzz`; skip with --no-fuzz).\n\n\
         Legs run in a fixed order chosen so that RocksDB's C++ is built once. \
         CARGO_TARGET_DIR and RUSTC_WRAPPER are passed through to cargo unchanged.")]
@@ -58,6 +62,11 @@ enum Command {
     /// Fuzz the parsers of untrusted input (tests/fuzz) with cargo-fuzz, each target for
     /// `--seconds` (installs cargo-fuzz when missing and root).
     Fuzz(fuzz::FuzzArgs),
+    /// Drive a real Firefox (firefox-esr, headless, over Marionette) against the debug
+    /// binary: its service worker must receive what an app server pushed while it was
+    /// connected, offline and quit, on memory, sqlite and rocksdb, and through a
+    /// two-node memcache cluster (installs firefox-esr when missing and root).
+    Firefox(firefox::FirefoxArgs),
 }
 
 fn main() -> ExitCode {
@@ -68,6 +77,7 @@ fn main() -> ExitCode {
         Command::BenchWorker { job } => bench::worker_main(&job),
         Command::BenchBaseline => bench::baseline_main(),
         Command::Fuzz(args) => fuzz::run(&args),
+        Command::Firefox(args) => firefox::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

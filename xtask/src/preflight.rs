@@ -67,7 +67,14 @@ const LIBSSL: Requirement = Requirement {
     },
 };
 
-/// Makes sure what every leg needs is installed, printing what it checks and does.
+const FIREFOX: Requirement = Requirement {
+    what: "Firefox ESR (the `all` leg's Firefox check, `cargo xtask firefox`)",
+    package: "firefox-esr",
+    present: crate::firefox::installed,
+};
+
+/// Makes sure what the chosen legs need is installed, printing what it checks and does;
+/// `firefox`: also Firefox ESR, for the Firefox check at the end of the `all` leg.
 ///
 /// Every leg needs libclang and a C++ compiler: `--workspace` builds every member, the
 /// simplepush-rocksdb crate included, whatever the root package's features; every leg
@@ -77,9 +84,22 @@ const LIBSSL: Requirement = Requirement {
 ///
 /// Missing packages are installed with `apt-get` when running as root; otherwise the error
 /// names the exact command to run.
-pub fn run() -> Result<()> {
-    let needed = vec![LIBCLANG, CXX, CHROMIUM, MEMCACHED, PKG_CONFIG, LIBSSL];
+pub fn run(firefox: bool) -> Result<()> {
+    let mut needed = vec![LIBCLANG, CXX, CHROMIUM, MEMCACHED, PKG_CONFIG, LIBSSL];
+    if firefox {
+        needed.push(FIREFOX);
+    }
+    ensure(needed)
+}
 
+/// Makes sure what `cargo xtask firefox` needs is installed: Firefox ESR and memcached
+/// (the cluster case).
+pub fn firefox() -> Result<()> {
+    ensure(vec![FIREFOX, MEMCACHED])
+}
+
+/// Installs the missing ones of `needed` when root, else fails naming the command to run.
+fn ensure(needed: Vec<Requirement>) -> Result<()> {
     let missing: Vec<Requirement> = needed.into_iter().filter(|req| !(req.present)()).collect();
     if missing.is_empty() {
         println!("preflight: everything the chosen legs need is installed");

@@ -30,10 +30,12 @@ pub struct TestArgs {
     no_fuzz: bool,
 }
 
-/// What the steps share: the memcached servers, alive from their start to the end of the run.
+/// What the steps share: the memcached servers, alive from their start to the end of the
+/// run, and whether the run ends with the Firefox check (the `all` leg).
 #[derive(Debug, Default)]
 struct RunState {
     memcached: Option<Cluster>,
+    firefox: bool,
 }
 
 /// Runs the matrix described by `args`, prints the summary, and fails if a step failed.
@@ -41,7 +43,10 @@ pub fn run(args: &TestArgs) -> Result<()> {
     let steps = matrix::plan(&args.legs, !args.no_clippy, !args.no_fuzz);
 
     let mut report = Report::default();
-    let mut state = RunState::default();
+    let mut state = RunState {
+        firefox: steps.contains(&Step::Test(Leg::All)),
+        ..RunState::default()
+    };
     let mut failure = None;
     for &step in &steps {
         if failure.is_some() {
@@ -79,7 +84,7 @@ pub fn run(args: &TestArgs) -> Result<()> {
 
 fn run_step(step: Step, state: &mut RunState) -> Result<()> {
     match step {
-        Step::Preflight => preflight::run(),
+        Step::Preflight => preflight::run(state.firefox),
         Step::Fmt => cargo(&["fmt", "--all", "--", "--check"], &[]),
         Step::StartMemcached => {
             let cluster = Cluster::start(2)?;
@@ -118,6 +123,12 @@ fn run_step(step: Step, state: &mut RunState) -> Result<()> {
                 crate::bench::smoke(&crate::bench::binary_path(true), &crate::bench::BACKENDS)?;
                 println!("\n$ cargo xtask interop: pywebpush against the debug binary");
                 crate::interop::pywebpush(&crate::bench::binary_path(true))?;
+                println!("\n$ cargo xtask firefox: a real Firefox against the debug binary");
+                crate::firefox::check(
+                    &crate::bench::binary_path(true),
+                    &crate::firefox::Backend::ALL,
+                    true,
+                )?;
             }
             Ok(())
         }

@@ -51,7 +51,7 @@ const MESSAGE_EXPIRY_MARGIN: u64 = 2;
 /// write ([`Store::set_node`], called at every hello, also refreshes the device's
 /// record), and memcached may evict them earlier under memory pressure or lose them in a
 /// restart. A device whose record is gone is told to register again by the hello rule
-/// (PROTOCOL.md §4: non-empty `channelIDs` the store does not know get a fresh uaid);
+/// (docs/protocol.md: non-empty `channelIDs` the store does not know get a fresh uaid);
 /// updates pending at that moment are lost. Use a durable backend where that matters.
 ///
 /// A device's record must fit in one memcached item ([`MemcacheOptions::item_limit`],

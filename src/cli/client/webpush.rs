@@ -1,4 +1,4 @@
-//! The WebPush device (PROTOCOL.md §9), as a browser is one: it says hello with
+//! The WebPush device (docs/protocol.md), as a browser is one: it says hello with
 //! `use_webpush`, subscribes one channel (restricted to an app server's VAPID key when
 //! given) and keeps that subscription across connections, writes the subscription JSON
 //! an app server needs, and decrypts every message with its own key pair and auth secret

@@ -281,7 +281,7 @@ fn http_client() -> reqwest::Result<reqwest::Client> {
         .build()
 }
 
-/// The JSON error body of PROTOCOL.md §5: `{"status":N,"error":"..","reason":".."}`.
+/// The JSON error body of docs/protocol.md: `{"status":N,"error":"..","reason":".."}`.
 #[derive(Debug, Deserialize)]
 struct ErrorBody {
     error: Option<String>,

@@ -23,7 +23,7 @@ const MEANINGS = {
   "503": "unavailable",
 };
 
-/** What a WebPush push's status means (PROTOCOL.md §9). */
+/** What a WebPush push's status means (docs/protocol.md). */
 const WEBPUSH_MEANINGS = {
   "201": "accepted (stored or delivered)", "400": "bad request", "401": "VAPID missing or invalid",
   "403": "VAPID key not the subscription's", "404": "unknown endpoint", "410": "unsubscribed",
@@ -198,7 +198,7 @@ function counterRows(now, name, label, prefix, meanings) {
   });
 }
 
-/** The WebPush figures (PROTOCOL.md §9), beside the SimplePush ones. */
+/** The WebPush figures (docs/protocol.md), beside the SimplePush ones. */
 function renderWebPush(now) {
   const pushes = byLabel(now, "simplepush_webpush_pushes_total", "status");
   const pushesTotal = total(now, "simplepush_webpush_pushes_total");

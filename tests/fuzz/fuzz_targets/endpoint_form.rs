@@ -1,5 +1,5 @@
 //! Fuzz target: the PUT body parsing of `simplepush::app_server::endpoint` (`parse_form`, then
-//! `parse_version`) never panics, and accepts exactly the versions PROTOCOL.md §5 allows:
+//! `parse_version`) never panics, and accepts exactly the versions docs/protocol.md allows:
 //! missing or empty means "now"; otherwise a non-negative integer that fits i64, else 400.
 
 #![no_main]

@@ -1,5 +1,5 @@
 //! Fuzz target: `simplepush::device::protocol::parse` on arbitrary websocket payloads never panics,
-//! and what it accepts or refuses agrees with PROTOCOL.md §2–§4.
+//! and what it accepts or refuses agrees with docs/protocol.md.
 
 #![no_main]
 

@@ -1,4 +1,4 @@
-//! Fuzz target: the device side of WebPush (PROTOCOL.md §9) on arbitrary websocket
+//! Fuzz target: the device side of WebPush (docs/protocol.md) on arbitrary websocket
 //! payloads: `simplepush::device::webpush::parse` (a frame of a WebPush session) never
 //! panics and its verdicts agree with §9, and the dialect detection of the first hello
 //! (`simplepush::device::protocol::parse`, `"use_webpush": true`) agrees with the frame.

@@ -1,4 +1,4 @@
-//! Fuzz target: what an app server's WebPush request carries (RFC 8030, PROTOCOL.md §9):
+//! Fuzz target: what an app server's WebPush request carries (RFC 8030, docs/protocol.md):
 //! the `TTL`, `Topic`, `Urgency` and `Content-Encoding` / `Encryption` / `Crypto-Key`
 //! rules of `simplepush::app_server::webpush`, and the endpoint and message tokens
 //! (`TokenCodec::decode_webpush`, `decode_message`, fixed key). Nothing panics, and

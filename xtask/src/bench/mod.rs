@@ -29,7 +29,8 @@ use scenario::{Backend, Bench, Params};
 use worker::Dialect;
 
 pub use baseline::main as baseline_main;
-pub(crate) use target::ServerProc;
+pub(crate) use scenario::genkey;
+pub(crate) use target::{ScratchDir, ServerProc};
 pub use worker::main as worker_main;
 
 /// What to measure.

@@ -142,9 +142,14 @@ impl ServerProc {
 
     /// The last lines the server logged.
     pub fn log_tail(&self) -> String {
+        self.log_tail_lines(20)
+    }
+
+    /// The last `count` lines the server logged.
+    pub fn log_tail_lines(&self, count: usize) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
+        lines[lines.len().saturating_sub(count)..].join("\n")
     }
 
     /// Resident memory now, in KiB (VmRSS of /proc/PID/status).

@@ -43,7 +43,7 @@ pub const WEBPUSH_BODY_BYTES: usize = 256;
 /// The TTL header of each WebPush POST, seconds.
 const WEBPUSH_TTL: u32 = 60;
 
-/// The protocol the generator's devices and app server speak (PROTOCOL.md §2–§6 or §9).
+/// The protocol the generator's devices and app server speak (docs/protocol.md).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Dialect {

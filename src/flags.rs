@@ -44,6 +44,8 @@ struct ServerFlags {
         long,
         value_name = "KEYS",
         value_delimiter = ',',
+        // A base64url key may start with `-` (one in 64 from genkey).
+        allow_hyphen_values = true,
         env = "SIMPLEPUSH_TOKEN_KEYS",
         hide_env_values = true
     )]
@@ -184,6 +186,7 @@ struct RouterFlags {
     #[arg(
         long = "router-secret",
         value_name = "SECRET",
+        allow_hyphen_values = true,
         env = "SIMPLEPUSH_ROUTER_SECRET",
         hide_env_values = true
     )]

@@ -78,6 +78,32 @@ async fn token_keys_from_a_file_and_from_the_environment_open_the_same_endpoints
     assert_eq!(put_status(&other, &token).await, 404);
 }
 
+#[tokio::test]
+async fn keys_and_secrets_starting_with_a_dash_are_taken_on_the_command_line() {
+    // Base64url of 32 bytes whose first six bits are 62: the key's text starts with `-`,
+    // as one genkey output in 64 does.
+    let mut bytes = [7u8; 32];
+    bytes[0] = 0xf8;
+    let key = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, bytes);
+    assert!(key.starts_with('-'), "{key}");
+
+    let minter = keyless().arg("--token-keys").arg(&key).start().await;
+    let token = minted_token(&minter).await;
+    let status = put_status(&minter, &token).await;
+    assert!(
+        status == 200 || status == 202,
+        "the minter answered {status}"
+    );
+    let other = keyless()
+        .arg("--token-keys")
+        .arg(&genkey())
+        .arg("--router-secret")
+        .arg("-starts-with-a-dash")
+        .start()
+        .await;
+    assert_eq!(put_status(&other, &token).await, 404);
+}
+
 /// Runs the server with `args` and `envs` until it exits (killed after [`WAIT`]);
 /// returns whether it exited by itself with success, and its stderr.
 fn run_to_exit(args: &[&str], envs: &[(&str, &str)]) -> (Option<bool>, String) {

@@ -16,7 +16,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use common::webpush::{Browser, b64};
-use common::{Server, WAIT, chid, hex_id, token_key, unix_now};
+use common::{Server, WAIT, chid, hex_id, metric, token_key, unix_now};
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -710,16 +710,6 @@ async fn notification_text(client: &mut Client, channel: &str) -> Option<String>
     let version = parts.next().unwrap_or_default();
     assert!(!version.is_empty(), "{line}");
     parts.next().map(str::to_owned)
-}
-
-/// The value of a counter with this label in the server's metrics.
-fn metric(metrics: &str, name: &str, label: &str) -> Option<u64> {
-    let prefix = format!("simplepush_{name}{{");
-    metrics
-        .lines()
-        .find(|line| line.starts_with(&prefix) && line.contains(label))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.parse().ok())
 }
 
 /// Waits until the server counted `n` WebPush acks with `code`.

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{URL_SAFE, URL_SAFE_NO_PAD};
-use common::{Server, WAIT, assert_keys, chid, hex_id, token_key};
+use common::{Server, WAIT, assert_keys, chid, hex_id, metric, token_key};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use simplepush::app_server::token::{TokenCodec, WebPushVersion, key_digest};
@@ -76,16 +76,6 @@ async fn register(device: &mut common::Device, channel: &str, key: Option<&str>)
     }
     device.send(frame).await;
     device.recv().await
-}
-
-/// The value of the series `simplepush_{name}` with `label` (any backend) in `metrics`.
-fn metric(metrics: &str, name: &str, label: &str) -> Option<u64> {
-    let prefix = format!("simplepush_{name}{{");
-    metrics
-        .lines()
-        .find(|line| line.starts_with(&prefix) && line.contains(label))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.parse().ok())
 }
 
 /// A server whose token key the test knows.

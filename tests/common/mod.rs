@@ -577,6 +577,16 @@ pub fn router_signature(
     ]
 }
 
+/// The value of the series `simplepush_{name}` with `label` (any backend) in `metrics`.
+pub fn metric(metrics: &str, name: &str, label: &str) -> Option<u64> {
+    let prefix = format!("simplepush_{name}{{");
+    metrics
+        .lines()
+        .find(|line| line.starts_with(&prefix) && line.contains(label))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
 /// Current UNIX time in seconds.
 pub fn unix_now() -> u64 {
     SystemTime::now()

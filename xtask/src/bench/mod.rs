@@ -306,6 +306,11 @@ fn build(backends: &[String], scenario: Scenario, debug: bool) -> Result<PathBuf
     }
     features.sort_unstable();
     features.dedup();
+    build_simplepush(&features, debug)
+}
+
+/// Builds simplepush (debug or release) with `features` and returns the binary's path.
+pub fn build_simplepush(features: &[&str], debug: bool) -> Result<PathBuf> {
     let mut command = Command::new(sys::cargo());
     command.args(["build", "-p", "simplepush"]);
     if !debug {

@@ -17,7 +17,6 @@ mod site;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -30,7 +29,6 @@ use serde_json::{Value, json};
 
 use crate::bench::{ScratchDir, ServerProc};
 use crate::memcached;
-use crate::sys;
 use app_server::AppServer;
 use browser::{Firefox, Profile};
 use site::Site;
@@ -112,19 +110,7 @@ pub fn run(args: &FirefoxArgs) -> Result<()> {
 
 /// Builds the debug binary with every backend (the feature set of the `all` leg).
 fn build() -> Result<PathBuf> {
-    let mut command = Command::new(sys::cargo());
-    command
-        .args(["build", "-p", "simplepush", "--features"])
-        .arg("memcache,rocksdb,sqlite");
-    println!("$ {command:?}");
-    let status = command
-        .current_dir(sys::workspace_root())
-        .status()
-        .context("running cargo build")?;
-    if !status.success() {
-        bail!("building simplepush failed ({status})");
-    }
-    Ok(crate::bench::binary_path(true))
+    crate::bench::build_simplepush(&["memcache", "rocksdb", "sqlite"], true)
 }
 
 /// The check: the three single-node cases on each of `backends`, then (with `cluster`)

@@ -20,7 +20,7 @@ use serde_json::json;
 use simplepush::config::Config;
 use simplepush_store::{
     ChannelId, MemoryStore, Message, MessageId, Pending, PutOutcome, QueueOutcome, RegisterOutcome,
-    Store, StoreError, Uaid, Update,
+    Store, StoreError, Swept, Uaid, Update,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -436,8 +436,9 @@ impl Store for StalledStore {
         uaid: &Uaid,
         channel: &ChannelId,
         max_channels: usize,
+        now: u64,
     ) -> Result<RegisterOutcome, StoreError> {
-        self.inner.register(uaid, channel, max_channels).await
+        self.inner.register(uaid, channel, max_channels, now).await
     }
     async fn unregister(&self, uaid: &Uaid, channel: &ChannelId) -> Result<(), StoreError> {
         self.inner.unregister(uaid, channel).await
@@ -500,6 +501,12 @@ impl Store for StalledStore {
     ) -> Result<bool, StoreError> {
         self.inner.delete_message(uaid, channel, id, now).await
     }
+    async fn touch(&self, uaid: &Uaid, now: u64) -> Result<(), StoreError> {
+        self.inner.touch(uaid, now).await
+    }
+    async fn sweep(&self, cutoff: u64, now: u64, limit: usize) -> Result<Swept, StoreError> {
+        self.inner.sweep(cutoff, now, limit).await
+    }
     async fn drop_uaid(&self, uaid: &Uaid) -> Result<(), StoreError> {
         self.inner.drop_uaid(uaid).await
     }
@@ -552,7 +559,7 @@ async fn a_stalled_store_holds_every_slot_and_the_excess_is_shed_with_503() {
     for _ in 0..CAPACITY + 1 {
         let uaid = Uaid::new(uuid::Uuid::new_v4().simple().to_string());
         let channel = ChannelId::new(chid());
-        store.inner.register(&uaid, &channel, 10).await.unwrap();
+        store.inner.register(&uaid, &channel, 10, 1).await.unwrap();
         endpoints.push(format!("{base}/update/{}", tokens.encode(&uaid, &channel)));
     }
 

@@ -617,7 +617,7 @@ impl Session {
     /// Registers `channel` in the store; the refusal, if it fails.
     async fn register_channel(app: &App, uaid: &Uaid, channel: &ChannelId) -> Option<ErrorFrame> {
         let max = app.protocol.max_channels;
-        match app.store.register(uaid, channel, max).await {
+        match app.store.register(uaid, channel, max, now_secs()).await {
             Ok(RegisterOutcome::Registered) => None,
             Ok(RegisterOutcome::TooManyChannels) => Some(ErrorFrame::new(
                 503,

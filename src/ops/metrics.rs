@@ -11,7 +11,7 @@ use prometheus::{
 };
 use simplepush_store::{
     ChannelId, Message, MessageId, Pending, PutOutcome, QueueOutcome, RegisterOutcome, Store,
-    StoreError, Uaid, Update,
+    StoreError, Swept, Uaid, Update,
 };
 
 /// Latency buckets in seconds, from 50 µs to 5 s.
@@ -35,6 +35,8 @@ pub const STORE_OPS: &[&str] = &[
     "messages",
     "ack_messages",
     "delete_message",
+    "touch",
+    "sweep",
     "drop_uaid",
     "set_node",
     "node",
@@ -351,8 +353,9 @@ impl Store for MeteredStore {
         uaid: &Uaid,
         channel: &ChannelId,
         max_channels: usize,
+        now: u64,
     ) -> Result<RegisterOutcome, StoreError> {
-        let call = self.inner.register(uaid, channel, max_channels);
+        let call = self.inner.register(uaid, channel, max_channels, now);
         self.timed("register", call).await
     }
 
@@ -431,6 +434,15 @@ impl Store for MeteredStore {
         self.timed("delete_message", call).await
     }
 
+    async fn touch(&self, uaid: &Uaid, now: u64) -> Result<(), StoreError> {
+        self.timed("touch", self.inner.touch(uaid, now)).await
+    }
+
+    async fn sweep(&self, cutoff: u64, now: u64, limit: usize) -> Result<Swept, StoreError> {
+        self.timed("sweep", self.inner.sweep(cutoff, now, limit))
+            .await
+    }
+
     async fn drop_uaid(&self, uaid: &Uaid) -> Result<(), StoreError> {
         self.timed("drop_uaid", self.inner.drop_uaid(uaid)).await
     }
@@ -469,7 +481,7 @@ mod tests {
         let store = MeteredStore::new(Arc::new(MemoryStore::new()), metrics.clone());
         let uaid = Uaid::from("u");
         store
-            .register(&uaid, &ChannelId::from("c"), 10)
+            .register(&uaid, &ChannelId::from("c"), 10, 1)
             .await
             .unwrap();
         store.pending(&uaid, 0).await.unwrap();
@@ -512,7 +524,7 @@ mod tests {
         };
         let _ = store.knows_uaid(&uaid).await;
         let _ = store.registered(&uaid, &channel).await;
-        let _ = store.register(&uaid, &channel, 10).await;
+        let _ = store.register(&uaid, &channel, 10, 1).await;
         let _ = store.put_update(&uaid, &channel, update, 0).await;
         let _ = store.pending(&uaid, 0).await;
         let _ = store.ack(&uaid, &channel, 1).await;

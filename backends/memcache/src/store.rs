@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use simplepush_store::{
     ChannelId, Message, MessageId, Pending, PutOutcome, QueueOutcome, RegisterOutcome, Store,
-    StoreError, Uaid, Update,
+    StoreError, Swept, Uaid, Update,
 };
 
 use crate::error::Error;
@@ -496,6 +496,7 @@ impl Store for MemcacheStore {
         uaid: &Uaid,
         channel: &ChannelId,
         max_channels: usize,
+        _now: u64,
     ) -> Result<RegisterOutcome, StoreError> {
         let channel = channel.as_str().to_owned();
         self.modify(uaid, move |device| {
@@ -723,6 +724,14 @@ impl Store for MemcacheStore {
             self.forget_messages(uaid, &[id.to_owned()]).await;
         }
         Ok(found == Some(true))
+    }
+
+    async fn touch(&self, _uaid: &Uaid, _now: u64) -> Result<(), StoreError> {
+        Err(StoreError::Internal("retention: not yet".into()))
+    }
+
+    async fn sweep(&self, _cutoff: u64, _now: u64, _limit: usize) -> Result<Swept, StoreError> {
+        Err(StoreError::Internal("retention: not yet".into()))
     }
 
     async fn drop_uaid(&self, uaid: &Uaid) -> Result<(), StoreError> {

@@ -116,7 +116,10 @@ async fn down_server_answers_unavailable_quickly() {
     let error = store.knows_uaid(&uaid()).await.unwrap_err();
     assert!(matches!(error, StoreError::Unavailable(_)), "{error:?}");
     assert!(error.to_string().contains(&port.to_string()), "{error}");
-    let error = store.register(&uaid(), &channel(1), 10).await.unwrap_err();
+    let error = store
+        .register(&uaid(), &channel(1), 10, NOW)
+        .await
+        .unwrap_err();
     assert!(matches!(error, StoreError::Unavailable(_)), "{error:?}");
     let error = store.check().await.unwrap_err();
     assert!(matches!(error, StoreError::Unavailable(_)), "{error:?}");
@@ -240,7 +243,7 @@ async fn devices_spread_over_servers_and_survive_reordering_the_list() {
     let forward = connect(&[&a.address, &b.address], MemcacheOptions::default());
     let uaids: Vec<Uaid> = (0..60).map(|_| uaid()).collect();
     for u in &uaids {
-        let outcome = forward.register(u, &channel(1), 10).await.unwrap();
+        let outcome = forward.register(u, &channel(1), 10, NOW).await.unwrap();
         assert_eq!(outcome, RegisterOutcome::Registered);
     }
     // Another node listing the servers the other way round finds every device.
@@ -275,7 +278,7 @@ async fn the_largest_allowed_device_fits_in_one_item() {
     // characters that cost JSON the most.
     for i in 0..200 {
         assert_eq!(
-            store.register(&u, &channel(i), 200).await.unwrap(),
+            store.register(&u, &channel(i), 200, NOW).await.unwrap(),
             RegisterOutcome::Registered
         );
     }
@@ -343,7 +346,7 @@ async fn the_record_limit_is_the_item_limit_to_the_byte() {
     let data = hostile_data(4096);
     let mut full = 0;
     loop {
-        store.register(&u, &channel(full), 1000).await.unwrap();
+        store.register(&u, &channel(full), 1000, NOW).await.unwrap();
         let put = store
             .put_update(&u, &channel(full), update(1, Some(data.clone())), NOW)
             .await;
@@ -392,7 +395,10 @@ async fn an_item_limit_above_memcacheds_is_too_large_not_unavailable() {
     let data = hostile_data(4096);
     let mut stored = 0;
     let error = loop {
-        store.register(&u, &channel(stored), 1000).await.unwrap();
+        store
+            .register(&u, &channel(stored), 1000, NOW)
+            .await
+            .unwrap();
         let put = store
             .put_update(&u, &channel(stored), update(1, Some(data.clone())), NOW)
             .await;
@@ -433,7 +439,7 @@ async fn records_written_before_the_binary_layout_are_still_read() {
     );
     // Changes work on it, and rewrite it in the binary layout.
     assert_eq!(
-        store.register(&u, &channel(3), 10).await.unwrap(),
+        store.register(&u, &channel(3), 10, NOW).await.unwrap(),
         RegisterOutcome::Registered
     );
     let stored: Vec<u8> = server.client().get(&key).unwrap().unwrap();
@@ -468,7 +474,7 @@ async fn an_oversized_device_fails_clearly_and_keeps_what_it_had() {
     let mut failure = None;
     // Data far beyond the protocol's 4 KiB per update reaches the limit in few steps.
     for i in 0..100 {
-        store.register(&u, &channel(i), 100).await.unwrap();
+        store.register(&u, &channel(i), 100, NOW).await.unwrap();
         let data = Some("x".repeat(40 * 1024));
         match store
             .put_update(&u, &channel(i), update(1, data), NOW)
@@ -520,14 +526,14 @@ async fn an_undecodable_item_is_corrupt() {
         .unwrap();
     let error = store.knows_uaid(&u).await.unwrap_err();
     assert!(matches!(error, StoreError::Corrupt(_)), "{error:?}");
-    let error = store.register(&u, &channel(0), 10).await.unwrap_err();
+    let error = store.register(&u, &channel(0), 10, NOW).await.unwrap_err();
     assert!(matches!(error, StoreError::Corrupt(_)), "{error:?}");
     let error = store.node(&u).await.unwrap_err();
     assert!(matches!(error, StoreError::Corrupt(_)), "{error:?}");
     // Dropping the uaid clears the way for a fresh start.
     store.drop_uaid(&u).await.unwrap();
     assert_eq!(
-        store.register(&u, &channel(0), 10).await.unwrap(),
+        store.register(&u, &channel(0), 10, NOW).await.unwrap(),
         RegisterOutcome::Registered
     );
 }
@@ -541,7 +547,7 @@ async fn hostile_ids_are_stored_safely() {
         let u = Uaid::new(id);
         let c = ChannelId::new("chan nel\n");
         assert_eq!(
-            store.register(&u, &c, 10).await.unwrap(),
+            store.register(&u, &c, 10, NOW).await.unwrap(),
             RegisterOutcome::Registered
         );
         store
@@ -570,7 +576,7 @@ async fn items_expire_after_their_lifetime() {
     };
     let store = connect(&[&server.address], options);
     let u = uaid();
-    store.register(&u, &channel(0), 10).await.unwrap();
+    store.register(&u, &channel(0), 10, NOW).await.unwrap();
     store.set_node(&u, "http://n").await.unwrap();
     assert!(store.knows_uaid(&u).await.unwrap());
     // Memcached's clock ticks once a second: a 1 s item is gone within 2 s. The
@@ -638,7 +644,7 @@ async fn an_evicted_message_item_is_skipped_and_pruned_from_the_index() {
     let server = Memcached::start();
     let store = connect(&[&server.address], MemcacheOptions::default());
     let (u, c) = (uaid(), channel(1));
-    store.register(&u, &c, 10).await.unwrap();
+    store.register(&u, &c, 10, NOW).await.unwrap();
     let ids: Vec<String> = (0..4).map(message_id).collect();
     for id in &ids {
         assert_eq!(
@@ -676,7 +682,7 @@ async fn the_index_holds_no_bodies_and_stays_bounded() {
     let server = Memcached::start();
     let store = connect(&[&server.address], MemcacheOptions::default());
     let (u, c) = (uaid(), channel(1));
-    store.register(&u, &c, 10).await.unwrap();
+    store.register(&u, &c, 10, NOW).await.unwrap();
     let key = format!("sp1:d:{u}");
     let bare = server.raw(&key).unwrap().len();
     // Per entry: a 64-byte id with its length, the expiry (3 bytes), the topic's tag,
@@ -712,7 +718,7 @@ async fn message_items_expire_in_memcached_with_their_message() {
     let server = Memcached::start();
     let store = connect(&[&server.address], MemcacheOptions::default());
     let (u, c) = (uaid(), channel(1));
-    store.register(&u, &c, 10).await.unwrap();
+    store.register(&u, &c, 10, NOW).await.unwrap();
     // Ten minutes after the caller's now: ten minutes in memcached (and a margin),
     // whatever the caller's clock says.
     let soon = message(&message_id(1), &c, None);
@@ -744,8 +750,8 @@ async fn message_items_go_with_their_index_entries() {
     let server = Memcached::start();
     let store = connect(&[&server.address], MemcacheOptions::default());
     let (u, c, other) = (uaid(), channel(1), channel(2));
-    store.register(&u, &c, 10).await.unwrap();
-    store.register(&u, &other, 10).await.unwrap();
+    store.register(&u, &c, 10, NOW).await.unwrap();
+    store.register(&u, &other, 10, NOW).await.unwrap();
     let item = |id: &str| server.raw(&format!("sp1:m:{u}:{id}"));
     let ids: Vec<String> = (0..6).map(message_id).collect();
     let topical = message(&ids[0], &c, Some("t"));
@@ -832,7 +838,7 @@ async fn too_large_messages_and_indexes_are_refused_and_leave_nothing() {
     };
     let store = connect(&[&server.address], options);
     let (u, c) = (uaid(), channel(1));
-    store.register(&u, &c, 10).await.unwrap();
+    store.register(&u, &c, 10, NOW).await.unwrap();
     // A body beyond the item limit.
     let id = message_id(0);
     let error = store
@@ -877,7 +883,7 @@ async fn nodes_putting_and_acking_at_once_lose_nothing() {
         Arc::new(connect(&[&server.address], MemcacheOptions::default())),
     );
     let (u, c) = (uaid(), channel(1));
-    a.register(&u, &c, 10).await.unwrap();
+    a.register(&u, &c, 10, NOW).await.unwrap();
     let ids: Vec<String> = (0..60).map(message_id).collect();
     let mut first = ids[..30].to_vec();
     first.sort();
@@ -925,7 +931,7 @@ async fn message_items_spread_over_servers_and_come_back_in_order() {
     let (a, b) = (Memcached::start(), Memcached::start());
     let store = connect(&[&a.address, &b.address], MemcacheOptions::default());
     let (u, c) = (uaid(), channel(1));
-    store.register(&u, &c, 10).await.unwrap();
+    store.register(&u, &c, 10, NOW).await.unwrap();
     let ids: Vec<String> = (0..40).map(message_id).collect();
     for id in &ids {
         put(&store, &u, &message(id, &c, None), 100).await;

@@ -30,7 +30,7 @@ use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DB, ReadOptions, WriteBatch,
 use simplepush_store::writer::{Commit, Job, Sync, Writer};
 use simplepush_store::{
     ChannelId, Message, MessageId, Pending, PutOutcome, QueueOutcome, RegisterOutcome, Store,
-    StoreError, Uaid, Update,
+    StoreError, Swept, Uaid, Update,
 };
 
 use crate::error::{from_join, from_rocksdb};
@@ -617,6 +617,7 @@ impl Store for RocksStore {
         uaid: &Uaid,
         channel: &ChannelId,
         max_channels: usize,
+        _now: u64,
     ) -> Result<RegisterOutcome, StoreError> {
         let (uaid, channel) = (uaid.clone(), channel.clone());
         self.write(Sync::Durable, move |db| {
@@ -713,6 +714,14 @@ impl Store for RocksStore {
             db.delete_message(&uaid, &channel, &id, now)
         })
         .await
+    }
+
+    async fn touch(&self, _uaid: &Uaid, _now: u64) -> Result<(), StoreError> {
+        Err(StoreError::Internal("retention: not yet".into()))
+    }
+
+    async fn sweep(&self, _cutoff: u64, _now: u64, _limit: usize) -> Result<Swept, StoreError> {
+        Err(StoreError::Internal("retention: not yet".into()))
     }
 
     async fn drop_uaid(&self, uaid: &Uaid) -> Result<(), StoreError> {
@@ -812,7 +821,7 @@ mod tests {
             {
                 let store = open(dir.path(), fsync);
                 assert_eq!(
-                    store.register(&u, &c, 10).await.unwrap(),
+                    store.register(&u, &c, 10, NOW).await.unwrap(),
                     RegisterOutcome::Registered
                 );
                 let put = store.put_update(&u, &c, update(7, "seven"), NOW).await;
@@ -855,8 +864,8 @@ mod tests {
         let store = open(Path::new(&dir), true);
         let (u, c) = ids();
         let acked = ChannelId::new(ACKED);
-        store.register(&u, &c, 10).await.unwrap();
-        store.register(&u, &acked, 10).await.unwrap();
+        store.register(&u, &c, 10, NOW).await.unwrap();
+        store.register(&u, &acked, 10, NOW).await.unwrap();
         let put = store.put_update(&u, &acked, update(7, "acked"), NOW).await;
         assert_eq!(put.unwrap(), PutOutcome::Stored);
         let put = store.put_update(&u, &c, update(42, "answered"), NOW).await;
@@ -902,7 +911,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path(), true);
         let (u, c) = ids();
-        store.register(&u, &c, 10).await.unwrap();
+        store.register(&u, &c, 10, NOW).await.unwrap();
         store.set_node(&u, "http://node-a").await.unwrap();
         let db = &store.db;
         let channel_key = key::channel(&u, &c).unwrap();
@@ -985,14 +994,23 @@ mod tests {
         for other in [&before, &after] {
             for i in 0..3 {
                 store
-                    .register(other, &ChannelId::new(format!("c{i}")), 10)
+                    .register(other, &ChannelId::new(format!("c{i}")), 10, NOW)
                     .await
                     .unwrap();
             }
         }
-        let first = store.register(&u, &ChannelId::new("x"), 2).await.unwrap();
-        let second = store.register(&u, &ChannelId::new("y"), 2).await.unwrap();
-        let third = store.register(&u, &ChannelId::new("z"), 2).await.unwrap();
+        let first = store
+            .register(&u, &ChannelId::new("x"), 2, NOW)
+            .await
+            .unwrap();
+        let second = store
+            .register(&u, &ChannelId::new("y"), 2, NOW)
+            .await
+            .unwrap();
+        let third = store
+            .register(&u, &ChannelId::new("z"), 2, NOW)
+            .await
+            .unwrap();
         assert_eq!(
             [first, second, third],
             [
@@ -1048,7 +1066,7 @@ mod tests {
         // full queue on a channel of the same name.
         let (before, u, after) = (Uaid::new("aaa"), Uaid::new("aab"), Uaid::new("aac"));
         for (n, uaid) in [&before, &u, &after].into_iter().enumerate() {
-            store.register(uaid, &c, 10).await.unwrap();
+            store.register(uaid, &c, 10, NOW).await.unwrap();
             if n != 1 {
                 for i in 0..2 {
                     let id = format!("{n}-{i}");

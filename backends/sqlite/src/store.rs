@@ -9,7 +9,7 @@ use rusqlite::types::Type;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use simplepush_store::{
     ChannelId, Message, MessageId, Payload, Pending, PutOutcome, QueueOutcome, RegisterOutcome,
-    Store, StoreError, Uaid, Update, Urgency,
+    Store, StoreError, Swept, Uaid, Update, Urgency,
 };
 
 use crate::connection::{open_reader, open_writer};
@@ -300,6 +300,7 @@ impl Store for SqliteStore {
         uaid: &Uaid,
         channel: &ChannelId,
         max_channels: usize,
+        _now: u64,
     ) -> Result<RegisterOutcome, StoreError> {
         let (uaid, channel) = (uaid.as_str().to_owned(), channel.as_str().to_owned());
         let max_channels = i64::try_from(max_channels).unwrap_or(i64::MAX);
@@ -596,6 +597,14 @@ impl Store for SqliteStore {
             Ok(expires_at.is_some_and(|expires_at| expires_at > now))
         })
         .await
+    }
+
+    async fn touch(&self, _uaid: &Uaid, _now: u64) -> Result<(), StoreError> {
+        Err(StoreError::Internal("retention: not yet".into()))
+    }
+
+    async fn sweep(&self, _cutoff: u64, _now: u64, _limit: usize) -> Result<Swept, StoreError> {
+        Err(StoreError::Internal("retention: not yet".into()))
     }
 
     async fn drop_uaid(&self, uaid: &Uaid) -> Result<(), StoreError> {

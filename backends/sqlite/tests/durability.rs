@@ -43,7 +43,7 @@ async fn data_survives_reopen_without_close() {
     );
     let store = open(dir.path());
     assert_eq!(
-        store.register(&u, &c, 10).await.unwrap(),
+        store.register(&u, &c, 10, NOW).await.unwrap(),
         RegisterOutcome::Registered
     );
     let put = store
@@ -77,7 +77,7 @@ async fn close_flushes_the_log_and_refuses_later_calls() {
     let dir = tempfile::tempdir().unwrap();
     let (u, c) = (Uaid::new("u-close"), ChannelId::new("c"));
     let store = open(dir.path());
-    store.register(&u, &c, 10).await.unwrap();
+    store.register(&u, &c, 10, NOW).await.unwrap();
     store
         .put_update(&u, &c, update(3, "three"), NOW)
         .await
@@ -155,7 +155,7 @@ async fn damaged_row_is_corrupt_not_a_panic() {
     let dir = tempfile::tempdir().unwrap();
     let (u, c) = (Uaid::new("u-damaged"), ChannelId::new("c"));
     let store = open(dir.path());
-    store.register(&u, &c, 10).await.unwrap();
+    store.register(&u, &c, 10, NOW).await.unwrap();
     store
         .put_update(&u, &c, update(1, "one"), NOW)
         .await
@@ -179,7 +179,7 @@ async fn version_beyond_i64_is_an_error_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let (u, c) = (Uaid::new("u-big"), ChannelId::new("c"));
     let store = open(dir.path());
-    store.register(&u, &c, 10).await.unwrap();
+    store.register(&u, &c, 10, NOW).await.unwrap();
     store
         .put_update(&u, &c, update(5, "five"), NOW)
         .await
@@ -206,7 +206,7 @@ async fn concurrent_registers_respect_the_limit() {
             let (store, u) = (store.clone(), u.clone());
             tokio::spawn(async move {
                 let c = ChannelId::new(format!("c{i}"));
-                store.register(&u, &c, 5).await.unwrap()
+                store.register(&u, &c, 5, NOW).await.unwrap()
             })
         })
         .collect();
@@ -284,7 +284,7 @@ fn write_until_killed(dir: &Path, written: Written) -> ! {
         let streams = KILL9_DEVICES * KILL9_CHANNELS;
         for stream in 0..streams {
             let (u, c) = kill9_stream(stream);
-            let registered = store.register(&u, &c, streams).await.unwrap();
+            let registered = store.register(&u, &c, streams, NOW).await.unwrap();
             assert_eq!(registered, RegisterOutcome::Registered);
         }
         let tasks: Vec<_> = (0..streams)

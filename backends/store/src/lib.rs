@@ -15,7 +15,7 @@ pub use error::StoreError;
 pub use id::{ChannelId, MessageId, Uaid};
 pub use memory::MemoryStore;
 pub use model::{
-    Message, Payload, Pending, PutOutcome, QueueOutcome, RegisterOutcome, Update, Urgency,
+    Message, Payload, Pending, PutOutcome, QueueOutcome, RegisterOutcome, Swept, Update, Urgency,
 };
 
 use async_trait::async_trait;
@@ -48,12 +48,15 @@ pub trait Store: Send + Sync + 'static {
     /// Registers `channel` for `uaid`. Idempotent: registering a live channel again
     /// answers [`RegisterOutcome::Registered`] and keeps its pending update.
     /// A new channel beyond `max_channels` live ones answers
-    /// [`RegisterOutcome::TooManyChannels`] and changes nothing.
+    /// [`RegisterOutcome::TooManyChannels`] and changes nothing. A register that
+    /// answers [`RegisterOutcome::Registered`] also records `now` as the time `uaid`
+    /// was last seen, as [`Store::touch`] does, creating the device's record.
     async fn register(
         &self,
         uaid: &Uaid,
         channel: &ChannelId,
         max_channels: usize,
+        now: u64,
     ) -> Result<RegisterOutcome, StoreError>;
 
     /// Drops `channel` with its pending update and its queued WebPush messages; later
@@ -176,8 +179,28 @@ pub trait Store: Send + Sync + 'static {
         now: u64,
     ) -> Result<bool, StoreError>;
 
-    /// Forgets `uaid` entirely: channels, pending updates, queued messages and node
-    /// record.
+    /// Records `now` as the time `uaid` was last seen (its hello), so retention keeps
+    /// it for another device TTL. Sets the time (not the greater of the two). Creates
+    /// nothing: an unknown uaid is fine, and its first register records the time.
+    /// Stores that forget by themselves (memcache item lifetimes) restart the lifetime
+    /// of what they hold for `uaid` instead.
+    async fn touch(&self, uaid: &Uaid, now: u64) -> Result<(), StoreError>;
+
+    /// Retention, one bounded step of it:
+    /// - removes up to `limit` devices last seen (by [`Store::touch`] or
+    ///   [`Store::register`]) before `cutoff`, each entirely, as [`Store::drop_uaid`]
+    ///   does. A device touched at or after `cutoff` is never removed, even one touched
+    ///   while the sweep runs;
+    /// - removes from storage up to `limit` WebPush messages (of any device) that have
+    ///   expired at `now`.
+    ///
+    /// Each step is short (bounded by `limit`) and does not hold up other calls for
+    /// long; the caller repeats it while [`Swept::more`] says so. Stores that forget by
+    /// themselves (memcache) remove nothing and answer [`Swept::default`].
+    async fn sweep(&self, cutoff: u64, now: u64, limit: usize) -> Result<Swept, StoreError>;
+
+    /// Forgets `uaid` entirely: channels, pending updates, queued messages, node
+    /// record and last-seen time.
     async fn drop_uaid(&self, uaid: &Uaid) -> Result<(), StoreError>;
 
     /// Records that `uaid` is connected to the node reachable at `node` (cluster

@@ -10,14 +10,14 @@ use async_trait::async_trait;
 
 use crate::{
     ChannelId, Message, MessageId, Pending, PutOutcome, QueueOutcome, RegisterOutcome, Store,
-    StoreError, Uaid, Update,
+    StoreError, Swept, Uaid, Update,
 };
 
 /// Shards keep unrelated devices from contending on one lock.
 const SHARDS: usize = 64;
 
 /// Everything kept for one device.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Device {
     /// Live channels sorted by id, each with its pending update if any. A sorted vector,
     /// not a map: most devices have a channel or two, and a map's smallest table holds
@@ -25,9 +25,23 @@ struct Device {
     channels: Vec<(ChannelId, Option<Update>)>,
     /// The cluster node the device was last seen on.
     node: Option<Box<str>>,
+    /// When the device was last seen (UNIX seconds): retention forgets it a device
+    /// TTL later.
+    seen: u64,
 }
 
 impl Device {
+    /// A device first seen at `seen`, with nothing registered yet.
+    fn new(seen: u64) -> Device {
+        Device {
+            channels: Vec::new(),
+            node: None,
+            seen,
+        }
+    }
+
+    /// Whether the record holds nothing worth keeping. Its last-seen time alone is not:
+    /// a device that said hello and never registered is simply forgotten.
     fn is_empty(&self) -> bool {
         self.channels.is_empty() && self.node.is_none()
     }
@@ -168,10 +182,15 @@ impl Store for MemoryStore {
         uaid: &Uaid,
         channel: &ChannelId,
         max_channels: usize,
+        now: u64,
     ) -> Result<RegisterOutcome, StoreError> {
         let mut shard = self.shard(uaid);
-        let device = shard.devices.entry(uaid.clone()).or_default();
+        let device = shard
+            .devices
+            .entry(uaid.clone())
+            .or_insert_with(|| Device::new(now));
         let Err(index) = device.find(channel) else {
+            device.seen = now;
             return Ok(RegisterOutcome::Registered);
         };
         if device.channels.len() >= max_channels {
@@ -181,6 +200,7 @@ impl Store for MemoryStore {
             return Ok(RegisterOutcome::TooManyChannels);
         }
         device.insert(index, channel);
+        device.seen = now;
         Ok(RegisterOutcome::Registered)
     }
 
@@ -338,6 +358,40 @@ impl Store for MemoryStore {
         Ok(found)
     }
 
+    async fn touch(&self, uaid: &Uaid, now: u64) -> Result<(), StoreError> {
+        if let Some(device) = self.shard(uaid).devices.get_mut(uaid) {
+            device.seen = now;
+        }
+        Ok(())
+    }
+
+    async fn sweep(&self, cutoff: u64, now: u64, limit: usize) -> Result<Swept, StoreError> {
+        let mut swept = Swept::default();
+        // One shard at a time, so no lock is held across the whole store.
+        for shard in &self.shards {
+            let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            let Shard { devices, queues } = &mut *shard;
+            devices.retain(|uaid, device| {
+                let keep = device.seen >= cutoff || swept.devices >= limit as u64;
+                if !keep {
+                    swept.devices += 1;
+                    queues.remove(uaid);
+                }
+                keep
+            });
+            queues.retain(|_, queue| {
+                queue.retain(|message| {
+                    let keep = !message.is_expired(now) || swept.messages >= limit as u64;
+                    swept.messages += u64::from(!keep);
+                    keep
+                });
+                !queue.is_empty()
+            });
+        }
+        swept.more = swept.devices >= limit as u64 || swept.messages >= limit as u64;
+        Ok(swept)
+    }
+
     async fn drop_uaid(&self, uaid: &Uaid) -> Result<(), StoreError> {
         let mut shard = self.shard(uaid);
         shard.devices.remove(uaid);
@@ -349,7 +403,9 @@ impl Store for MemoryStore {
         self.shard(uaid)
             .devices
             .entry(uaid.clone())
-            .or_default()
+            // A node record alone is never seen: the next sweep forgets it, as a hello
+            // without a register leaves nothing worth a TTL.
+            .or_insert_with(|| Device::new(0))
             .node = Some(Box::from(node));
         Ok(())
     }

@@ -149,3 +149,14 @@ pub enum QueueOutcome {
     /// The channel already holds the most unexpired messages it may; nothing changed.
     Full,
 }
+
+/// What one [`crate::Store::sweep`] step removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// Devices removed for not having been seen since the cutoff.
+    pub devices: u64,
+    /// Expired WebPush messages removed from storage.
+    pub messages: u64,
+    /// The step stopped at its limit: there may be more to remove now.
+    pub more: bool,
+}

@@ -4,10 +4,11 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::{
     ChannelId, Message, MessageId, Payload, Pending, PutOutcome, QueueOutcome, RegisterOutcome,
-    Store, Uaid, Update, Urgency,
+    Store, Swept, Uaid, Update, Urgency,
 };
 
 /// A store under test.
@@ -35,7 +36,7 @@ fn update(version: u64) -> Update {
 
 async fn registered(store: &TestStore) -> (Uaid, ChannelId) {
     let (u, c) = (uaid(), channel());
-    let outcome = store.register(&u, &c, MAX).await.expect("register");
+    let outcome = store.register(&u, &c, MAX, NOW).await.expect("register");
     assert_eq!(outcome, RegisterOutcome::Registered);
     (u, c)
 }
@@ -65,7 +66,7 @@ pub async fn knows_uaid_only_with_channels(store: TestStore) {
     let u = uaid();
     assert!(!store.knows_uaid(&u).await.unwrap());
     let c = channel();
-    store.register(&u, &c, MAX).await.unwrap();
+    store.register(&u, &c, MAX, NOW).await.unwrap();
     assert!(store.knows_uaid(&u).await.unwrap());
     store.unregister(&u, &c).await.unwrap();
     assert!(!store.knows_uaid(&u).await.unwrap());
@@ -89,7 +90,7 @@ pub async fn registered_answers_per_channel(store: TestStore) {
 pub async fn register_is_idempotent_and_keeps_pending(store: TestStore) {
     let (u, c) = registered(&store).await;
     assert_eq!(put(&store, &u, &c, update(7)).await, PutOutcome::Stored);
-    let again = store.register(&u, &c, MAX).await.unwrap();
+    let again = store.register(&u, &c, MAX, NOW).await.unwrap();
     assert_eq!(again, RegisterOutcome::Registered);
     assert_eq!(pending_version(&store, &u, &c).await, Some(7));
 }
@@ -101,23 +102,23 @@ pub async fn register_enforces_channel_limit(store: TestStore) {
     let channels: Vec<ChannelId> = (0..3).map(|_| channel()).collect();
     for c in &channels {
         assert_eq!(
-            store.register(&u, c, 3).await.unwrap(),
+            store.register(&u, c, 3, NOW).await.unwrap(),
             RegisterOutcome::Registered
         );
     }
     let extra = channel();
     assert_eq!(
-        store.register(&u, &extra, 3).await.unwrap(),
+        store.register(&u, &extra, 3, NOW).await.unwrap(),
         RegisterOutcome::TooManyChannels
     );
     assert_eq!(put(&store, &u, &extra, update(1)).await, PutOutcome::Gone);
     assert_eq!(
-        store.register(&u, &channels[0], 3).await.unwrap(),
+        store.register(&u, &channels[0], 3, NOW).await.unwrap(),
         RegisterOutcome::Registered
     );
     store.unregister(&u, &channels[1]).await.unwrap();
     assert_eq!(
-        store.register(&u, &extra, 3).await.unwrap(),
+        store.register(&u, &extra, 3, NOW).await.unwrap(),
         RegisterOutcome::Registered
     );
 }
@@ -193,7 +194,7 @@ pub async fn ack_of_older_version_keeps_newer(store: TestStore) {
 pub async fn ack_answers_whether_anything_is_left(store: TestStore) {
     let (u, a) = registered(&store).await;
     let b = channel();
-    store.register(&u, &b, MAX).await.unwrap();
+    store.register(&u, &b, MAX, NOW).await.unwrap();
     put(&store, &u, &a, update(1)).await;
     let short = Update {
         expires_at: NOW + 10,
@@ -232,7 +233,7 @@ async fn with_channels(store: &TestStore, n: usize) -> (Uaid, Vec<ChannelId>) {
     let u = uaid();
     let channels: Vec<ChannelId> = (0..n).map(|_| channel()).collect();
     for c in &channels {
-        let outcome = store.register(&u, c, MAX).await.expect("register");
+        let outcome = store.register(&u, c, MAX, NOW).await.expect("register");
         assert_eq!(outcome, RegisterOutcome::Registered);
     }
     (u, channels)
@@ -308,7 +309,7 @@ pub async fn ack_many_drops_expired_updates_only(store: TestStore) {
     let u = uaid();
     let channels: Vec<ChannelId> = (0..3).map(|_| channel()).collect();
     for c in &channels {
-        store.register(&u, c, MAX).await.unwrap();
+        store.register(&u, c, MAX, NOW).await.unwrap();
     }
     let short = |version| Update {
         expires_at: NOW + 10,
@@ -371,7 +372,7 @@ pub async fn pending_lists_every_channel_and_is_read_only(store: TestStore) {
     let u = uaid();
     let channels: Vec<ChannelId> = (0..5).map(|_| channel()).collect();
     for (i, c) in channels.iter().enumerate() {
-        store.register(&u, c, MAX).await.unwrap();
+        store.register(&u, c, MAX, NOW).await.unwrap();
         put(&store, &u, c, update(i as u64 + 1)).await;
     }
     let first = pending(&store, &u).await;
@@ -445,7 +446,7 @@ pub async fn drop_uaid_forgets_everything(store: TestStore) {
 pub async fn uaids_are_isolated(store: TestStore) {
     let (a, c) = registered(&store).await;
     let b = uaid();
-    store.register(&b, &c, MAX).await.unwrap();
+    store.register(&b, &c, MAX, NOW).await.unwrap();
     put(&store, &a, &c, update(10)).await;
     assert_eq!(pending_version(&store, &b, &c).await, None);
     store.unregister(&b, &c).await.unwrap();
@@ -460,7 +461,7 @@ pub async fn concurrent_registers_lose_nothing(store: TestStore) {
         .iter()
         .map(|c| {
             let (store, u, c) = (store.clone(), u.clone(), c.clone());
-            tokio::spawn(async move { store.register(&u, &c, MAX).await })
+            tokio::spawn(async move { store.register(&u, &c, MAX, NOW).await })
         })
         .collect();
     for task in tasks {
@@ -820,7 +821,7 @@ pub async fn delete_message_removes_only_that_message(store: TestStore) {
     let sent = vec![message(&c[0]), message(&c[1]), expiring(&c[0], SOON)];
     let sent = queue_all(&store, &u, sent).await;
     let other = uaid();
-    store.register(&other, &c[0], MAX).await.unwrap();
+    store.register(&other, &c[0], MAX, NOW).await.unwrap();
     let id = &sent[0].id;
     assert!(
         !deleted(&store, &u, &c[1], id, NOW).await,
@@ -860,7 +861,7 @@ pub async fn unregister_drops_the_channel_queue(store: TestStore) {
     let outcome = queue(&store, &u, &message(&c[0]), MAX).await;
     assert_eq!(outcome, QueueOutcome::Gone);
     assert!(!deleted(&store, &u, &c[0], &sent[0].id, NOW).await);
-    store.register(&u, &c[0], MAX).await.unwrap();
+    store.register(&u, &c[0], MAX, NOW).await.unwrap();
     assert_eq!(queued(&store, &u).await, kept);
     let fresh = with_topic(&c[0], "news");
     assert_eq!(queue(&store, &u, &fresh, 1).await, QueueOutcome::Stored);
@@ -921,7 +922,7 @@ pub async fn drop_uaid_drops_messages(store: TestStore) {
     assert!(!store.ack_messages(&u, &[], NOW).await.unwrap());
     let outcome = queue(&store, &u, &message(&c), MAX).await;
     assert_eq!(outcome, QueueOutcome::Gone);
-    store.register(&u, &c, MAX).await.unwrap();
+    store.register(&u, &c, MAX, NOW).await.unwrap();
     assert!(queued(&store, &u).await.is_empty());
     assert_eq!(queued(&store, &other).await, theirs);
 }
@@ -931,7 +932,7 @@ pub async fn drop_uaid_drops_messages(store: TestStore) {
 pub async fn message_queues_of_uaids_are_isolated(store: TestStore) {
     let (a, c) = registered(&store).await;
     let b = uaid();
-    store.register(&b, &c, MAX).await.unwrap();
+    store.register(&b, &c, MAX, NOW).await.unwrap();
     let ours = queue_all(&store, &a, vec![with_topic(&c, "news"), message(&c)]).await;
     let mut theirs = queue_all(&store, &b, vec![with_topic(&c, "news")]).await;
     let extra = message(&c);
@@ -1031,12 +1032,358 @@ pub async fn check_succeeds(store: TestStore) {
     store.check().await.expect("check");
 }
 
+// ---- Retention: devices not seen for a device TTL are forgotten ----
+
+/// How a backend forgets the devices it has not seen for a device TTL, which decides how
+/// the retention behaviours make time pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retention {
+    /// The server's [`Store::sweep`] removes them: the behaviours run a test clock and
+    /// sweep with a cutoff one TTL (100 s) before it.
+    Sweep,
+    /// The storage expires them by itself, this long after their last write or touch
+    /// (memcache item lifetimes): the behaviours wait in real time.
+    ItemLifetime(Duration),
+}
+
+/// The test TTL of [`Retention::Sweep`], in seconds of the test clock.
+const SWEEP_TTL: u64 = 100;
+
+/// Time for the retention behaviours: a test clock under [`Retention::Sweep`], the
+/// real one under [`Retention::ItemLifetime`].
+struct Aging {
+    store: TestStore,
+    retention: Retention,
+    now: u64,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+}
+
+impl Aging {
+    fn new(store: &TestStore, retention: Retention) -> Aging {
+        let now = match retention {
+            Retention::Sweep => NOW,
+            Retention::ItemLifetime(_) => unix_now(),
+        };
+        Aging {
+            store: store.clone(),
+            retention,
+            now,
+        }
+    }
+
+    /// The device TTL in seconds.
+    fn ttl(&self) -> u64 {
+        match self.retention {
+            Retention::Sweep => SWEEP_TTL,
+            Retention::ItemLifetime(ttl) => ttl.as_secs(),
+        }
+    }
+
+    /// Lets `eighths` eighths of a TTL pass.
+    async fn pass(&mut self, eighths: u64) {
+        match self.retention {
+            Retention::Sweep => self.now += self.ttl() * eighths / 8,
+            Retention::ItemLifetime(ttl) => {
+                tokio::time::sleep(ttl * eighths as u32 / 8).await;
+                self.now = unix_now();
+            }
+        }
+    }
+
+    /// Has the store forget every device not seen for a TTL (under
+    /// [`Retention::Sweep`], sweeps until nothing is left; the storage did it by itself
+    /// otherwise), answering what the sweeps removed.
+    async fn forget(&self) -> Swept {
+        let mut total = Swept::default();
+        if self.retention != Retention::Sweep {
+            return total;
+        }
+        for _ in 0..10_000 {
+            let cutoff = self.now - self.ttl();
+            let step = self.store.sweep(cutoff, self.now, 7).await.expect("sweep");
+            assert!(
+                step.devices <= 7 && step.messages <= 7,
+                "a step keeps to its limit"
+            );
+            total.devices += step.devices;
+            total.messages += step.messages;
+            if !step.more {
+                return total;
+            }
+        }
+        panic!("the sweep never finished");
+    }
+
+    /// A fresh uaid with `n` channels registered now.
+    async fn device(&self, n: usize) -> (Uaid, Vec<ChannelId>) {
+        let u = uaid();
+        let mut channels = Vec::new();
+        for _ in 0..n {
+            let c = channel();
+            let outcome = self.store.register(&u, &c, MAX, self.now).await;
+            assert_eq!(outcome.expect("register"), RegisterOutcome::Registered);
+            channels.push(c);
+        }
+        (u, channels)
+    }
+
+    /// An update to keep pending for ten TTLs.
+    fn lasting_update(&self, version: u64) -> Update {
+        Update {
+            version,
+            data: Some(format!("v{version}")),
+            expires_at: self.now + 10 * self.ttl(),
+        }
+    }
+
+    /// A message for `channel` live for ten TTLs.
+    fn lasting_message(&self, channel: &ChannelId) -> Message {
+        Message {
+            ttl: 10 * self.ttl(),
+            expires_at: self.now + 10 * self.ttl(),
+            ..message(channel)
+        }
+    }
+
+    /// Asserts that the store holds nothing of `uaid` any more.
+    async fn assert_forgotten(&self, uaid: &Uaid, channels: &[ChannelId]) {
+        let store = &self.store;
+        assert!(!store.knows_uaid(uaid).await.unwrap(), "forgotten");
+        for c in channels {
+            assert!(!store.registered(uaid, c).await.unwrap(), "channel gone");
+        }
+        assert!(store.pending(uaid, self.now).await.unwrap().is_empty());
+        assert!(
+            store
+                .messages(uaid, self.now, ALL)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(store.node(uaid).await.unwrap(), None, "node record gone");
+        let put = store.put_update(uaid, &channels[0], self.lasting_update(9), self.now);
+        assert_eq!(put.await.unwrap(), PutOutcome::Gone);
+        let message = self.lasting_message(&channels[0]);
+        let queued = store.put_message(uaid, &message, MAX, self.now);
+        assert_eq!(queued.await.unwrap(), QueueOutcome::Gone);
+    }
+
+    /// Asserts that the store still holds `uaid` with its `channels`.
+    async fn assert_kept(&self, uaid: &Uaid, channels: &[ChannelId]) {
+        assert!(self.store.knows_uaid(uaid).await.unwrap(), "still known");
+        for c in channels {
+            assert!(
+                self.store.registered(uaid, c).await.unwrap(),
+                "channel kept"
+            );
+        }
+    }
+}
+
+/// A device not seen for a TTL is forgotten with everything it had: channels, a pending
+/// update, a queued message, its node record; later puts to it are Gone. A device
+/// seen within the TTL is kept with what it had.
+pub async fn a_device_not_seen_for_a_ttl_is_forgotten(store: TestStore, retention: Retention) {
+    let mut aging = Aging::new(&store, retention);
+    let (old, old_channels) = aging.device(2).await;
+    let put = store.put_update(&old, &old_channels[0], aging.lasting_update(3), aging.now);
+    assert_eq!(put.await.unwrap(), PutOutcome::Stored);
+    let message = aging.lasting_message(&old_channels[1]);
+    let queued = store.put_message(&old, &message, MAX, aging.now);
+    assert_eq!(queued.await.unwrap(), QueueOutcome::Stored);
+    store.set_node(&old, "http://node-a").await.unwrap();
+    let (kept, kept_channels) = aging.device(1).await;
+    let put = store.put_update(&kept, &kept_channels[0], aging.lasting_update(4), aging.now);
+    assert_eq!(put.await.unwrap(), PutOutcome::Stored);
+
+    aging.pass(5).await;
+    store.touch(&kept, aging.now).await.unwrap();
+    aging.pass(5).await;
+    let swept = aging.forget().await;
+
+    aging.assert_forgotten(&old, &old_channels).await;
+    aging.assert_kept(&kept, &kept_channels).await;
+    let pending = store.pending(&kept, aging.now).await.unwrap();
+    assert_eq!(pending.updates.len(), 1, "the kept device keeps its update");
+    assert_eq!(pending.updates[0].1.version, 4);
+    if retention == Retention::Sweep {
+        assert_eq!(swept.devices, 1, "exactly the old device");
+    }
+}
+
+/// A touch (a hello) keeps a device for another TTL from then, and only for that long.
+pub async fn a_touch_keeps_a_device_for_another_ttl(store: TestStore, retention: Retention) {
+    let mut aging = Aging::new(&store, retention);
+    let (u, channels) = aging.device(1).await;
+    aging.pass(5).await;
+    store.touch(&u, aging.now).await.unwrap();
+    aging.pass(5).await;
+    aging.forget().await;
+    aging.assert_kept(&u, &channels).await;
+    aging.pass(5).await;
+    aging.forget().await;
+    aging.assert_forgotten(&u, &channels).await;
+}
+
+/// A register counts as seeing the device, like a touch.
+pub async fn a_register_counts_as_seen(store: TestStore, retention: Retention) {
+    let mut aging = Aging::new(&store, retention);
+    let (u, mut channels) = aging.device(1).await;
+    aging.pass(5).await;
+    let late = channel();
+    let outcome = store.register(&u, &late, MAX, aging.now).await.unwrap();
+    assert_eq!(outcome, RegisterOutcome::Registered);
+    channels.push(late);
+    aging.pass(5).await;
+    aging.forget().await;
+    aging.assert_kept(&u, &channels).await;
+}
+
+/// A touch creates nothing: a uaid the store never held stays unknown.
+pub async fn a_touch_of_an_unknown_uaid_creates_nothing(store: TestStore, retention: Retention) {
+    let aging = Aging::new(&store, retention);
+    let stranger = uaid();
+    store.touch(&stranger, aging.now).await.unwrap();
+    assert!(!store.knows_uaid(&stranger).await.unwrap());
+    assert_eq!(store.node(&stranger).await.unwrap(), None);
+    assert!(
+        store
+            .pending(&stranger, aging.now)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// The cutoff is exclusive: a device seen exactly at it stays, one seen a second
+/// before goes.
+pub async fn sweep_spares_a_device_seen_at_the_cutoff(store: TestStore) {
+    let aging = Aging::new(&store, Retention::Sweep);
+    let (at, at_channels) = aging.device(1).await;
+    let (before, before_channels) = aging.device(1).await;
+    store.touch(&at, NOW - SWEEP_TTL).await.unwrap();
+    store.touch(&before, NOW - SWEEP_TTL - 1).await.unwrap();
+    let swept = store.sweep(NOW - SWEEP_TTL, NOW, ALL).await.unwrap();
+    assert_eq!(swept.devices, 1);
+    assert!(!swept.more);
+    aging.assert_kept(&at, &at_channels).await;
+    aging.assert_forgotten(&before, &before_channels).await;
+}
+
+/// A sweep removes at most `limit` devices per step and says when it stopped at the
+/// limit; repeated, it removes every old device and no fresh one.
+pub async fn sweep_goes_in_bounded_steps(store: TestStore) {
+    let mut aging = Aging::new(&store, Retention::Sweep);
+    let mut old = Vec::new();
+    for _ in 0..25 {
+        old.push(aging.device(1).await);
+    }
+    aging.pass(10).await;
+    let (fresh, fresh_channels) = aging.device(1).await;
+    let cutoff = aging.now - SWEEP_TTL;
+    let mut steps = Vec::new();
+    loop {
+        let step = store.sweep(cutoff, aging.now, 10).await.unwrap();
+        assert!(step.devices <= 10, "at most the limit: {step:?}");
+        steps.push(step.devices);
+        if !step.more {
+            break;
+        }
+        assert!(steps.len() < 10, "the sweep never finished: {steps:?}");
+    }
+    assert_eq!(
+        steps.iter().sum::<u64>(),
+        25,
+        "every old device, once: {steps:?}"
+    );
+    assert!(
+        steps.len() >= 3,
+        "25 devices take three steps of 10: {steps:?}"
+    );
+    for (u, channels) in &old {
+        aging.assert_forgotten(u, channels).await;
+    }
+    aging.assert_kept(&fresh, &fresh_channels).await;
+}
+
+/// Expired WebPush messages are removed from storage by the sweep, not only hidden: a
+/// read with a clock from before their expiry no longer finds them. Unexpired ones of
+/// the same device, and the device itself, stay.
+pub async fn sweep_removes_expired_messages_from_storage(store: TestStore) {
+    let aging = Aging::new(&store, Retention::Sweep);
+    let (u, c) = aging.device(2).await;
+    let short = expiring(&c[0], NOW + 10);
+    let long = aging.lasting_message(&c[1]);
+    queue_all(&store, &u, vec![short.clone(), long.clone()]).await;
+    let swept = store.sweep(NOW - SWEEP_TTL, NOW + 20, ALL).await.unwrap();
+    assert_eq!(
+        swept,
+        Swept {
+            devices: 0,
+            messages: 1,
+            more: false
+        }
+    );
+    assert_eq!(
+        queued_at(&store, &u, NOW).await,
+        vec![long],
+        "the expired one is gone"
+    );
+    aging.assert_kept(&u, &c).await;
+    let again = store.sweep(NOW - SWEEP_TTL, NOW + 20, ALL).await.unwrap();
+    assert_eq!(again, Swept::default(), "nothing left to remove");
+}
+
+/// With every device fresh and nothing expired, a sweep removes nothing.
+pub async fn sweep_with_nothing_to_forget_removes_nothing(store: TestStore) {
+    let aging = Aging::new(&store, Retention::Sweep);
+    let (u, c) = aging.device(2).await;
+    queue_all(&store, &u, vec![aging.lasting_message(&c[0])]).await;
+    let swept = store.sweep(NOW - SWEEP_TTL, NOW, ALL).await.unwrap();
+    assert_eq!(swept, Swept::default());
+    aging.assert_kept(&u, &c).await;
+    assert_eq!(queued(&store, &u).await.len(), 1);
+}
+
 /// Expands into one `#[tokio::test]` per behaviour of the suite. `$make` is an
 /// expression evaluating to a future of `(TestStore, guard)`; the guard (a temporary
 /// directory, a server handle) lives until the test ends.
 #[macro_export]
 macro_rules! conformance_suite {
     ($make:expr) => {
+        $crate::conformance_suite!(@common $make);
+        $crate::conformance_suite!(@retention $make, $crate::testkit::Retention::Sweep;
+            a_device_not_seen_for_a_ttl_is_forgotten,
+            a_touch_keeps_a_device_for_another_ttl,
+            a_register_counts_as_seen,
+            a_touch_of_an_unknown_uaid_creates_nothing,
+        );
+        $crate::conformance_suite!(@each $make;
+            sweep_spares_a_device_seen_at_the_cutoff,
+            sweep_goes_in_bounded_steps,
+            sweep_removes_expired_messages_from_storage,
+            sweep_with_nothing_to_forget_removes_nothing,
+        );
+    };
+    // A store that forgets by itself: `$aging` makes one whose items live
+    // `$lifetime` (a `Duration`) after their last write or touch.
+    ($make:expr, forgets_by_itself: $aging:expr, $lifetime:expr) => {
+        $crate::conformance_suite!(@common $make);
+        $crate::conformance_suite!(@retention $aging,
+            $crate::testkit::Retention::ItemLifetime($lifetime);
+            a_device_not_seen_for_a_ttl_is_forgotten,
+            a_touch_keeps_a_device_for_another_ttl,
+            a_register_counts_as_seen,
+            a_touch_of_an_unknown_uaid_creates_nothing,
+        );
+    };
+    (@common $make:expr) => {
         $crate::conformance_suite!(@each $make;
             knows_uaid_only_with_channels,
             registered_answers_per_channel,
@@ -1081,6 +1428,15 @@ macro_rules! conformance_suite {
             knows_uaid_is_decided_by_channels_not_messages,
             check_succeeds,
         );
+    };
+    (@retention $make:expr, $retention:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() {
+                let (store, _guard) = $make.await;
+                $crate::testkit::$name(store, $retention).await;
+            }
+        )*
     };
     (@each $make:expr; $($name:ident),* $(,)?) => {
         $(

@@ -64,6 +64,20 @@ enum Command {
     /// or the error status and reason; exits with 0 only for 201. A bad file, JSON, key or
     /// endpoint exits with 2.
     Push(simplepush::cli::push::Options),
+    /// The loader of `cargo xtask bench store-scale`: registers --devices devices in the
+    /// configured store, opened as `serve` opens it, and writes a sample of them with
+    /// their pushEndpoints.
+    #[command(hide = true)]
+    Fill(Box<FillArgs>),
+}
+
+/// `fill`: the store's flags as `serve` takes them, and what to load.
+#[derive(Debug, Args)]
+struct FillArgs {
+    #[command(flatten)]
+    serve: ServeArgs,
+    #[command(flatten)]
+    options: simplepush::cli::fill::Options,
 }
 
 /// Flags of `serve`; each overrides the config file.
@@ -105,6 +119,7 @@ fn main() -> anyhow::Result<()> {
         }
         Some(Command::Client(options)) => return run_client(options),
         Some(Command::Push(args)) => return run_push(&args),
+        Some(Command::Fill(args)) => return run_fill(*args),
         Some(Command::Serve(args)) => *args,
         None => cli.serve,
     };
@@ -151,6 +166,19 @@ fn run_push(args: &simplepush::cli::push::Options) -> anyhow::Result<()> {
     if !answer.is_success() {
         std::process::exit(1);
     }
+    Ok(())
+}
+
+/// `simplepush fill`: prints one `filled devices=N ... rate=R` line when done.
+fn run_fill(args: FillArgs) -> anyhow::Result<()> {
+    let config = args.serve.config()?;
+    init_logging(&config)?;
+    let filled = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?
+        .block_on(simplepush::cli::fill::run(&config, &args.options))?;
+    println!("{filled}");
     Ok(())
 }
 

@@ -14,6 +14,7 @@ mod hold;
 mod report;
 mod scenario;
 mod stats;
+mod store_scale;
 mod target;
 mod worker;
 
@@ -54,6 +55,11 @@ pub enum Scenario {
     /// A tiny run of every scenario on every backend given: checks the generator (fails on
     /// a lost notification or an error), asserts no timing.
     Smoke,
+    /// sqlite and rocksdb holding `--small` and `--devices` registered devices (two
+    /// channels each, offline), in the same run: PUT rate and p99, hello + flush p99,
+    /// RSS, bytes on disk per device, start-up time, then retention (a short device TTL)
+    /// and the disk it reclaims. Not part of `all`.
+    StoreScale,
 }
 
 /// Options of `cargo xtask bench`.
@@ -114,6 +120,18 @@ pub struct BenchArgs {
     /// under the 20,000 open-file limit).
     #[arg(long)]
     nodes: Option<usize>,
+
+    /// store-scale: devices of the large store.
+    #[arg(long, default_value_t = 1_000_000)]
+    devices: u64,
+
+    /// store-scale: devices of the small store, measured in the same run.
+    #[arg(long, default_value_t = 1000)]
+    small: u64,
+
+    /// store-scale: the longest the retention sweep may take, seconds.
+    #[arg(long, default_value_t = 1800.0)]
+    sweep_timeout: f64,
 }
 
 /// Every backend the bench knows, by its `--store` name.
@@ -137,6 +155,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         fsync: args.fsync,
         strict: smoke,
     };
+    if args.scenario == Scenario::StoreScale {
+        return store_scale(&bench, args);
+    }
     let scenarios: &[Scenario] = match args.scenario {
         Scenario::All | Scenario::Smoke => &[
             Scenario::Idle,
@@ -209,6 +230,41 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     println!("\nbench: {} scenario run(s) finished", outcomes.len());
     for line in comparisons(&outcomes) {
         println!("bench: {line}");
+    }
+    Ok(())
+}
+
+/// `cargo xtask bench store-scale`: the small and the large store on each backend.
+fn store_scale(bench: &Bench, args: &BenchArgs) -> Result<()> {
+    let stamp = report::Stamp::measure();
+    println!("bench: {stamp}");
+    let params = store_scale::ScaleParams {
+        small: args.small,
+        large: args.devices,
+        secs: args.secs.unwrap_or(10.0),
+        sample: 20_000,
+        hellos: 2000,
+        sweep_timeout: std::time::Duration::from_secs_f64(args.sweep_timeout),
+        strict: false,
+    };
+    let outcomes = store_scale::run(bench, &args.backends, &params)?;
+    println!();
+    for outcome in &outcomes {
+        println!("{}", outcome.json_line(&stamp));
+    }
+    let missed: Vec<String> = outcomes
+        .iter()
+        .flat_map(|o| {
+            o.metrics
+                .iter()
+                .filter(|m| m.target.is_some_and(|(_, met)| !met))
+                .map(move |m| format!("{} {} on {}", o.scenario, m.name, o.backend))
+        })
+        .collect();
+    if missed.is_empty() {
+        println!("bench: store-scale: every target met");
+    } else {
+        println!("bench: store-scale: targets NOT met: {}", missed.join(", "));
     }
     Ok(())
 }
@@ -366,6 +422,9 @@ pub fn smoke(binary: &Path, backends: &[&str]) -> Result<()> {
         fsync: true,
         overload_inflight: 8,
         nodes: None,
+        devices: 1_000_000,
+        small: 1000,
+        sweep_timeout: 1800.0,
     };
     run(&args)
 }

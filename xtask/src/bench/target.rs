@@ -13,6 +13,10 @@ use anyhow::{Context, Result, bail};
 
 /// How long a server may take to print its listening line.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// The same for a server opening a large store (store-scale).
+const LARGE_START_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long a server may take to stop after SIGTERM before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A private scratch directory, removed when dropped.
 #[derive(Debug)]
@@ -57,8 +61,8 @@ pub struct ServerProc {
     /// Router listener of a cluster node.
     pub router: Option<SocketAddr>,
     log: PathBuf,
-    // Dropped after the child is killed (field order).
-    _dir: ScratchDir,
+    // Dropped after the child is killed (field order); `None` when the caller owns it.
+    _dir: Option<ScratchDir>,
 }
 
 impl ServerProc {
@@ -69,7 +73,35 @@ impl ServerProc {
         std::fs::write(&file, config).context("writing the server config")?;
         let mut command = Command::new(binary);
         command.arg("--config").arg(&file);
-        Self::start(command, dir)
+        let log = dir.path().join("server.log");
+        Self::start(
+            command,
+            dir.path().to_owned(),
+            log,
+            Some(dir),
+            START_TIMEOUT,
+        )
+    }
+
+    /// Starts `simplepush --config <dir>/<config> <args>` in `dir`, which the caller
+    /// keeps (a data directory that outlives the server), logging to `<dir>/<log>`.
+    /// Waits up to 10 minutes for the listening line: a large store may open slowly.
+    pub fn simplepush_in(
+        binary: &Path,
+        dir: &Path,
+        config: &str,
+        args: &[String],
+        log: &str,
+    ) -> Result<ServerProc> {
+        let mut command = Command::new(binary);
+        command.arg("--config").arg(dir.join(config)).args(args);
+        Self::start(
+            command,
+            dir.to_owned(),
+            dir.join(log),
+            None,
+            LARGE_START_TIMEOUT,
+        )
     }
 
     /// Starts the baseline (`cargo xtask bench-baseline`, this same executable).
@@ -77,14 +109,26 @@ impl ServerProc {
         let dir = ScratchDir::new("baseline")?;
         let mut command = Command::new(std::env::current_exe().context("own executable")?);
         command.arg("bench-baseline");
-        Self::start(command, dir)
+        let log = dir.path().join("server.log");
+        Self::start(
+            command,
+            dir.path().to_owned(),
+            log,
+            Some(dir),
+            START_TIMEOUT,
+        )
     }
 
-    fn start(mut command: Command, dir: ScratchDir) -> Result<ServerProc> {
-        let log = dir.path().join("server.log");
+    fn start(
+        mut command: Command,
+        cwd: PathBuf,
+        log: PathBuf,
+        dir: Option<ScratchDir>,
+        timeout: Duration,
+    ) -> Result<ServerProc> {
         let stderr = std::fs::File::create(&log).context("creating the server log")?;
         let mut child = command
-            .current_dir(dir.path())
+            .current_dir(&cwd)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr)
@@ -107,14 +151,14 @@ impl ServerProc {
             let _ = tx.send(lines.next().and_then(Result::ok));
             for _ in lines {}
         });
-        let line = match rx.recv_timeout(START_TIMEOUT) {
+        let line = match rx.recv_timeout(timeout) {
             Ok(Some(line)) => line,
             Ok(None) | Err(mpsc::RecvTimeoutError::Disconnected) => {
                 bail!("server exited before listening:\n{}", server.log_tail())
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 bail!(
-                    "server did not listen within {START_TIMEOUT:?}:\n{}",
+                    "server did not listen within {timeout:?}:\n{}",
                     server.log_tail()
                 )
             }
@@ -160,6 +204,35 @@ impl ServerProc {
     /// CPU time used so far (user + system), in seconds.
     pub fn cpu_secs(&self) -> Result<f64> {
         cpu_secs(self.pid())
+    }
+
+    /// Stops the server as an operator does (SIGTERM), waits for it to exit and fails
+    /// unless it exited cleanly; killed after a minute.
+    pub fn stop(mut self) -> Result<()> {
+        let pid = self.pid().to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .context("running kill")?;
+        if !sent.success() {
+            bail!("kill -TERM {pid} failed ({sent})");
+        }
+        let deadline = std::time::Instant::now() + STOP_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                if !status.success() {
+                    bail!("server exited with {status}:\n{}", self.log_tail());
+                }
+                return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                bail!(
+                    "server did not stop within {STOP_TIMEOUT:?} of SIGTERM:\n{}",
+                    self.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 

@@ -39,7 +39,8 @@ enum Command {
     /// failure.
     #[command(long_about = "Run the CI matrix, stopping at the first failure.\n\n\
         1. preflight: memcached, libclang and the other system packages must be \
-        installed, firefox-esr too when the all leg runs (as root they are installed with \
+        installed, firefox-esr, podman, runc, systemd and binutils too when the all leg \
+        runs (as root they are installed with \
         apt-get, otherwise the command to run is printed);\n\
         2. cargo fmt --all -- --check;\n\
         3. for each leg: cargo clippy --workspace --all-targets <features> -- -D warnings, \

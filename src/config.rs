@@ -462,6 +462,20 @@ mod tests {
         assert_eq!(config.log.level, "info");
     }
 
+    /// The container image's config (dist/container-config.toml): every listener on all
+    /// addresses of the container, rocksdb in the image's volume, JSON logs.
+    #[test]
+    fn container_config_parses_to_what_the_image_promises() {
+        let text = include_str!("../dist/container-config.toml");
+        let config = Config::from_toml(text, Path::new("container-config.toml")).unwrap();
+        assert_eq!(config.server.ws_addr.to_string(), "0.0.0.0:8080");
+        assert_eq!(config.server.endpoint_addr.to_string(), "0.0.0.0:8081");
+        assert_eq!(config.server.admin_addr.to_string(), "0.0.0.0:8082");
+        assert_eq!(config.store.backend, Backend::Rocksdb);
+        assert_eq!(config.store.path, Path::new("/data"));
+        assert_eq!(config.log.format, LogFormat::Json);
+    }
+
     #[test]
     fn unknown_key_is_an_error_naming_it() {
         let err = Config::from_toml("[protocol]\nhello_timout = \"5s\"\n", Path::new("x.toml"))

@@ -537,6 +537,8 @@ mod tests {
         let _ = store.node(&uaid).await;
         let _ = store.clear_node(&uaid, "n").await;
         let _ = store.unregister(&uaid, &channel).await;
+        let _ = store.touch(&uaid, 0).await;
+        let _ = store.sweep(0, 0, 1).await;
         let _ = store.drop_uaid(&uaid).await;
         let _ = store.check().await;
         let text = metrics.render(0);

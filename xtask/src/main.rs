@@ -3,6 +3,7 @@
 mod bench;
 mod firefox;
 mod fuzz;
+mod image;
 mod interop;
 mod matrix;
 mod memcached;
@@ -38,14 +39,17 @@ enum Command {
     /// failure.
     #[command(long_about = "Run the CI matrix, stopping at the first failure.\n\n\
         1. preflight: memcached, libclang and the other system packages must be \
-        installed, firefox-esr too when the all leg runs (as root they are installed with \
+        installed, firefox-esr, podman, runc, systemd and binutils too when the all leg \
+        runs (as root they are installed with \
         apt-get, otherwise the command to run is printed);\n\
         2. cargo fmt --all -- --check;\n\
         3. for each leg: cargo clippy --workspace --all-targets <features> -- -D warnings, \
         then cargo test --workspace <features>. The memcache and all legs get two fresh \
         memcached servers on free loopback ports, passed in SIMPLEPUSH_TEST_MEMCACHED. The \
         all leg then checks its debug binary: `cargo xtask bench smoke`, the pywebpush \
-        interop check and the Firefox check (`cargo xtask firefox`);\n\
+        interop check and the Firefox check (`cargo xtask firefox`); its `image` step builds \
+        the container image from that binary and checks it and the systemd unit \
+        (`cargo xtask image-test`);\n\
         4. every fuzz target of tests/fuzz for 10 s (`cargo xtask fuzz`; skip with --no-fuzz).\n\n\
         Legs run in a fixed order chosen so that RocksDB's C++ is built once. \
         CARGO_TARGET_DIR and RUSTC_WRAPPER are passed through to cargo unchanged.")]
@@ -67,6 +71,13 @@ enum Command {
     /// connected, offline and quit, on memory, sqlite and rocksdb, and through a
     /// two-node memcache cluster (installs firefox-esr when missing and root).
     Firefox(firefox::FirefoxArgs),
+    /// Build the container image of dist/Containerfile (FROM scratch: the binary and the
+    /// shared libraries it links) with podman, or docker with `--engine docker`.
+    Image(image::ImageArgs),
+    /// Check the container image and the systemd unit: build the image from the debug
+    /// binary into private podman storage, serve, stop with SIGTERM, restart on the same
+    /// volume; `systemd-analyze verify` dist/simplepush.service (needs root).
+    ImageTest(image::ImageTestArgs),
 }
 
 fn main() -> ExitCode {
@@ -78,6 +89,8 @@ fn main() -> ExitCode {
         Command::BenchBaseline => bench::baseline_main(),
         Command::Fuzz(args) => fuzz::run(&args),
         Command::Firefox(args) => firefox::run(&args),
+        Command::Image(args) => image::run(&args),
+        Command::ImageTest(args) => image::run_test(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

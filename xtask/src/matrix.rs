@@ -99,6 +99,9 @@ pub enum Step {
     Clippy(Leg),
     /// `cargo test --workspace <features>`.
     Test(Leg),
+    /// The container image built from the `all` leg's debug binary, run and stopped, and
+    /// the systemd unit verified (`cargo xtask image-test`); right after that leg's tests.
+    Image,
     /// Every fuzz target of tests/fuzz, briefly (`cargo xtask fuzz`).
     Fuzz,
 }
@@ -108,6 +111,7 @@ impl Step {
     pub fn leg_name(self) -> &'static str {
         match self {
             Step::Clippy(leg) | Step::Test(leg) => leg.name(),
+            Step::Image => Leg::All.name(),
             Step::Preflight | Step::Fmt | Step::StartMemcached | Step::Fuzz => "-",
         }
     }
@@ -116,6 +120,7 @@ impl Step {
     pub fn label(self) -> String {
         match self {
             Step::Clippy(leg) | Step::Test(leg) => format!("{} {}", leg.name(), self.name()),
+            Step::Image => format!("{} {}", Leg::All.name(), self.name()),
             Step::Preflight | Step::Fmt | Step::StartMemcached | Step::Fuzz => {
                 self.name().to_owned()
             }
@@ -130,6 +135,7 @@ impl Step {
             Step::StartMemcached => "memcached",
             Step::Clippy(_) => "clippy",
             Step::Test(_) => "test",
+            Step::Image => "image",
             Step::Fuzz => "fuzz",
         }
     }
@@ -138,7 +144,8 @@ impl Step {
 /// The steps for `legs` (any order, duplicates allowed; empty means every leg).
 ///
 /// Legs run in [`Leg::ALL`] order whatever order they were asked in. memcached starts once,
-/// right before the first leg that needs it. With `fuzz`, the fuzz targets run last.
+/// right before the first leg that needs it. The `all` leg ends with the image step (on
+/// its debug binary). With `fuzz`, the fuzz targets run last.
 pub fn plan(legs: &[Leg], clippy: bool, fuzz: bool) -> Vec<Step> {
     let mut legs: Vec<Leg> = if legs.is_empty() {
         Leg::ALL.to_vec()
@@ -159,6 +166,9 @@ pub fn plan(legs: &[Leg], clippy: bool, fuzz: bool) -> Vec<Step> {
             steps.push(Step::Clippy(leg));
         }
         steps.push(Step::Test(leg));
+        if leg == Leg::All {
+            steps.push(Step::Image);
+        }
     }
     if fuzz {
         steps.push(Step::Fuzz);
@@ -173,7 +183,7 @@ mod tests {
     use super::{Leg, Step, plan};
 
     #[test]
-    fn full_plan_runs_rocksdb_right_before_all_memcached_once_and_fuzz_last() {
+    fn full_plan_runs_rocksdb_right_before_all_the_image_after_it_memcached_once_and_fuzz_last() {
         let steps = plan(&[], true, true);
         assert_eq!(
             steps,
@@ -191,6 +201,7 @@ mod tests {
                 Step::Test(Leg::Rocksdb),
                 Step::Clippy(Leg::All),
                 Step::Test(Leg::All),
+                Step::Image,
                 Step::Fuzz,
             ]
         );
@@ -207,14 +218,16 @@ mod tests {
                 Step::Test(Leg::Memory),
                 Step::StartMemcached,
                 Step::Test(Leg::All),
+                Step::Image,
             ]
         );
     }
 
     #[test]
-    fn legs_without_memcache_start_no_memcached() {
+    fn legs_without_memcache_start_no_memcached_and_no_image() {
         let steps = plan(&[Leg::Sqlite, Leg::Rocksdb], true, true);
         assert!(!steps.contains(&Step::StartMemcached));
+        assert!(!steps.contains(&Step::Image));
     }
 
     #[test]

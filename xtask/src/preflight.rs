@@ -73,8 +73,41 @@ const FIREFOX: Requirement = Requirement {
     present: crate::firefox::installed,
 };
 
+const PODMAN: Requirement = Requirement {
+    what: "podman (the `all` leg's image step, `cargo xtask image-test`)",
+    package: "podman",
+    present: || sys::find_on_path("podman").is_some(),
+};
+
+const RUNC: Requirement = Requirement {
+    what: "runc (podman's runtime in the image step; crun fails on cgroups v1)",
+    package: "runc",
+    present: || {
+        sys::find_on_path("runc").is_some()
+            || ["/usr/sbin/runc", "/usr/bin/runc"]
+                .iter()
+                .any(|path| Path::new(path).is_file())
+    },
+};
+
+const SYSTEMD_ANALYZE: Requirement = Requirement {
+    what: "systemd-analyze (the image step verifies dist/simplepush.service)",
+    package: "systemd",
+    present: || sys::find_on_path("systemd-analyze").is_some(),
+};
+
+const OBJCOPY: Requirement = Requirement {
+    what: "objcopy (the image step strips the debug binary's debug info)",
+    package: "binutils",
+    present: || sys::find_on_path("objcopy").is_some(),
+};
+
+/// What the image step needs.
+const IMAGE: [Requirement; 4] = [PODMAN, RUNC, SYSTEMD_ANALYZE, OBJCOPY];
+
 /// Makes sure what the chosen legs need is installed, printing what it checks and does;
-/// `firefox`: also Firefox ESR, for the Firefox check at the end of the `all` leg.
+/// `all_leg`: also what the end of the `all` leg needs: Firefox ESR for the Firefox
+/// check, podman, runc, systemd-analyze and objcopy for the image step.
 ///
 /// Every leg needs libclang and a C++ compiler: `--workspace` builds every member, the
 /// simplepush-rocksdb crate included, whatever the root package's features; every leg
@@ -84,12 +117,18 @@ const FIREFOX: Requirement = Requirement {
 ///
 /// Missing packages are installed with `apt-get` when running as root; otherwise the error
 /// names the exact command to run.
-pub fn run(firefox: bool) -> Result<()> {
+pub fn run(all_leg: bool) -> Result<()> {
     let mut needed = vec![LIBCLANG, CXX, CHROMIUM, MEMCACHED, PKG_CONFIG, LIBSSL];
-    if firefox {
+    if all_leg {
         needed.push(FIREFOX);
+        needed.extend(IMAGE);
     }
     ensure(needed)
+}
+
+/// Makes sure what `cargo xtask image-test` needs is installed.
+pub fn image() -> Result<()> {
+    ensure(IMAGE.to_vec())
 }
 
 /// Makes sure what `cargo xtask firefox` needs is installed: Firefox ESR and memcached

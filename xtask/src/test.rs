@@ -31,11 +31,11 @@ pub struct TestArgs {
 }
 
 /// What the steps share: the memcached servers, alive from their start to the end of the
-/// run, and whether the run ends with the Firefox check (the `all` leg).
+/// run, and whether the run has the `all` leg (with its Firefox check and image step).
 #[derive(Debug, Default)]
 struct RunState {
     memcached: Option<Cluster>,
-    firefox: bool,
+    all_leg: bool,
 }
 
 /// Runs the matrix described by `args`, prints the summary, and fails if a step failed.
@@ -44,7 +44,7 @@ pub fn run(args: &TestArgs) -> Result<()> {
 
     let mut report = Report::default();
     let mut state = RunState {
-        firefox: steps.contains(&Step::Test(Leg::All)),
+        all_leg: steps.contains(&Step::Test(Leg::All)),
         ..RunState::default()
     };
     let mut failure = None;
@@ -84,7 +84,7 @@ pub fn run(args: &TestArgs) -> Result<()> {
 
 fn run_step(step: Step, state: &mut RunState) -> Result<()> {
     match step {
-        Step::Preflight => preflight::run(state.firefox),
+        Step::Preflight => preflight::run(state.all_leg),
         Step::Fmt => cargo(&["fmt", "--all", "--", "--check"], &[]),
         Step::StartMemcached => {
             let cluster = Cluster::start(2)?;
@@ -131,6 +131,14 @@ fn run_step(step: Step, state: &mut RunState) -> Result<()> {
                 )?;
             }
             Ok(())
+        }
+        Step::Image => {
+            // The debug binary the all leg built (never a release RocksDB build in CI).
+            println!("$ cargo xtask image-test --binary <the all leg's debug binary>");
+            crate::image::check(
+                &crate::bench::binary_path(true),
+                "debug build of the all leg (memcache, rocksdb, sqlite)",
+            )
         }
         Step::Fuzz => fuzz::run_all(fuzz::CI_SECONDS),
     }

@@ -6,6 +6,10 @@
 //! of one uaid are exactly the keys starting with [`uaid_prefix`], and no other uaid's
 //! keys interleave with them. Message ids increase as byte strings in arrival order,
 //! which is RocksDB's key order, so a prefix scan yields a device's queue oldest first.
+//!
+//! Retention's two indexes lead with a big-endian time, so that everything before a
+//! time is one range from the start: a `seen` key is `last seen as u64 BE ++ uaid`, an
+//! `expiry` key `expires_at as u64 BE ++ message key`.
 
 use simplepush_store::{ChannelId, MessageId, StoreError, Uaid};
 
@@ -52,6 +56,43 @@ fn id_of<'k>(prefix: &[u8], key: &'k [u8], what: &str) -> Result<&'k str, StoreE
     std::str::from_utf8(rest).map_err(|_| StoreError::Corrupt(format!("{what} id is not UTF-8")))
 }
 
+/// The uaid of a channel or message key (what follows its length prefix), if the key
+/// is well formed.
+pub(crate) fn uaid_of(key: &[u8]) -> Option<&[u8]> {
+    let len = u32::from_be_bytes(key.get(..4)?.try_into().ok()?);
+    key.get(4..4 + usize::try_from(len).ok()?)
+}
+
+/// The `seen` index key of a device last seen at `at`.
+pub(crate) fn seen(at: u64, uaid: &[u8]) -> Vec<u8> {
+    timed(at, uaid)
+}
+
+/// The `expiry` index key of the message under `message_key` expiring at `at`.
+pub(crate) fn expiry(at: u64, message_key: &[u8]) -> Vec<u8> {
+    timed(at, message_key)
+}
+
+fn timed(at: u64, rest: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(8 + rest.len());
+    key.extend_from_slice(&at.to_be_bytes());
+    key.extend_from_slice(rest);
+    key
+}
+
+/// Splits a `seen` or `expiry` key into its time and what follows it.
+pub(crate) fn split_timed(key: &[u8]) -> Result<(u64, &[u8]), StoreError> {
+    let (at, rest) = key
+        .split_first_chunk::<8>()
+        .ok_or_else(|| StoreError::Corrupt("retention index key is too short".to_owned()))?;
+    Ok((u64::from_be_bytes(*at), rest))
+}
+
+/// The exclusive upper bound of the `seen` or `expiry` keys with a time before `at`.
+pub(crate) fn before(at: u64) -> Vec<u8> {
+    at.to_be_bytes().to_vec()
+}
+
 /// The smallest key greater than every key starting with `prefix`, if there is one
 /// (there is none when `prefix` is all `0xff`): the exclusive upper bound of a prefix
 /// scan, so RocksDB stops at the end of the uaid instead of reading past it.
@@ -96,6 +137,24 @@ mod tests {
         let short = uaid_prefix(&Uaid::new("ab")).unwrap();
         let long_key = channel(&Uaid::new("abc"), &ChannelId::new("x")).unwrap();
         assert!(!long_key.starts_with(&short));
+    }
+
+    #[test]
+    fn timed_keys_sort_by_time_and_split_back() {
+        let early = seen(5, b"zzz");
+        let late = seen(256, b"aaa");
+        assert!(early < late, "big-endian times sort numerically");
+        assert!(early < before(6) && late >= before(256));
+        assert_eq!(split_timed(&late).unwrap(), (256, &b"aaa"[..]));
+        assert!(split_timed(b"short").is_err());
+    }
+
+    #[test]
+    fn uaid_of_reads_a_channel_or_message_key() {
+        let u = Uaid::new("abc");
+        let key = message(&u, &MessageId::new("m1")).unwrap();
+        assert_eq!(uaid_of(&key), Some(&b"abc"[..]));
+        assert_eq!(uaid_of(&[0, 0, 0, 9, b'a']), None, "length past the end");
     }
 
     #[test]

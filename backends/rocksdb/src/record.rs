@@ -232,6 +232,19 @@ pub(crate) fn decode_node(value: &[u8]) -> Result<String, StoreError> {
         .map_err(|_| StoreError::Corrupt("node record is not UTF-8".to_owned()))
 }
 
+/// A device's last-seen time as stored in the `devices` family.
+pub(crate) fn encode_seen(at: u64) -> [u8; 8] {
+    at.to_be_bytes()
+}
+
+/// Reads back [`encode_seen`].
+pub(crate) fn decode_seen(value: &[u8]) -> Result<u64, StoreError> {
+    let bytes: [u8; 8] = value
+        .try_into()
+        .map_err(|_| StoreError::Corrupt("last-seen time is not 8 bytes".to_owned()))?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
 /// The format version as stored under the meta key.
 pub(crate) fn encode_format(version: u32) -> [u8; 4] {
     version.to_be_bytes()

@@ -13,20 +13,36 @@
 //!   (arrival) order; the value is the message ([`crate::record`]). The checks of a put
 //!   (topic, bound, expiry) scan that device's queue only.
 //! - column family `nodes`: uaid → the node the device was last seen on.
+//! - column family `devices`: uaid → when the device was last seen (retention).
+//! - column family `seen`: the same as an index, `last seen ++ uaid` → nothing, so the
+//!   devices not seen since a time are one range from the start ([`crate::key`]).
+//! - column family `expiry`: `expires_at ++ message key` → nothing for every queued
+//!   message, so the expired ones are one range from the start too. Every change that
+//!   removes a message removes its index key in the same write.
 //! - default column family: the format version and the health-check key.
 //!
 //! `messages` was added to format version 1 without changing it: the layout only grew,
 //! so a database written before it opens unchanged (RocksDB creates the family empty)
 //! and nothing migrates. A build from before it refuses to open a database that has it
 //! (RocksDB requires every family to be opened), so it never runs without the queues.
+//! Format version 2 added the retention families: opening a version 1 database fills
+//! them once (every device last seen at the time of the upgrade, every queued message
+//! indexed) before it is stamped 2.
+//!
+//! Retention deletes keys; RocksDB frees their space only when compaction rewrites the
+//! files that hold them. After a sweep round that removed a good share of the devices,
+//! the store compacts every family on a background thread ([`COMPACT_AFTER`]).
 
 use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use async_trait::async_trait;
-use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DB, ReadOptions, WriteBatch, WriteOptions};
+use rocksdb::{
+    BottommostLevelCompaction, ColumnFamily, ColumnFamilyDescriptor, CompactOptions, DB,
+    ReadOptions, WriteBatch, WriteOptions,
+};
 use simplepush_store::writer::{Commit, Job, Sync, Writer};
 use simplepush_store::{
     ChannelId, Message, MessageId, Pending, PutOutcome, QueueOutcome, RegisterOutcome, Store,
@@ -38,7 +54,7 @@ use crate::{RocksOptions, key, record};
 
 /// The layout this build reads and writes; bump it (and migrate in [`Db::check_format`])
 /// when the layout changes.
-const FORMAT_VERSION: u32 = 1;
+const FORMAT_VERSION: u32 = 2;
 /// Default-family key of the format version.
 const FORMAT_KEY: &[u8] = b"format_version";
 /// Default-family key [`Store::check`] writes and reads back.
@@ -46,6 +62,17 @@ const CHECK_KEY: &[u8] = b"check";
 const CHANNELS: &str = "channels";
 const NODES: &str = "nodes";
 const MESSAGES: &str = "messages";
+const DEVICES: &str = "devices";
+const SEEN: &str = "seen";
+const EXPIRY: &str = "expiry";
+/// Every column family besides the default one.
+const FAMILIES: [&str; 6] = [CHANNELS, NODES, MESSAGES, DEVICES, SEEN, EXPIRY];
+/// Devices retention removes before the store compacts: at least this many, and at
+/// least a quarter of the devices left, so a store compacts after a big cleanup but not
+/// after every trickle of a daily one.
+const COMPACT_AFTER: u64 = 1000;
+/// Keys written per batch while a version 1 database gains its retention indexes.
+const MIGRATION_BATCH: usize = 10_000;
 /// RocksDB's info logs (`LOG.old.*`) kept in the directory.
 const KEEP_LOG_FILES: usize = 10;
 
@@ -95,13 +122,15 @@ impl RocksStore {
         db_options.create_if_missing(true);
         db_options.create_missing_column_families(true);
         db_options.set_keep_log_file_num(KEEP_LOG_FILES);
-        let families = [CHANNELS, NODES, MESSAGES]
-            .map(|name| ColumnFamilyDescriptor::new(name, rocksdb::Options::default()));
+        let families =
+            FAMILIES.map(|name| ColumnFamilyDescriptor::new(name, rocksdb::Options::default()));
         let db = DB::open_cf_descriptors(&db_options, dir, families).map_err(from_rocksdb)?;
         let db = Db {
             db,
             write: WriteOptions::default(),
             checks: AtomicU64::new(0),
+            removed: AtomicU64::new(0),
+            compacting: AtomicBool::new(false),
         };
         db.check_format()?;
         let db = Arc::new(db);
@@ -151,6 +180,10 @@ struct Db {
     write: WriteOptions,
     /// Makes each health check write a value the previous one did not.
     checks: AtomicU64,
+    /// Devices retention removed since the last compaction.
+    removed: AtomicU64,
+    /// Whether a compaction thread is running.
+    compacting: AtomicBool,
 }
 
 impl Db {
@@ -160,23 +193,67 @@ impl Db {
             .ok_or_else(|| StoreError::Internal(format!("column family {name} is missing")))
     }
 
-    /// Accepts a database in [`FORMAT_VERSION`], stamping a new one with it.
+    /// Accepts a database in [`FORMAT_VERSION`], stamping a new one with it and
+    /// bringing a version 1 database to it.
     fn check_format(&self) -> Result<(), StoreError> {
-        match self.db.get_pinned(FORMAT_KEY).map_err(from_rocksdb)? {
-            Some(value) => match record::decode_format(&value)? {
-                FORMAT_VERSION => Ok(()),
-                other => Err(StoreError::Internal(format!(
+        let found = self.db.get_pinned(FORMAT_KEY).map_err(from_rocksdb)?;
+        match found.as_deref().map(record::decode_format).transpose()? {
+            Some(FORMAT_VERSION) => return Ok(()),
+            Some(1) => self.index_for_retention()?,
+            None => {}
+            Some(other) => {
+                return Err(StoreError::Internal(format!(
                     "database format version {other}, this build reads {FORMAT_VERSION}"
-                ))),
-            },
-            None => {
-                let mut write = WriteOptions::default();
-                write.set_sync(true);
-                self.db
-                    .put_opt(FORMAT_KEY, record::encode_format(FORMAT_VERSION), &write)
-                    .map_err(from_rocksdb)
+                )));
             }
         }
+        let mut write = WriteOptions::default();
+        write.set_sync(true);
+        self.db
+            .put_opt(FORMAT_KEY, record::encode_format(FORMAT_VERSION), &write)
+            .map_err(from_rocksdb)
+    }
+
+    /// Version 1 to 2: every device with a channel is last seen now (a full TTL from
+    /// the upgrade), and every queued message goes into the expiry index. Batched, and
+    /// idempotent if interrupted: the format stays 1 until it is done.
+    fn index_for_retention(&self) -> Result<(), StoreError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs());
+        let (devices, seen, expiry) = (
+            self.family(DEVICES)?,
+            self.family(SEEN)?,
+            self.family(EXPIRY)?,
+        );
+        let mut batch = WriteBatch::default();
+        let mut last: Option<Vec<u8>> = None;
+        let flush = |batch: &mut WriteBatch, force: bool| {
+            if force || batch.len() >= MIGRATION_BATCH {
+                let full = std::mem::take(batch);
+                self.db.write_opt(full, &self.write).map_err(from_rocksdb)?;
+            }
+            Ok::<(), StoreError>(())
+        };
+        self.scan(CHANNELS, &[], |key, _| {
+            let uaid = key::uaid_of(key)
+                .ok_or_else(|| StoreError::Corrupt("malformed channel key".to_owned()))?;
+            if last.as_deref() != Some(uaid) {
+                batch.put_cf(devices, uaid, record::encode_seen(now));
+                batch.put_cf(seen, key::seen(now, uaid), []);
+                last = Some(uaid.to_vec());
+            }
+            flush(&mut batch, false)?;
+            Ok(ControlFlow::Continue(()))
+        })?;
+        self.scan(MESSAGES, &[], |key, value| {
+            let expires_at = record::decode_message_head(value)?.expires_at;
+            batch.put_cf(expiry, key::expiry(expires_at, key), []);
+            flush(&mut batch, false)?;
+            Ok(ControlFlow::Continue(()))
+        })?;
+        flush(&mut batch, true)?;
+        self.db.flush_wal(true).map_err(from_rocksdb)
     }
 
     /// Calls `visit(channel key, value)` for each channel of `uaid`, in key order,
@@ -245,15 +322,19 @@ impl Db {
         uaid: &Uaid,
         channel: &ChannelId,
         max_channels: usize,
+        now: u64,
     ) -> Result<RegisterOutcome, StoreError> {
         let channels = self.family(CHANNELS)?;
         let key = key::channel(uaid, channel)?;
+        let mut batch = WriteBatch::default();
         if self
             .db
             .get_pinned_cf(channels, &key)
             .map_err(from_rocksdb)?
             .is_some()
         {
+            self.set_seen(&mut batch, uaid, now, true)?;
+            self.write_batch(batch)?;
             return Ok(RegisterOutcome::Registered);
         }
         let mut live = 0;
@@ -270,20 +351,227 @@ impl Db {
         if live >= max_channels {
             return Ok(RegisterOutcome::TooManyChannels);
         }
-        self.db
-            .put_cf_opt(channels, &key, record::encode_slot(None), &self.write)
-            .map_err(from_rocksdb)?;
+        batch.put_cf(channels, &key, record::encode_slot(None));
+        self.set_seen(&mut batch, uaid, now, true)?;
+        self.write_batch(batch)?;
         Ok(RegisterOutcome::Registered)
+    }
+
+    /// Writes `batch` unless it is empty.
+    fn write_batch(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.db.write_opt(batch, &self.write).map_err(from_rocksdb)
+    }
+
+    /// Adds to `batch` what records `now` as the time `uaid` was last seen: its
+    /// `devices` value and `seen` index key (the old index key removed). A uaid without
+    /// a `devices` value gets one only when `create` says so.
+    fn set_seen(
+        &self,
+        batch: &mut WriteBatch,
+        uaid: &Uaid,
+        now: u64,
+        create: bool,
+    ) -> Result<(), StoreError> {
+        let (devices, seen) = (self.family(DEVICES)?, self.family(SEEN)?);
+        let uaid = uaid.as_str().as_bytes();
+        let before = self.db.get_pinned_cf(devices, uaid).map_err(from_rocksdb)?;
+        match before.as_deref().map(record::decode_seen).transpose()? {
+            Some(at) if at == now => return Ok(()),
+            Some(at) => batch.delete_cf(seen, key::seen(at, uaid)),
+            None if !create => return Ok(()),
+            None => {}
+        }
+        batch.put_cf(devices, uaid, record::encode_seen(now));
+        batch.put_cf(seen, key::seen(now, uaid), []);
+        Ok(())
+    }
+
+    /// Sets when `uaid` was last seen, if the store holds it.
+    fn touch(&self, uaid: &Uaid, now: u64) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        self.set_seen(&mut batch, uaid, now, false)?;
+        self.write_batch(batch)
+    }
+
+    /// Adds to `batch` the deletion of the message under `key` whose stored value is
+    /// `value`, with its expiry index key when the value says where that is. A damaged
+    /// value still goes; its index key then waits for the sweep at its time, which
+    /// drops index keys whose message is gone.
+    fn delete_stored_message(
+        &self,
+        batch: &mut WriteBatch,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<(), StoreError> {
+        match record::decode_message_head(value) {
+            Ok(head) => self.delete_message_key(batch, key, head.expires_at),
+            Err(_) => {
+                batch.delete_cf(self.family(MESSAGES)?, key);
+                Ok(())
+            }
+        }
+    }
+
+    /// Adds to `batch` the deletion of the message under `key` and of its expiry index
+    /// key.
+    fn delete_message_key(
+        &self,
+        batch: &mut WriteBatch,
+        key: &[u8],
+        expires_at: u64,
+    ) -> Result<(), StoreError> {
+        batch.delete_cf(self.family(MESSAGES)?, key);
+        batch.delete_cf(self.family(EXPIRY)?, key::expiry(expires_at, key));
+        Ok(())
+    }
+
+    /// Adds to `batch` the deletion of everything of the uaid whose raw bytes are
+    /// `uaid`: channels, messages with their index keys, node, last-seen time.
+    fn forget(&self, batch: &mut WriteBatch, uaid: &[u8]) -> Result<(), StoreError> {
+        let channels = self.family(CHANNELS)?;
+        let uaid_str = std::str::from_utf8(uaid)
+            .map_err(|_| StoreError::Corrupt("uaid is not UTF-8".to_owned()))?;
+        let prefix = key::uaid_prefix(&Uaid::new(uaid_str))?;
+        self.scan_channels(&prefix, |key, _| {
+            batch.delete_cf(channels, key);
+            Ok(ControlFlow::Continue(()))
+        })?;
+        self.scan_messages(&prefix, |key, value| {
+            self.delete_stored_message(batch, key, value)?;
+            Ok(ControlFlow::Continue(()))
+        })?;
+        // Only a key that is there: a tombstone for an absent key would outlive it.
+        let nodes = self.family(NODES)?;
+        if self
+            .db
+            .get_pinned_cf(nodes, uaid)
+            .map_err(from_rocksdb)?
+            .is_some()
+        {
+            batch.delete_cf(nodes, uaid);
+        }
+        let devices = self.family(DEVICES)?;
+        if let Some(value) = self.db.get_pinned_cf(devices, uaid).map_err(from_rocksdb)? {
+            let at = record::decode_seen(&value)?;
+            batch.delete_cf(self.family(SEEN)?, key::seen(at, uaid));
+        }
+        batch.delete_cf(devices, uaid);
+        Ok(())
+    }
+
+    /// One step of retention ([`Store::sweep`]): the devices not seen since `cutoff`,
+    /// then the messages expired at `now`, at most `limit` of each, in one write.
+    fn sweep(&self, cutoff: u64, now: u64, limit: usize) -> Result<Swept, StoreError> {
+        let mut swept = Swept::default();
+        let mut batch = WriteBatch::default();
+        let (old, more_devices) = self.first_keys(SEEN, key::before(cutoff), limit)?;
+        let (seen, devices) = (self.family(SEEN)?, self.family(DEVICES)?);
+        for index_key in &old {
+            let (at, uaid) = key::split_timed(index_key)?;
+            batch.delete_cf(seen, index_key);
+            // The index is kept exact, but a stale key must never cost a live device.
+            let current = self.db.get_pinned_cf(devices, uaid).map_err(from_rocksdb)?;
+            if current.as_deref().map(record::decode_seen).transpose()? == Some(at) {
+                self.forget(&mut batch, uaid)?;
+                swept.devices += 1;
+            }
+        }
+        let expired_bound = key::before(now.saturating_add(1));
+        let (expired, more_messages) = self.first_keys(EXPIRY, expired_bound, limit)?;
+        let (messages, expiry) = (self.family(MESSAGES)?, self.family(EXPIRY)?);
+        for index_key in &expired {
+            let (_, message_key) = key::split_timed(index_key)?;
+            batch.delete_cf(expiry, index_key);
+            if self
+                .db
+                .get_pinned_cf(messages, message_key)
+                .map_err(from_rocksdb)?
+                .is_some()
+            {
+                batch.delete_cf(messages, message_key);
+                swept.messages += 1;
+            }
+        }
+        self.write_batch(batch)?;
+        self.removed.fetch_add(swept.devices, Ordering::Relaxed);
+        swept.more = more_devices || more_messages;
+        Ok(swept)
+    }
+
+    /// The first `limit` keys of `family` below `bound`, and whether there are more.
+    fn first_keys(
+        &self,
+        family: &str,
+        bound: Vec<u8>,
+        limit: usize,
+    ) -> Result<(Vec<Vec<u8>>, bool), StoreError> {
+        let mut read = ReadOptions::default();
+        read.set_iterate_upper_bound(bound);
+        let mut iter = self.db.raw_iterator_cf_opt(self.family(family)?, read);
+        iter.seek_to_first();
+        let mut keys = Vec::new();
+        while let Some(key) = iter.key() {
+            if keys.len() == limit {
+                return Ok((keys, true));
+            }
+            keys.push(key.to_vec());
+            iter.next();
+        }
+        iter.status().map_err(from_rocksdb)?;
+        Ok((keys, false))
+    }
+
+    /// Whether retention removed enough devices since the last compaction to compact
+    /// now (see [`COMPACT_AFTER`]); if so, claims the compaction.
+    fn compaction_due(&self) -> bool {
+        let removed = self.removed.load(Ordering::Relaxed);
+        if removed < COMPACT_AFTER {
+            return false;
+        }
+        let left = self
+            .family(DEVICES)
+            .ok()
+            .and_then(|devices| {
+                self.db
+                    .property_int_value_cf(devices, "rocksdb.estimate-num-keys")
+                    .ok()
+                    .flatten()
+            })
+            .unwrap_or(0);
+        if removed < left / 4 {
+            return false;
+        }
+        !self.compacting.swap(true, Ordering::AcqRel)
+    }
+
+    /// Compacts every family, so the space of what retention removed is freed. Slow
+    /// (it rewrites the files), so it runs on its own thread, never the writer's.
+    fn compact(&self) {
+        self.removed.store(0, Ordering::Relaxed);
+        // Force: a family whose files all sit in the last level would otherwise be
+        // skipped (or its single file moved down as it is), tombstones and all.
+        let mut options = CompactOptions::default();
+        options.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
+        for name in FAMILIES {
+            if let Ok(family) = self.family(name) {
+                self.db
+                    .compact_range_cf_opt(family, None::<&[u8]>, None::<&[u8]>, &options);
+            }
+        }
+        self.compacting.store(false, Ordering::Release);
     }
 
     /// Deletes the channel key and the channel's queued messages in one atomic write.
     fn unregister(&self, uaid: &Uaid, channel: &ChannelId) -> Result<(), StoreError> {
-        let messages = self.family(MESSAGES)?;
         let mut batch = WriteBatch::default();
         batch.delete_cf(self.family(CHANNELS)?, key::channel(uaid, channel)?);
         self.scan_messages(&key::uaid_prefix(uaid)?, |key, value| {
-            if record::decode_message_head(value)?.channel == channel.as_str() {
-                batch.delete_cf(messages, key);
+            let head = record::decode_message_head(value)?;
+            if head.channel == channel.as_str() {
+                self.delete_message_key(&mut batch, key, head.expires_at)?;
             }
             Ok(ControlFlow::Continue(()))
         })?;
@@ -416,7 +704,6 @@ impl Db {
         {
             return Ok(QueueOutcome::Gone);
         }
-        let messages = self.family(MESSAGES)?;
         let channel = message.channel.as_str();
         let topic = message.topic.as_deref();
         let mut batch = WriteBatch::default();
@@ -424,10 +711,10 @@ impl Db {
         self.scan_messages(&key::uaid_prefix(uaid)?, |key, value| {
             let queued = record::decode_message_head(value)?;
             if queued.expires_at <= now {
-                batch.delete_cf(messages, key);
+                self.delete_message_key(&mut batch, key, queued.expires_at)?;
             } else if queued.channel == channel {
                 if topic.is_some() && queued.topic == topic {
-                    batch.delete_cf(messages, key);
+                    self.delete_message_key(&mut batch, key, queued.expires_at)?;
                 } else {
                     held += 1;
                 }
@@ -437,9 +724,15 @@ impl Db {
         if held >= max_queued {
             return Ok(QueueOutcome::Full);
         }
+        let message_key = key::message(uaid, &message.id)?;
         batch.put_cf(
-            messages,
-            key::message(uaid, &message.id)?,
+            self.family(EXPIRY)?,
+            key::expiry(message.expires_at, &message_key),
+            [],
+        );
+        batch.put_cf(
+            self.family(MESSAGES)?,
+            message_key,
             record::encode_message(message)?,
         );
         self.db
@@ -469,20 +762,23 @@ impl Db {
         Ok(found)
     }
 
-    /// Deletes the keys of `ids` in one atomic write (deleting an absent key is a
-    /// no-op, so nothing is read first), then answers whether an unexpired message of
-    /// `uaid` is left.
+    /// Deletes the messages of `ids` that exist, with their expiry index keys (which
+    /// is why each is read first; a damaged one goes too), in one atomic write, then
+    /// answers whether an unexpired message of `uaid` is left.
     fn ack_messages(&self, uaid: &Uaid, ids: &[MessageId], now: u64) -> Result<bool, StoreError> {
         let messages = self.family(MESSAGES)?;
         let mut batch = WriteBatch::default();
         for id in ids {
-            batch.delete_cf(messages, key::message(uaid, id)?);
+            let key = key::message(uaid, id)?;
+            if let Some(value) = self
+                .db
+                .get_pinned_cf(messages, &key)
+                .map_err(from_rocksdb)?
+            {
+                self.delete_stored_message(&mut batch, &key, &value)?;
+            }
         }
-        if !batch.is_empty() {
-            self.db
-                .write_opt(batch, &self.write)
-                .map_err(from_rocksdb)?;
-        }
+        self.write_batch(batch)?;
         self.any_message(uaid, now)
     }
 
@@ -522,28 +818,18 @@ impl Db {
         if queued.channel != channel.as_str() {
             return Ok(false);
         }
-        let live = queued.expires_at > now;
+        let (live, expires_at) = (queued.expires_at > now, queued.expires_at);
         drop(value);
-        self.db
-            .delete_cf_opt(messages, &key, &self.write)
-            .map_err(from_rocksdb)?;
+        let mut batch = WriteBatch::default();
+        self.delete_message_key(&mut batch, &key, expires_at)?;
+        self.write_batch(batch)?;
         Ok(live)
     }
 
     fn drop_uaid(&self, uaid: &Uaid) -> Result<(), StoreError> {
-        let (channels, messages) = (self.family(CHANNELS)?, self.family(MESSAGES)?);
-        let prefix = key::uaid_prefix(uaid)?;
         let mut batch = WriteBatch::default();
-        self.scan_channels(&prefix, |key, _| {
-            batch.delete_cf(channels, key);
-            Ok(ControlFlow::Continue(()))
-        })?;
-        self.scan_messages(&prefix, |key, _| {
-            batch.delete_cf(messages, key);
-            Ok(ControlFlow::Continue(()))
-        })?;
-        batch.delete_cf(self.family(NODES)?, uaid.as_str());
-        self.db.write_opt(batch, &self.write).map_err(from_rocksdb)
+        self.forget(&mut batch, uaid.as_str().as_bytes())?;
+        self.write_batch(batch)
     }
 
     fn set_node(&self, uaid: &Uaid, node: &str) -> Result<(), StoreError> {
@@ -617,11 +903,11 @@ impl Store for RocksStore {
         uaid: &Uaid,
         channel: &ChannelId,
         max_channels: usize,
-        _now: u64,
+        now: u64,
     ) -> Result<RegisterOutcome, StoreError> {
         let (uaid, channel) = (uaid.clone(), channel.clone());
         self.write(Sync::Durable, move |db| {
-            db.register(&uaid, &channel, max_channels)
+            db.register(&uaid, &channel, max_channels, now)
         })
         .await
     }
@@ -716,12 +1002,27 @@ impl Store for RocksStore {
         .await
     }
 
-    async fn touch(&self, _uaid: &Uaid, _now: u64) -> Result<(), StoreError> {
-        Err(StoreError::Internal("retention: not yet".into()))
+    /// Lazy: a lost touch only lets the device be forgotten a little early, a TTL
+    /// after its previous one.
+    async fn touch(&self, uaid: &Uaid, now: u64) -> Result<(), StoreError> {
+        let uaid = uaid.clone();
+        self.write(Sync::Lazy, move |db| db.touch(&uaid, now)).await
     }
 
-    async fn sweep(&self, _cutoff: u64, _now: u64, _limit: usize) -> Result<Swept, StoreError> {
-        Err(StoreError::Internal("retention: not yet".into()))
+    /// Lazy: a sweep lost in a crash is simply done again. The round's last step may
+    /// start a compaction on its own thread (see [`COMPACT_AFTER`]).
+    async fn sweep(&self, cutoff: u64, now: u64, limit: usize) -> Result<Swept, StoreError> {
+        let swept = self
+            .write(Sync::Lazy, move |db| db.sweep(cutoff, now, limit))
+            .await?;
+        if !swept.more && self.db.compaction_due() {
+            let db = Arc::clone(&self.db);
+            std::thread::Builder::new()
+                .name("rocksdb-compact".to_owned())
+                .spawn(move || db.compact())
+                .map_err(|e| StoreError::Internal(format!("starting a compaction: {e}")))?;
+        }
+        Ok(swept)
     }
 
     async fn drop_uaid(&self, uaid: &Uaid) -> Result<(), StoreError> {
@@ -1097,5 +1398,208 @@ mod tests {
             let listed = ids_of(store.messages(uaid, NOW, 10).await.unwrap());
             assert_eq!(listed, [format!("{first}-1")], "topic t replaced {first}-0");
         }
+    }
+
+    /// The number of keys in `family`.
+    fn count(store: &RocksStore, family: &str) -> usize {
+        let mut n = 0;
+        store
+            .db
+            .scan(family, &[], |_, _| {
+                n += 1;
+                Ok(ControlFlow::Continue(()))
+            })
+            .unwrap();
+        n
+    }
+
+    /// The retention indexes hold exactly one key per device and per message, whatever
+    /// removed the others: ack, delete, topic replacement, expiry at a put, unregister,
+    /// drop.
+    #[tokio::test]
+    async fn retention_indexes_stay_exact() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), false);
+        let (u, c) = ids();
+        let other = ChannelId::new("other");
+        store.register(&u, &c, 10, NOW).await.unwrap();
+        store.register(&u, &other, 10, NOW + 1).await.unwrap();
+        store.touch(&u, NOW + 2).await.unwrap();
+        let queued = [
+            message("m1", None, LATER),
+            message("m2", Some("t"), LATER),
+            message("m3", None, NOW + 5),
+            message("m4", None, LATER),
+        ];
+        for m in queued {
+            assert_eq!(queue(&store, &u, m, 10).await, QueueOutcome::Stored);
+        }
+        let mut on_other = message("m5", None, LATER);
+        on_other.channel = other.clone();
+        assert_eq!(queue(&store, &u, on_other, 10).await, QueueOutcome::Stored);
+        assert_eq!((count(&store, MESSAGES), count(&store, EXPIRY)), (5, 5));
+        assert_eq!((count(&store, DEVICES), count(&store, SEEN)), (1, 1));
+
+        store
+            .ack_messages(&u, &[MessageId::new("m1")], NOW)
+            .await
+            .unwrap();
+        assert!(
+            store
+                .delete_message(&u, &c, &MessageId::new("m4"), NOW)
+                .await
+                .unwrap()
+        );
+        // m6 replaces m2 (topic) and the put at NOW + 10 drops the expired m3.
+        let replacing = message("m6", Some("t"), LATER);
+        let put = store.put_message(&u, &replacing, 10, NOW + 10);
+        assert_eq!(put.await.unwrap(), QueueOutcome::Stored);
+        assert_eq!((count(&store, MESSAGES), count(&store, EXPIRY)), (2, 2));
+        store.unregister(&u, &other).await.unwrap();
+        assert_eq!((count(&store, MESSAGES), count(&store, EXPIRY)), (1, 1));
+        store.drop_uaid(&u).await.unwrap();
+        for family in [CHANNELS, MESSAGES, EXPIRY, DEVICES, SEEN] {
+            assert_eq!(count(&store, family), 0, "{family} emptied");
+        }
+    }
+
+    /// A database of format version 1 gains its retention indexes when opened: its
+    /// devices count as seen at the upgrade, its messages are indexed, and the sweep
+    /// then treats them like any other.
+    #[tokio::test]
+    async fn a_version_1_database_gains_retention_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (u, c) = ids();
+        old_layout_database(dir.path(), &u, &c);
+        {
+            let store = open(dir.path(), true);
+            let put = queue(&store, &u, message("m1", None, LATER), 10).await;
+            assert_eq!(put, QueueOutcome::Stored);
+            // Back to version 1 with the message's index key gone, as a version 1
+            // build would have left it.
+            store
+                .db
+                .db
+                .put(FORMAT_KEY, record::encode_format(1))
+                .unwrap();
+            let expiry = store.db.family(EXPIRY).unwrap();
+            let key = key::expiry(LATER, &key::message(&u, &MessageId::new("m1")).unwrap());
+            store.db.db.delete_cf(expiry, key).unwrap();
+            for family in [DEVICES, SEEN] {
+                let handle = store.db.family(family).unwrap();
+                store
+                    .db
+                    .db
+                    .delete_range_cf(handle, [0u8].as_slice(), [0xffu8; 64].as_slice())
+                    .unwrap();
+            }
+            store.close().await.unwrap();
+        }
+        let upgraded_at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let store = open(dir.path(), true);
+        let format = store.db.db.get(FORMAT_KEY).unwrap().unwrap();
+        assert_eq!(record::decode_format(&format).unwrap(), FORMAT_VERSION);
+        assert_eq!((count(&store, DEVICES), count(&store, SEEN)), (1, 1));
+        assert_eq!(count(&store, EXPIRY), 1);
+        // Seen at the upgrade: kept by a cutoff before it, swept by one after it.
+        let kept = store.sweep(upgraded_at - 10, NOW, 100).await.unwrap();
+        assert_eq!(kept.devices, 0);
+        let swept = store.sweep(upgraded_at + 10, NOW, 100).await.unwrap();
+        assert_eq!(
+            swept,
+            Swept {
+                devices: 1,
+                messages: 0,
+                more: false
+            }
+        );
+        assert!(!store.knows_uaid(&u).await.unwrap());
+        for family in [CHANNELS, MESSAGES, EXPIRY, DEVICES, SEEN] {
+            assert_eq!(count(&store, family), 0, "{family} emptied");
+        }
+    }
+
+    /// The bytes of every SST file of every family.
+    fn sst_bytes(store: &RocksStore) -> u64 {
+        FAMILIES
+            .iter()
+            .map(|name| {
+                let family = store.db.family(name).unwrap();
+                store
+                    .db
+                    .db
+                    .property_int_value_cf(family, "rocksdb.total-sst-files-size")
+                    .unwrap()
+                    .unwrap_or(0)
+            })
+            .sum()
+    }
+
+    /// Once retention removed most devices, the store compacts by itself and the files
+    /// shrink to what the remaining devices need.
+    #[tokio::test]
+    async fn a_big_sweep_frees_the_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(open(dir.path(), false));
+        let devices = 20_000;
+        let mut tasks = tokio::task::JoinSet::new();
+        for batch in 0..20 {
+            let store = Arc::clone(&store);
+            tasks.spawn(async move {
+                for i in 0..devices / 20 {
+                    let u = Uaid::new(format!("{:032x}", batch * 1_000_000 + i));
+                    for c in ["c-one-0000-0000-0000-000000000000", "c-two"] {
+                        let at = if i < 100 { NOW + 500 } else { NOW };
+                        store
+                            .register(&u, &ChannelId::new(c), 10, at)
+                            .await
+                            .unwrap();
+                    }
+                }
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.unwrap();
+        }
+        for name in FAMILIES {
+            store
+                .db
+                .db
+                .flush_cf(store.db.family(name).unwrap())
+                .unwrap();
+        }
+        let full = sst_bytes(&store);
+        let mut removed = 0;
+        loop {
+            let step = store.sweep(NOW + 100, NOW + 100, 500).await.unwrap();
+            removed += step.devices;
+            if !step.more {
+                break;
+            }
+        }
+        assert_eq!(removed, devices - 20 * 100);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let left = loop {
+            let compacting = store.db.compacting.load(Ordering::Acquire);
+            let left = sst_bytes(&store);
+            if !compacting && left * 5 < full {
+                break left;
+            }
+            if std::time::Instant::now() > deadline {
+                for name in FAMILIES {
+                    let family = store.db.family(name).unwrap();
+                    let size = store.db.db.property_value_cf(family, "rocksdb.levelstats");
+                    eprintln!("{name}: {:?}", size.unwrap());
+                }
+                panic!("files still hold {left} of {full} bytes");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        };
+        // What is left is about the 2,000 live devices' share (a tenth), not more.
+        assert!(left * 5 < full, "{left} of {full} bytes left");
+        assert_eq!(count(&store, DEVICES), 2000);
     }
 }

@@ -1,7 +1,9 @@
 //! The SQLite store of simplepush: [`SqliteStore`] keeps channels, pending updates,
-//! queued WebPush messages and node records in one database file in WAL mode, written
-//! through a single connection (on a thread of its own, committing concurrent writes
-//! together) and read through a small pool of read-only connections.
+//! queued WebPush messages, node records and when each device was last seen in one
+//! database file in WAL mode, written through a single connection (on a thread of its
+//! own, committing concurrent writes together) and read through a small pool of
+//! read-only connections. Retention sweeps in short steps through that writer and gives
+//! the pages it frees back to the file system (incremental vacuum).
 //!
 //! - `store.rs`: [`SqliteStore`], [`SqliteOptions`] and the [`Store`](simplepush_store::Store)
 //!   implementation (every SQL statement lives there).

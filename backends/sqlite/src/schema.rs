@@ -6,7 +6,7 @@ use crate::error::Error;
 
 /// Migration `i` takes a database from schema version `i` to `i + 1`; version 0 is an
 /// empty file. Append new migrations; never edit a released one.
-const MIGRATIONS: &[&str] = &[V1, V2];
+const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 /// The first schema.
 ///
@@ -62,6 +62,29 @@ CREATE TABLE IF NOT EXISTS message (
 ) STRICT;
 
 CREATE INDEX IF NOT EXISTS message_channel ON message (uaid, channel, topic);
+";
+
+/// Retention: when each device was last seen, and what finds the expired messages.
+///
+/// `device` has a row for every uaid the store holds anything of, its last hello or
+/// register in `seen` (UNIX seconds); `device_seen` finds the devices not seen since a
+/// cutoff without reading the others, and `message_expiry` the messages expired at a
+/// time. The devices already stored count as seen now, at the migration: each gets a
+/// full device TTL from the upgrade on.
+const V3: &str = "
+CREATE TABLE device (
+    uaid TEXT NOT NULL PRIMARY KEY,
+    seen INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+
+CREATE INDEX device_seen ON device (seen);
+
+CREATE INDEX message_expiry ON message (expires_at);
+
+INSERT INTO device (uaid, seen)
+    SELECT uaid, unixepoch() FROM (
+        SELECT uaid FROM channel UNION SELECT uaid FROM message UNION SELECT uaid FROM node
+    );
 ";
 
 /// The schema version this build writes.
@@ -129,8 +152,8 @@ mod tests {
         )
         .unwrap();
 
-        migrate(&mut conn).unwrap();
-        assert_eq!(version(&conn), CURRENT);
+        migrate_to(&mut conn, 2).unwrap();
+        assert_eq!(version(&conn), 2);
         assert_eq!(
             objects(&conn),
             ["channel", "health", "message", "message_channel", "node"]
@@ -143,9 +166,88 @@ mod tests {
             )
             .unwrap();
         assert_eq!(kept, (7, "seven".to_owned(), "http://node-a".to_owned()));
+    }
+
+    /// When the rows of `device` say each uaid was last seen.
+    fn seen(conn: &Connection) -> Vec<(String, i64)> {
+        let mut stmt = conn
+            .prepare("SELECT uaid, seen FROM device ORDER BY uaid")
+            .unwrap();
+        let rows = stmt
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+            .unwrap();
+        rows.collect::<Result<_, _>>().unwrap()
+    }
+
+    fn unix_now() -> i64 {
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap();
+        since.as_secs() as i64
+    }
+
+    #[test]
+    fn a_version_2_database_gains_a_last_seen_time_for_every_device_and_keeps_its_rows() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate_to(&mut conn, 2).unwrap();
+        // A device with channels, a message and a node record; one with a node record
+        // alone; one with two channels.
+        conn.execute_batch(
+            "INSERT INTO channel (uaid, channel, version, data, expires_at)
+                 VALUES ('u1', 'c1', 7, 'seven', 100), ('u3', 'c1', NULL, NULL, NULL),
+                        ('u3', 'c2', NULL, NULL, NULL);
+             INSERT INTO message (uaid, id, channel, ttl, expires_at, urgency)
+                 VALUES ('u1', 'm1', 'c1', 60, 200, 'normal');
+             INSERT INTO node (uaid, node) VALUES ('u1', 'http://node-a'),
+                                                  ('u2', 'http://node-b');",
+        )
+        .unwrap();
+
+        let before = unix_now();
+        migrate(&mut conn).unwrap();
+        let after = unix_now();
+        assert_eq!(version(&conn), CURRENT);
+        assert_eq!(
+            objects(&conn),
+            [
+                "channel",
+                "device",
+                "device_seen",
+                "health",
+                "message",
+                "message_channel",
+                "message_expiry",
+                "node"
+            ]
+        );
+        // Every device, once, seen at the migration: a full device TTL from the upgrade.
+        let stamps = seen(&conn);
+        let uaids: Vec<&str> = stamps.iter().map(|(uaid, _)| uaid.as_str()).collect();
+        assert_eq!(uaids, ["u1", "u2", "u3"]);
+        for (uaid, at) in &stamps {
+            assert!((before..=after).contains(at), "{uaid} seen at {at}");
+        }
+        let rows: (i64, i64, i64) = conn
+            .query_row(
+                "SELECT (SELECT count(*) FROM channel), (SELECT count(*) FROM message),
+                        (SELECT count(*) FROM node)",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!(rows, (3, 1, 2), "every row kept");
+        let kept: (i64, String, String) = conn
+            .query_row(
+                "SELECT version, data, node FROM channel JOIN node USING (uaid)",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!(kept, (7, "seven".to_owned(), "http://node-a".to_owned()));
         // Migrating a current database again changes nothing.
         migrate(&mut conn).unwrap();
         assert_eq!(version(&conn), CURRENT);
+        assert_eq!(seen(&conn), stamps);
     }
 
     #[test]

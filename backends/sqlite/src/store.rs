@@ -23,6 +23,19 @@ const FILE_NAME: &str = "simplepush.sqlite3";
 /// when they are not needed.
 const IDLE_READERS: usize = 4;
 
+/// Devices one write of a sweep removes at most. A sweep step is several such writes
+/// through the writer, one after the other, so that the puts arriving meanwhile run
+/// between them instead of waiting for the whole step.
+const SWEEP_DEVICES: u64 = 64;
+
+/// Expired messages one write of a sweep removes at most.
+const SWEEP_MESSAGES: u64 = 256;
+
+/// Free pages one sweep step gives back to the file system at most: enough to keep up
+/// with what a step frees, few enough to move in a few milliseconds. A backlog (after a
+/// sweep of many devices) shrinks the file over the following steps.
+const VACUUM_PAGES: u32 = 256;
+
 /// How the SQLite store is opened.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SqliteOptions {
@@ -198,6 +211,92 @@ fn any_pending(conn: &Connection, uaid: &str) -> Result<bool, Error> {
         .query_row([uaid], |row| row.get(0))?)
 }
 
+/// Records `now` (`?2`) as the time `?1` was last seen, creating its device row.
+const SEE: &str = "INSERT INTO device (uaid, seen) VALUES (?1, ?2)
+                   ON CONFLICT (uaid) DO UPDATE SET seen = excluded.seen";
+
+/// The statements that forget a device (`?1`), each a search of a primary key that
+/// starts with the uaid.
+const FORGET: [&str; 4] = [
+    "DELETE FROM channel WHERE uaid = ?1",
+    "DELETE FROM message WHERE uaid = ?1",
+    "DELETE FROM node WHERE uaid = ?1",
+    "DELETE FROM device WHERE uaid = ?1",
+];
+
+/// Forgets `uaid` entirely. Callers run it in one write, so all or nothing.
+fn forget(conn: &Connection, uaid: &str) -> Result<(), Error> {
+    for sql in FORGET {
+        conn.prepare_cached(sql)?.execute([uaid])?;
+    }
+    Ok(())
+}
+
+/// Devices not seen since a cutoff (`?1`), the longest unseen first, at most `?2`:
+/// a range of `device_seen`.
+const UNSEEN: &str = "SELECT uaid FROM device WHERE seen < ?1 ORDER BY seen LIMIT ?2";
+
+/// Removes the device row of `?1` if it is still not seen since the cutoff `?2`.
+const FORGET_UNSEEN: &str = "DELETE FROM device WHERE uaid = ?1 AND seen < ?2";
+
+/// Removes at most `?2` messages expired at `?1`: a range of `message_expiry`.
+const EXPIRED: &str = "DELETE FROM message WHERE rowid IN (
+                           SELECT rowid FROM message WHERE expires_at <= ?1 LIMIT ?2)";
+
+/// One write of a sweep: removes at most `devices` devices not seen since `cutoff`,
+/// each entirely, and at most `messages` messages expired at `now`. Answers how many of
+/// each it removed.
+fn sweep_once(
+    conn: &Connection,
+    cutoff: i64,
+    now: i64,
+    devices: u64,
+    messages: u64,
+) -> Result<(u64, u64), Error> {
+    let mut removed = 0;
+    if devices > 0 {
+        let unseen: Vec<String> = conn
+            .prepare_cached(UNSEEN)?
+            .query_map(params![cutoff, saturating(devices)], |row| row.get(0))?
+            .collect::<Result<_, _>>()?;
+        for uaid in &unseen {
+            // Checked again as it goes: a touch is a write too, so none can come
+            // between this write's read and its deletes, but the check costs nothing
+            // and keeps the rule where the delete is.
+            if conn
+                .prepare_cached(FORGET_UNSEEN)?
+                .execute(params![uaid, cutoff])?
+                == 1
+            {
+                forget(conn, uaid)?;
+                removed += 1;
+            }
+        }
+    }
+    let expired = if messages > 0 {
+        conn.prepare_cached(EXPIRED)?
+            .execute(params![now, saturating(messages)])? as u64
+    } else {
+        0
+    };
+    Ok((removed, expired))
+}
+
+/// Gives at most [`VACUUM_PAGES`] free pages back to the file system (the file shrinks
+/// at the next checkpoint). A no-op on a database created without incremental vacuum.
+fn give_back_pages(conn: &Connection) -> Result<(), Error> {
+    let free: i64 = conn.pragma_query_value(None, "freelist_count", |row| row.get(0))?;
+    if free > 0 {
+        // The pragma answers a row per page it frees, and frees the next one only when
+        // asked for the next row: read them all.
+        let mut stmt =
+            conn.prepare_cached(&format!("PRAGMA incremental_vacuum({VACUUM_PAGES})"))?;
+        let mut rows = stmt.query([])?;
+        while rows.next()?.is_some() {}
+    }
+    Ok(())
+}
+
 /// The queued messages of a device not expired at a time, oldest first, at most so
 /// many: `?1` uaid, `?2` now, `?3` limit. A range scan of the primary key.
 const QUEUED: &str = "SELECT id, channel, ttl, expires_at, topic, urgency,
@@ -300,10 +399,11 @@ impl Store for SqliteStore {
         uaid: &Uaid,
         channel: &ChannelId,
         max_channels: usize,
-        _now: u64,
+        now: u64,
     ) -> Result<RegisterOutcome, StoreError> {
         let (uaid, channel) = (uaid.as_str().to_owned(), channel.as_str().to_owned());
         let max_channels = i64::try_from(max_channels).unwrap_or(i64::MAX);
+        let now = saturating(now);
         self.write(move |conn| {
             // Count and insert in one write, which the writer runs atomically and alone,
             // so concurrent registers cannot both take the last free slot.
@@ -312,17 +412,17 @@ impl Store for SqliteStore {
                     "SELECT EXISTS (SELECT 1 FROM channel WHERE uaid = ?1 AND channel = ?2)",
                 )?
                 .query_row([&uaid, &channel], |row| row.get(0))?;
-            if known {
-                return Ok(RegisterOutcome::Registered);
+            if !known {
+                let live: i64 = conn
+                    .prepare_cached("SELECT count(*) FROM channel WHERE uaid = ?1")?
+                    .query_row([&uaid], |row| row.get(0))?;
+                if live >= max_channels {
+                    return Ok(RegisterOutcome::TooManyChannels);
+                }
+                conn.prepare_cached("INSERT INTO channel (uaid, channel) VALUES (?1, ?2)")?
+                    .execute([&uaid, &channel])?;
             }
-            let live: i64 = conn
-                .prepare_cached("SELECT count(*) FROM channel WHERE uaid = ?1")?
-                .query_row([&uaid], |row| row.get(0))?;
-            if live >= max_channels {
-                return Ok(RegisterOutcome::TooManyChannels);
-            }
-            conn.prepare_cached("INSERT INTO channel (uaid, channel) VALUES (?1, ?2)")?
-                .execute([&uaid, &channel])?;
+            conn.prepare_cached(SEE)?.execute(params![uaid, now])?;
             Ok(RegisterOutcome::Registered)
         })
         .await
@@ -599,27 +699,58 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn touch(&self, _uaid: &Uaid, _now: u64) -> Result<(), StoreError> {
-        Err(StoreError::Internal("retention: not yet".into()))
+    /// Unsynced, like an ack: a touch lost in a power loss only lets the device be
+    /// forgotten sooner by the time since its previous hello.
+    async fn touch(&self, uaid: &Uaid, now: u64) -> Result<(), StoreError> {
+        let uaid = uaid.as_str().to_owned();
+        let now = saturating(now);
+        self.write_ack(move |conn| {
+            conn.prepare_cached("UPDATE device SET seen = ?2 WHERE uaid = ?1")?
+                .execute(params![uaid, now])?;
+            Ok(())
+        })
+        .await
     }
 
-    async fn sweep(&self, _cutoff: u64, _now: u64, _limit: usize) -> Result<Swept, StoreError> {
-        Err(StoreError::Internal("retention: not yet".into()))
+    /// Several short writes through the writer, each of at most [`SWEEP_DEVICES`]
+    /// devices and [`SWEEP_MESSAGES`] messages, one after the other (the writes queued
+    /// meanwhile run between them), then one that gives back at most [`VACUUM_PAGES`]
+    /// free pages. Unsynced, like an ack: a sweep lost in a power loss is done again by
+    /// the next.
+    async fn sweep(&self, cutoff: u64, now: u64, limit: usize) -> Result<Swept, StoreError> {
+        let (cutoff, now) = (saturating(cutoff), saturating(now));
+        let limit = u64::try_from(limit).unwrap_or(u64::MAX);
+        let mut swept = Swept::default();
+        let (mut devices_done, mut messages_done) = (limit == 0, limit == 0);
+        while !(devices_done && messages_done) {
+            let devices = if devices_done {
+                0
+            } else {
+                SWEEP_DEVICES.min(limit - swept.devices)
+            };
+            let messages = if messages_done {
+                0
+            } else {
+                SWEEP_MESSAGES.min(limit - swept.messages)
+            };
+            let (removed, expired) = self
+                .write_ack(move |conn| sweep_once(conn, cutoff, now, devices, messages))
+                .await?;
+            swept.devices += removed;
+            swept.messages += expired;
+            // Fewer than asked for: none left of that kind.
+            devices_done |= removed < devices || swept.devices >= limit;
+            messages_done |= expired < messages || swept.messages >= limit;
+        }
+        swept.more = swept.devices >= limit || swept.messages >= limit;
+        self.write_ack(give_back_pages).await?;
+        Ok(swept)
     }
 
     async fn drop_uaid(&self, uaid: &Uaid) -> Result<(), StoreError> {
         let uaid = uaid.as_str().to_owned();
-        self.write(move |conn| {
-            // All or nothing: the writer undoes a write that fails halfway.
-            conn.prepare_cached("DELETE FROM channel WHERE uaid = ?1")?
-                .execute([&uaid])?;
-            conn.prepare_cached("DELETE FROM node WHERE uaid = ?1")?
-                .execute([&uaid])?;
-            conn.prepare_cached("DELETE FROM message WHERE uaid = ?1")?
-                .execute([&uaid])?;
-            Ok(())
-        })
-        .await
+        // All or nothing: the writer undoes a write that fails halfway.
+        self.write(move |conn| forget(conn, &uaid)).await
     }
 
     async fn set_node(&self, uaid: &Uaid, node: &str) -> Result<(), StoreError> {
@@ -629,7 +760,14 @@ impl Store for SqliteStore {
                 "INSERT INTO node (uaid, node) VALUES (?1, ?2)
                  ON CONFLICT (uaid) DO UPDATE SET node = excluded.node",
             )?
-            .execute([uaid, node])?;
+            .execute([&uaid, &node])?;
+            // A device that registered has a row already. Without one (a hello that
+            // never registered) the node record counts as never seen: the next sweep
+            // forgets it rather than keeping it forever.
+            conn.prepare_cached(
+                "INSERT INTO device (uaid, seen) VALUES (?1, 0) ON CONFLICT (uaid) DO NOTHING",
+            )?
+            .execute([&uaid])?;
             Ok(())
         })
         .await
@@ -803,6 +941,51 @@ mod tests {
         assert_eq!(store.messages(&u, 1_000, 10).await.unwrap(), [sent]);
     }
 
+    fn unix_now() -> u64 {
+        let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        since.unwrap().as_secs()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_devices_of_a_version_2_database_get_a_full_ttl_from_the_upgrade() {
+        let dir = tempfile::tempdir().unwrap();
+        // As the build before retention left it: WAL, no auto_vacuum, schema 2.
+        let mut conn = Connection::open(dir.path().join(FILE_NAME)).unwrap();
+        conn.pragma_update(None, "journal_mode", "wal").unwrap();
+        crate::schema::migrate_to(&mut conn, 2).unwrap();
+        conn.execute_batch(
+            "INSERT INTO channel (uaid, channel) VALUES ('u-old', 'c-old');
+             INSERT INTO message (uaid, id, channel, ttl, expires_at, urgency)
+                 VALUES ('u-old', 'm1', 'c-old', 60, 9999999999, 'normal');
+             INSERT INTO node (uaid, node) VALUES ('u-old', 'http://node-a');",
+        )
+        .unwrap();
+        drop(conn);
+        let (u, c) = (Uaid::new("u-old"), ChannelId::new("c-old"));
+
+        let before = unix_now();
+        let store = SqliteStore::open(dir.path(), SqliteOptions::default()).unwrap();
+        let after = unix_now();
+        let auto_vacuum: i64 = store
+            .inner
+            .read(|conn| Ok(conn.pragma_query_value(None, "auto_vacuum", |r| r.get(0))?))
+            .unwrap();
+        assert_eq!(
+            auto_vacuum, 2,
+            "a small file is converted to incremental vacuum"
+        );
+        // Seen at the upgrade: a cutoff at the upgrade keeps it, one just after goes.
+        let kept = store.sweep(before, after, 100).await.unwrap();
+        assert_eq!(kept, Swept::default());
+        assert!(store.registered(&u, &c).await.unwrap());
+        assert_eq!(store.messages(&u, after, 10).await.unwrap().len(), 1);
+        let gone = store.sweep(after + 1, after, 100).await.unwrap();
+        assert_eq!(gone.devices, 1);
+        assert!(!store.knows_uaid(&u).await.unwrap());
+        assert!(store.messages(&u, after, 10).await.unwrap().is_empty());
+        assert_eq!(store.node(&u).await.unwrap(), None);
+    }
+
     /// The plan SQLite makes for `sql`, one step a line.
     fn plan(store: &SqliteStore, sql: &str) -> String {
         let sql = format!("EXPLAIN QUERY PLAN {sql}");
@@ -838,6 +1021,30 @@ mod tests {
         ] {
             let found = plan(&store, sql);
             assert!(found.contains("INDEX message_channel"), "{sql}: {found}");
+        }
+    }
+
+    #[test]
+    fn sweep_statements_are_index_searches() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), SqliteOptions::default()).unwrap();
+        let bound = |sql: &str| sql.replace("?1", "'u'").replace("?2", "5");
+        let unseen = plan(&store, &bound(UNSEEN));
+        assert!(unseen.contains("INDEX device_seen (seen<?)"), "{unseen}");
+        assert!(!unseen.contains("TEMP B-TREE"), "{unseen}");
+        let expired = plan(&store, &bound(EXPIRED));
+        assert!(
+            expired.contains("INDEX message_expiry (expires_at<?)"),
+            "{expired}"
+        );
+        // Forgetting a device: searches of primary keys that start with the uaid.
+        for sql in FORGET.into_iter().chain([FORGET_UNSEEN, SEE]) {
+            let found = plan(&store, &bound(sql));
+            assert!(!found.contains("SCAN"), "{sql}: {found}");
+        }
+        for sql in FORGET {
+            let found = plan(&store, &bound(sql));
+            assert!(found.contains("(uaid=?)"), "{sql}: {found}");
         }
     }
 }

@@ -31,8 +31,9 @@ use worker::Dialect;
 
 pub use baseline::main as baseline_main;
 pub(crate) use scenario::genkey;
-pub(crate) use target::{ScratchDir, ServerProc};
+pub(crate) use target::{ScratchDir, ServerProc, parse_listening_line};
 pub use worker::main as worker_main;
+pub(crate) use worker::{Socket, request};
 
 /// What to measure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

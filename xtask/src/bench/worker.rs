@@ -409,7 +409,8 @@ async fn connect_all(
     (report, endpoints)
 }
 
-type Socket = WebSocketStream<TcpStream>;
+/// A device's websocket.
+pub(crate) type Socket = WebSocketStream<TcpStream>;
 
 /// Connects from `source`, says hello and registers one channel; returns the socket and
 /// the URL to PUT to for that channel.
@@ -462,7 +463,7 @@ async fn connect_device(job: &Job, source: Ipv4Addr) -> Result<(Socket, String)>
 }
 
 /// Sends `message` and waits for the reply whose messageType is `kind`.
-async fn request(socket: &mut Socket, message: Value, kind: &str) -> Result<Value> {
+pub(crate) async fn request(socket: &mut Socket, message: Value, kind: &str) -> Result<Value> {
     socket
         .send(Message::text(message.to_string()))
         .await

@@ -543,7 +543,7 @@ fn nonce() -> String {
 
 /// Waits until the server at `endpoint` counts `count` connected devices
 /// (`GET /status/`'s `clients`).
-fn wait_for_clients(endpoint: SocketAddr, count: u64) -> Result<()> {
+pub(crate) fn wait_for_clients(endpoint: SocketAddr, count: u64) -> Result<()> {
     let deadline = Instant::now() + CONNECTION_TIMEOUT;
     loop {
         let now = clients(endpoint)?;

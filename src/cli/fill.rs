@@ -80,7 +80,7 @@ impl std::fmt::Display for Filled {
         let secs = self.took.as_secs_f64();
         write!(
             f,
-            "filled devices={} channels={} secs={secs:.1} rate={:.0}",
+            "filled devices={} channels={} secs={secs:.3} rate={:.0}",
             self.devices,
             self.channels,
             self.devices as f64 / secs.max(1e-9)

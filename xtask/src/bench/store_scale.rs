@@ -6,12 +6,15 @@
 //!    devices, two channels each, last seen [`SEEN_AGO`] ago, and writes a random sample
 //!    of them with their pushEndpoints;
 //! 2. the release server starts on that store (with retention on, a long device TTL that
-//!    keeps them all): start-up time (spawn → `/status/` 200), RSS;
+//!    keeps them all) and stops: the store is now at rest (RocksDB replayed the loader's
+//!    log into tables), its bytes on disk are the devices' cost. It starts again:
+//!    start-up time (spawn → `/status/` 200), RSS;
 //! 3. PUTs to random sampled devices, all offline (202), closed loop with a fixed number
 //!    in flight: rate, p50, p99;
 //! 4. hello + flush: some sampled devices get an update on each channel, then say hello
 //!    with their uaid and channels; the time from hello to the last pending notification,
-//!    then they ack (nothing stays pending). RSS; a clean stop (SIGTERM); bytes on disk;
+//!    then they ack (nothing stays pending). RSS; a clean stop (SIGTERM); bytes on disk
+//!    again (with what the PUTs wrote);
 //! 5. retention: the server restarts with a device TTL of [`SHORT_TTL`], so every device
 //!    but those that said hello is past it; PUTs to the live devices while the sweep runs
 //!    and after it finished (the removed-devices counter of `/metrics` reached the
@@ -244,14 +247,22 @@ struct Empty {
 struct SizeRun {
     devices: u64,
     fill_secs: f64,
+    /// Right after the loader closed the store.
     disk_fill: Disk,
+    /// The first start, on the store as the loader left it.
+    first_startup_ms: f64,
+    /// A restart after a clean stop.
     startup_ms: f64,
     listening_ms: f64,
     rss_start_kib: f64,
     rss_end_kib: f64,
     put: PutLoad,
     hello: HelloLoad,
+    /// At rest: the devices with their channels, nothing pending, after a server's
+    /// start and clean stop.
     disk: Disk,
+    /// After the PUT and hello phases and a clean stop.
+    disk_served: Disk,
     live: usize,
     retention: Option<RetentionRun>,
 }
@@ -429,8 +440,14 @@ fn measure_size(
     let live = p.hellos.min(sample.len() / 2);
     let versions = Arc::new(AtomicU64::new(1));
 
-    println!("bench: {backend}: serving {devices} devices");
     let ttl = retention.then_some(LONG_TTL);
+    // The first start replays what the loader left in a log (RocksDB flushes it into
+    // tables); after it, the store is at rest: the devices and nothing else.
+    let (first, first_started) = start(bench, dir.path(), ttl, runtime)?;
+    first.stop()?;
+    let disk_rest = Disk::measure(&data)?;
+
+    println!("bench: {backend}: serving {devices} devices");
     let (mut server, started) = start(bench, dir.path(), ttl, runtime)?;
     std::thread::sleep(Duration::from_millis(500));
     let rss_start_kib = server.rss_kib()? as f64;
@@ -454,7 +471,7 @@ fn measure_size(
     server.check_alive()?;
     let rss_end_kib = server.rss_kib()? as f64;
     server.stop()?;
-    let disk = Disk::measure(&data)?;
+    let disk_served = Disk::measure(&data)?;
 
     let retention = if retention {
         Some(measure_retention(
@@ -473,13 +490,15 @@ fn measure_size(
         devices,
         fill_secs,
         disk_fill,
+        first_startup_ms: first_started.status_ms,
         startup_ms: started.status_ms,
         listening_ms: started.listening_ms,
         rss_start_kib,
         rss_end_kib,
         put,
         hello,
-        disk,
+        disk: disk_rest,
+        disk_served,
         live,
         retention,
     })
@@ -997,12 +1016,13 @@ fn size_outcome(backend: &str, run: &SizeRun, empty: &Empty) -> Outcome {
     let put = run.put.ok.summary();
     let hello = run.hello.latency.summary();
     let mut metrics = vec![
-        Metric::new("fill_secs", round1(run.fill_secs), "s"),
+        Metric::new("fill_secs", (run.fill_secs * 100.0).round() / 100.0, "s"),
         Metric::new(
             "fill_devices_per_sec",
-            (n / run.fill_secs.max(1e-9)).round(),
+            (n / run.fill_secs.max(1e-3)).round(),
             "/s",
         ),
+        Metric::new("first_startup_ms", round1(run.first_startup_ms), "ms"),
         Metric::new("startup_ms", round1(run.startup_ms), "ms"),
         Metric::new("listening_ms", round1(run.listening_ms), "ms"),
         Metric::new("rss_start_kib", run.rss_start_kib, "KiB"),
@@ -1025,6 +1045,11 @@ fn size_outcome(backend: &str, run: &SizeRun, empty: &Empty) -> Outcome {
         Metric::new("disk_bytes", run.disk.allocated as f64, "B"),
         Metric::new("disk_apparent_bytes", run.disk.apparent as f64, "B"),
         Metric::new(
+            "disk_after_serving_bytes",
+            run.disk_served.allocated as f64,
+            "B",
+        ),
+        Metric::new(
             "bytes_per_device",
             (run.disk.allocated as f64 / n).round(),
             "B",
@@ -1037,12 +1062,15 @@ fn size_outcome(backend: &str, run: &SizeRun, empty: &Empty) -> Outcome {
         Metric::new("empty_disk_bytes", empty.disk.allocated as f64, "B"),
     ];
     println!(
-        "bench: {backend}, {} devices: disk after fill {} ({}); after serving {} ({})",
+        "bench: {backend}, {} devices on disk: after the fill {} ({}); at rest {} ({}); \
+         after serving {} ({})",
         run.devices,
         human_bytes(run.disk_fill.allocated),
         run.disk_fill.breakdown(),
         human_bytes(run.disk.allocated),
-        run.disk.breakdown()
+        run.disk.breakdown(),
+        human_bytes(run.disk_served.allocated),
+        run.disk_served.breakdown()
     );
     if let Some(r) = &run.retention {
         let during = r.during.ok.summary();
@@ -1067,7 +1095,7 @@ fn size_outcome(backend: &str, run: &SizeRun, empty: &Empty) -> Outcome {
             Metric::new("disk_after_retention_bytes", r.disk.allocated as f64, "B"),
             Metric::new(
                 "disk_reclaimed_bytes",
-                run.disk.allocated as f64 - r.disk.allocated as f64,
+                run.disk_served.allocated as f64 - r.disk.allocated as f64,
                 "B",
             ),
             Metric::new(

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use simplepush_store::{ChannelId, Store, Uaid};
 use tokio::sync::Semaphore;
@@ -48,6 +48,9 @@ pub struct App {
     pub cluster: Option<Cluster>,
     /// Websocket sessions, so shutdown can wait for them to close.
     pub sessions: TaskTracker,
+    /// Retention (`[store] device_ttl`): devices not seen for this long are removed;
+    /// zero: never.
+    pub device_ttl: Duration,
 }
 
 impl App {
@@ -58,6 +61,13 @@ impl App {
             self.endpoint_url,
             self.tokens.encode(uaid, channel)
         )
+    }
+
+    /// How often a connected device is recorded as seen again, so that retention never
+    /// forgets a device that stays connected: twice per `device_ttl`. `None` without
+    /// retention, when nothing is recorded.
+    pub fn touch_interval(&self) -> Option<Duration> {
+        (!self.device_ttl.is_zero()).then(|| self.device_ttl / 2)
     }
 
     /// When an update received now expires.

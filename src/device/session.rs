@@ -323,7 +323,8 @@ impl Session {
             if let Some(uaid) = &self.uaid {
                 Self::touch(&self.app, uaid).await;
             }
-            self.touch_at = self.app.touch_interval().map(|every| now + every);
+            let every = self.app.touch_interval(self.peer.id());
+            self.touch_at = every.map(|every| now + every);
         }
         if self.retry_at.is_some_and(|at| now >= at) {
             self.retry_at = None;
@@ -533,7 +534,7 @@ impl Session {
     /// recorded as seen every [`App::touch_interval`].
     fn said_hello_as(&mut self, uaid: Uaid) {
         self.uaid = Some(uaid);
-        let every = self.app.touch_interval();
+        let every = self.app.touch_interval(self.peer.id());
         self.touch_at = every.map(|every| self.app.registry.now() + every);
     }
 

@@ -195,6 +195,11 @@ pub struct StoreConfig {
     /// memcached's item size (its `-I`), in bytes: a device's record must fit in one
     /// item; a PUT that would not fit is 413.
     pub item_limit: usize,
+    /// Retention: a device not seen (no hello, no register) for this long is removed
+    /// with its channels, pending updates and messages. Zero: devices are kept until
+    /// they unregister (no retention at all).
+    #[serde(with = "humane")]
+    pub device_ttl: Duration,
 }
 
 impl Default for StoreConfig {
@@ -207,6 +212,7 @@ impl Default for StoreConfig {
             pool_size: 16,
             timeout: Duration::from_secs(1),
             item_limit: 1024 * 1024,
+            device_ttl: Duration::from_secs(60 * 24 * 3600),
         }
     }
 }
@@ -455,6 +461,8 @@ mod tests {
         assert_eq!(config.store.servers, vec!["127.0.0.1:11211".to_owned()]);
         assert_eq!(config.store.item_limit, 1_048_576);
         assert_eq!(config.store.item_limit, defaults.store.item_limit);
+        assert_eq!(config.store.device_ttl, Duration::from_secs(60 * 86_400));
+        assert_eq!(config.store.device_ttl, defaults.store.device_ttl);
         assert_eq!(config.router.addr, defaults.router.addr);
         assert_eq!(config.router.url, defaults.router.url);
         assert_eq!(config.router.secret, "");
@@ -497,6 +505,10 @@ mod tests {
         let config =
             Config::from_toml("[server]\nmax_queue_delay = \"0\"\n", Path::new("x.toml")).unwrap();
         assert_eq!(config.server.max_queue_delay, Duration::ZERO);
+        let config = Config::from_toml("[store]\ndevice_ttl = \"0\"\n", Path::new("x")).unwrap();
+        assert_eq!(config.store.device_ttl, Duration::ZERO, "0: no retention");
+        let config = Config::from_toml("[store]\ndevice_ttl = \"90d\"\n", Path::new("x")).unwrap();
+        assert_eq!(config.store.device_ttl, Duration::from_secs(90 * 86_400));
         let err = Config::from_toml("[protocol]\nretry_interval = \"soon\"\n", Path::new("x"))
             .unwrap_err()
             .to_string();

@@ -170,6 +170,9 @@ struct StoreFlags {
     /// memcached's item size, its -I, in bytes (item_limit).
     #[arg(long = "store-item-limit", value_name = "BYTES")]
     item_limit: Option<usize>,
+    /// Remove devices not seen for this long, 0: keep them (device_ttl).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    device_ttl: Option<Duration>,
 }
 
 /// `[router]`.
@@ -275,6 +278,7 @@ impl ConfigFlags {
             st.pool_size => config.store.pool_size,
             st.timeout => config.store.timeout,
             st.item_limit => config.store.item_limit,
+            st.device_ttl => config.store.device_ttl,
             r.addr => config.router.addr,
             r.url.map(Some) => config.router.url,
             r.secret => config.router.secret,
@@ -342,6 +346,7 @@ mod tests {
             "--pool-size=20",
             "--store-timeout=21ms",
             "--store-item-limit=22",
+            "--device-ttl=30d",
             "--router-addr=127.0.0.1:3",
             "--router-url=http://peer",
             "--router-secret=s",
@@ -389,6 +394,7 @@ mod tests {
         assert_eq!(config.store.pool_size, 20);
         assert_eq!(config.store.timeout, Duration::from_millis(21));
         assert_eq!(config.store.item_limit, 22);
+        assert_eq!(config.store.device_ttl, Duration::from_secs(30 * 86_400));
         assert_eq!(config.router.addr.port(), 3);
         assert_eq!(config.router.url.as_deref(), Some("http://peer"));
         assert_eq!(config.router.secret, "s");
@@ -408,10 +414,13 @@ mod tests {
         assert_eq!(config.protocol.max_channels, defaults.protocol.max_channels);
         assert_eq!(config.store.path, defaults.store.path);
         assert_eq!(apply(&["--store-path=/d"]).store.path, PathBuf::from("/d"));
+        assert_eq!(config.store.device_ttl, defaults.store.device_ttl);
+        assert_eq!(apply(&["--device-ttl=0"]).store.device_ttl, Duration::ZERO);
         for bad in [
             &["--hello-timeout=soon"][..],
             &["--max-channels=-1"],
             &["--cors=maybe"],
+            &["--device-ttl=forever"],
         ] {
             assert!(
                 Cli::try_parse_from(std::iter::once("simplepush").chain(bad.iter().copied()))

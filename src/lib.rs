@@ -17,7 +17,8 @@
 //! - [`server`]: binds the listeners and runs until shutdown; [`listener`]: the accept
 //!   loop under every listener; [`routes`]: the warp routes of each listener;
 //!   [`tls`]: optional TLS on the public listeners.
-//! - [`store`]: opens the configured backend. [`error`]: failures to statuses.
+//! - [`store`]: opens the configured backend; [`retention`]: the background task that
+//!   removes devices not seen for `device_ttl`. [`error`]: failures to statuses.
 //! - [`app`]: the state shared by everything above.
 
 pub mod app;
@@ -30,6 +31,7 @@ pub mod error;
 pub mod flags;
 pub mod listener;
 pub mod ops;
+pub mod retention;
 pub mod routes;
 pub mod server;
 pub mod store;

@@ -21,8 +21,9 @@ use crate::device::registry::Registry;
 use crate::listener::{Slots, Sockets};
 use crate::ops::metrics::{MeteredStore, Metrics};
 use crate::ops::overload::QueueDelay;
+use crate::retention::{Retention, TtlTooShort};
 use crate::tls::{self, TlsError};
-use crate::{listener, routes};
+use crate::{listener, retention, routes};
 
 /// Sessions get this long to send their close frames at shutdown.
 const SESSION_DRAIN: Duration = Duration::from_secs(5);
@@ -138,6 +139,9 @@ pub enum StartError {
     /// `[router] peers` has an entry that is not a network, address or host name.
     #[error("[router] peers: {0}")]
     Peers(String),
+    /// `[store] device_ttl` is too short to mean anything.
+    #[error(transparent)]
+    DeviceTtl(#[from] TtlTooShort),
 }
 
 /// The settings a memcache node refuses to start without.
@@ -180,6 +184,7 @@ impl Server {
         token_keys: &[String],
         shutdown: CancellationToken,
     ) -> Result<Server, StartError> {
+        retention::check(config)?;
         let bind = |addr: SocketAddr| {
             listener::bind(addr, config.server.backlog)
                 .map_err(|source| StartError::Bind { addr, source })
@@ -261,6 +266,7 @@ impl Server {
             shutdown,
             cluster,
             sessions: TaskTracker::new(),
+            device_ttl: config.store.device_ttl,
         });
         Ok(Server {
             app,
@@ -297,8 +303,9 @@ impl Server {
         &self.app.endpoint_url
     }
 
-    /// Serves until shutdown; then closes sessions (1001), drains requests and closes
-    /// the store.
+    /// Serves until shutdown, with retention sweeping in the background when
+    /// `device_ttl` is set; then closes sessions (1001), drains requests, stops
+    /// retention and closes the store.
     pub async fn run(self) {
         let Server {
             app,
@@ -313,6 +320,12 @@ impl Server {
         let sampler = tokio::spawn({
             let (queue_delay, shutdown) = (app.queue_delay.clone(), shutdown.clone());
             async move { queue_delay.run(shutdown).await }
+        });
+        // Every node sweeps, cluster nodes too: memcached forgets by item lifetimes, and
+        // a memcache store's sweep is a no-op without I/O.
+        let retention = (!app.device_ttl.is_zero()).then(|| {
+            let retention = Retention::new(app.store.clone(), app.metrics.clone(), app.device_ttl);
+            tokio::spawn(retention.run(shutdown.clone()))
         });
         let router = async {
             if let Some(router) = router {
@@ -355,6 +368,12 @@ impl Server {
         );
         if let Err(error) = sampler.await {
             tracing::error!(%error, "the queue delay sampler failed");
+        }
+        // Its step in flight ends before the store closes.
+        if let Some(retention) = retention
+            && let Err(error) = retention.await
+        {
+            tracing::error!(%error, "the retention task failed");
         }
         app.sessions.close();
         if tokio::time::timeout(SESSION_DRAIN, app.sessions.wait())

@@ -11,10 +11,6 @@ use simplepush_store::{MemoryStore, Store};
 
 use crate::config::{Backend, Config};
 
-/// The least lifetime of a memcached record (renewed by every write and hello).
-#[cfg(feature = "memcache")]
-const MEMCACHE_MIN_TTL: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
-
 /// Why the store could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
@@ -113,9 +109,13 @@ pub fn open(config: &Config) -> Result<Arc<dyn Store>, OpenError> {
             let options = simplepush_memcache::MemcacheOptions {
                 pool_size: store.pool_size,
                 timeout: store.timeout,
-                // Records hold channel registrations too, which must outlive any
-                // one message: keep them at least a month past their last write.
-                ttl: config.protocol.message_ttl.max(MEMCACHE_MIN_TTL),
+                // Retention is the items' lifetime: memcached forgets a device
+                // `device_ttl` after its last write or touch (zero: never). A record
+                // holds the device's pending updates and message index, so a
+                // `device_ttl` shorter than `message_ttl` or `max_ttl` drops them with
+                // their device before they expire: by design, the device is gone
+                // (`retention::check` warns at startup).
+                ttl: store.device_ttl,
                 item_limit: store.item_limit,
             };
             Ok(Arc::new(

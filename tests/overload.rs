@@ -559,7 +559,13 @@ async fn a_stalled_store_holds_every_slot_and_the_excess_is_shed_with_503() {
     for _ in 0..CAPACITY + 1 {
         let uaid = Uaid::new(uuid::Uuid::new_v4().simple().to_string());
         let channel = ChannelId::new(chid());
-        store.inner.register(&uaid, &channel, 10, 1).await.unwrap();
+        // Seen now: retention (on by default) keeps them for `device_ttl`.
+        let now = common::unix_now();
+        store
+            .inner
+            .register(&uaid, &channel, 10, now)
+            .await
+            .unwrap();
         endpoints.push(format!("{base}/update/{}", tokens.encode(&uaid, &channel)));
     }
 

@@ -992,6 +992,7 @@ const FLAGS: &[(&str, &[&str])] = &[
     ("[protocol] max_message_bytes", &["--max-message-bytes"]),
     ("[store] backend", &["--store "]),
     ("[store] path", &["--store-path"]),
+    ("[store] device_ttl", &["--device-ttl"]),
     (
         "[store] servers",
         &["--store-servers", "--servers", "--memcache"],

@@ -114,6 +114,7 @@ pub fn run(
         uaid: None,
         last_ping: None,
         retry_at: None,
+        touch_at: None,
         keepalive,
         messages: 0,
         webpush: None,
@@ -140,6 +141,10 @@ struct Session {
     last_ping: Option<Stamp>,
     /// When unacknowledged updates are sent again, if any were sent.
     retry_at: Option<Stamp>,
+    /// When the device is next recorded as seen in the store (retention), once it said
+    /// hello: a device that stays connected is never forgotten. Eight bytes, and the
+    /// registry's sweeper wakes the session for it: no timer of its own.
+    touch_at: Option<Stamp>,
     /// Dead-peer detection.
     keepalive: KeepaliveTimer,
     /// Messages received from the device (a u32, so that it shares its word with
@@ -249,6 +254,7 @@ impl Session {
             let wanted = [
                 self.uaid.is_none().then(|| self.hello_deadline()),
                 self.retry_at,
+                self.touch_at,
                 self.keepalive.due(keepalive_config(&self.app)),
             ]
             .into_iter()
@@ -307,11 +313,18 @@ impl Session {
         Ok(())
     }
 
-    /// Whatever of the hello timeout, the retry and the keepalive is due.
+    /// Whatever of the hello timeout, the touch, the retry and the keepalive is due.
     async fn on_timer(&mut self) -> Step {
         let now = self.app.registry.now();
         if self.uaid.is_none() && now >= self.hello_deadline() {
             return Err(End::HelloTimeout);
+        }
+        if self.touch_at.is_some_and(|at| now >= at) {
+            if let Some(uaid) = &self.uaid {
+                Self::touch(&self.app, uaid).await;
+            }
+            let every = self.app.touch_interval(self.peer.id());
+            self.touch_at = every.map(|every| now + every);
         }
         if self.retry_at.is_some_and(|at| now >= at) {
             self.retry_at = None;
@@ -512,9 +525,30 @@ impl Session {
         self.claim(&uaid).await?;
         // A replacement that raced our own claim is not ours to obey.
         let reply = protocol::to_text(&HelloReply::new(uaid.as_str()));
-        self.uaid = Some(uaid);
+        self.said_hello_as(uaid);
         self.send(reply).await?;
         self.flush().await.map(drop)
+    }
+
+    /// The socket goes by `uaid` from now on; while it stays connected, the device is
+    /// recorded as seen every [`App::touch_interval`].
+    fn said_hello_as(&mut self, uaid: Uaid) {
+        self.uaid = Some(uaid);
+        let every = self.app.touch_interval(self.peer.id());
+        self.touch_at = every.map(|every| self.app.registry.now() + every);
+    }
+
+    /// Records that the device of `uaid` is here, so that retention keeps it another
+    /// `device_ttl` (nothing without retention). A failure is logged and counted
+    /// (`store_errors_total{op="touch"}`) and never fails the hello: at worst retention
+    /// forgets a device that was seen, and its next hello gets a fresh uaid.
+    async fn touch(app: &App, uaid: &Uaid) {
+        if app.device_ttl.is_zero() {
+            return;
+        }
+        if let Err(error) = app.store.touch(uaid, now_secs()).await {
+            tracing::warn!(%error, "recording the device as seen failed");
+        }
     }
 
     /// Takes `uaid` on this node and in the cluster: the newest socket wins.
@@ -541,7 +575,7 @@ impl Session {
         };
         self.claim(&uaid).await?;
         let reply = protocol::to_text(&webpush::HelloReply::new(uaid.as_str()));
-        self.uaid = Some(uaid);
+        self.said_hello_as(uaid);
         self.webpush = Some(0);
         self.send(reply).await?;
         self.flush().await.map(drop)
@@ -549,10 +583,14 @@ impl Session {
 
     /// A WebPush device keeps its uaid only while the store knows it (has channels of
     /// it); any other gets a fresh one, so that Firefox drops the subscriptions the
-    /// server no longer has.
+    /// server no longer has (lost, or removed by retention). A kept uaid is recorded as
+    /// seen.
     async fn choose_webpush_uaid(app: &App, sent: Option<&str>) -> Result<Uaid, StoreError> {
         if let Some(sent) = sent.filter(|u| webpush::uaid_acceptable(u)) {
             let sent = Uaid::new(sent);
+            // Seen first, then asked for: a sweep racing this hello has then either
+            // removed the device already (a fresh uaid) or keeps it another TTL.
+            Self::touch(app, &sent).await;
             if app.store.knows_uaid(&sent).await? {
                 return Ok(sent);
             }
@@ -560,7 +598,8 @@ impl Session {
         Ok(Uaid::new(uuid::Uuid::new_v4().simple().to_string()))
     }
 
-    /// The uaid this device goes by, per the minting rules of docs/protocol.md.
+    /// The uaid this device goes by, per the minting rules of docs/protocol.md; a kept
+    /// one is recorded as seen.
     async fn choose_uaid(
         app: &App,
         sent: Option<String>,
@@ -576,6 +615,9 @@ impl Session {
             app.store.drop_uaid(&sent).await?;
             return Ok(mint());
         }
+        // Seen before the store is asked whether it knows the uaid, as in
+        // `choose_webpush_uaid`.
+        Self::touch(app, &sent).await;
         if claimed > 0 && !app.store.knows_uaid(&sent).await? {
             return Ok(mint());
         }

@@ -44,6 +44,17 @@ pub const STORE_OPS: &[&str] = &[
     "check",
 ];
 
+/// Duration buckets of a retention round, in seconds: from 1 ms (nothing to remove) to
+/// 5 minutes (a large backlog, removed in many short steps).
+const ROUND_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+
+/// `retention_removed_total` label: devices removed for not having been seen.
+pub const REMOVED_DEVICES: &str = "devices";
+/// `retention_removed_total` label: expired WebPush messages removed from storage.
+pub const REMOVED_MESSAGES: &str = "messages";
+
 /// `requests_shed_total` reason: the in-flight limit was reached.
 pub const SHED_INFLIGHT: &str = "inflight";
 /// `requests_shed_total` reason: the runtime's queue delay was over its limit.
@@ -82,6 +93,10 @@ pub struct Metrics {
     pub message_deletes: IntCounterVec,
     /// What WebPush device sessions do.
     pub device_webpush: DeviceWebPushMetrics,
+    /// Removed by retention, by `what` ([`REMOVED_DEVICES`], [`REMOVED_MESSAGES`]).
+    pub retention_removed: IntCounterVec,
+    /// How long a retention round took, all its steps and the pauses between them.
+    pub retention_round_seconds: Histogram,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -146,6 +161,11 @@ impl Metrics {
             "DELETE /m/{id} requests answered, by status.",
             "status",
         );
+        let retention_removed = counter(
+            "retention_removed_total",
+            "Removed by retention: devices not seen for device_ttl, expired messages.",
+            "what",
+        );
         let connections = IntGauge::new("connections", "Device sockets open on this node.")
             .unwrap_or_else(|e| unreachable!("{e}"));
         let retries = IntCounter::new(
@@ -166,11 +186,20 @@ impl Metrics {
             .buckets(BUCKETS.to_vec()),
         )
         .unwrap_or_else(|e| unreachable!("{e}"));
+        let retention_round_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "retention_round_seconds",
+                "How long a retention round took, its pauses included.",
+            )
+            .buckets(ROUND_BUCKETS.to_vec()),
+        )
+        .unwrap_or_else(|e| unreachable!("{e}"));
         for metric in [
             Box::new(connections.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(retries.clone()),
             Box::new(store_seconds.clone()),
             Box::new(delivery_seconds.clone()),
+            Box::new(retention_round_seconds.clone()),
         ] {
             let _ = registry.register(metric);
         }
@@ -192,6 +221,8 @@ impl Metrics {
             vapid_failures,
             message_deletes,
             device_webpush,
+            retention_removed,
+            retention_round_seconds,
         }
     }
 
@@ -229,6 +260,9 @@ impl Metrics {
         }
         for status in ["204", "404"] {
             self.message_deletes.with_label_values(&[status]);
+        }
+        for what in [REMOVED_DEVICES, REMOVED_MESSAGES] {
+            self.retention_removed.with_label_values(&[what]);
         }
         self.device_webpush.preset();
     }
@@ -536,6 +570,8 @@ mod tests {
         let _ = store.set_node(&uaid, "n").await;
         let _ = store.node(&uaid).await;
         let _ = store.clear_node(&uaid, "n").await;
+        let _ = store.touch(&uaid, 1).await;
+        let _ = store.sweep(0, 0, 10).await;
         let _ = store.unregister(&uaid, &channel).await;
         let _ = store.touch(&uaid, 0).await;
         let _ = store.sweep(0, 0, 1).await;

@@ -156,4 +156,30 @@ impl Server {
             .without_value();
         self.failed(request.send().await).map(drop)
     }
+
+    /// Gives the item at `key` a new lifetime and answers its value, in one request;
+    /// `None` (and nothing created) when there is no item.
+    pub(crate) async fn touch_get(
+        &self,
+        key: &str,
+        expires: u32,
+    ) -> Result<Option<Vec<u8>>, Error> {
+        let request = self.client().await?.get(key).touch_raw(expires);
+        let found = self.failed(request.send().await)?;
+        Ok(if found.hit() { found.value } else { None })
+    }
+
+    /// Gives each item of `items` (key, expiration) its new lifetime, in one pipelined
+    /// exchange; missing ones are fine.
+    pub(crate) async fn touch_many(&self, items: &[(&str, u32)]) -> Result<(), Error> {
+        let client = self.client().await?;
+        let touches = items
+            .iter()
+            .map(|&(key, expires)| Get::new(key).touch_raw(expires).without_value());
+        let answers = self.failed(client.run_many(touches).await)?;
+        for answer in answers {
+            self.failed(answer)?;
+        }
+        Ok(())
+    }
 }

@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::future::{join, join_all};
 use simplepush_store::{
     ChannelId, Message, MessageId, Pending, PutOutcome, QueueOutcome, RegisterOutcome, Store,
     StoreError, Swept, Uaid, Update,
@@ -33,9 +34,10 @@ const MIN_ITEM_LIMIT: usize = 1024;
 /// nothing behind for long.
 const CHECK_EXPIRATION: u32 = 30;
 
-/// Seconds a message item outlives its expiry: memcached's clock ticks by the second
-/// and need not agree with ours to the second, and an item must never vanish while
-/// the index still calls it unexpired. (A late item is harmless: the index decides.)
+/// Seconds a message item outlives its expiry, or the device record holding its index
+/// entry: memcached's clock ticks by the second and need not agree with ours to the
+/// second, and an item must never vanish while the index still calls it unexpired. (A
+/// late item is harmless: the index decides.)
 const MESSAGE_EXPIRY_MARGIN: u64 = 2;
 
 /// A [`Store`] on one or more memcached servers.
@@ -48,11 +50,11 @@ const MESSAGE_EXPIRY_MARGIN: u64 = 2;
 /// server moves only the keys it takes over.
 ///
 /// **Volatile by design:** items expire [`MemcacheOptions::ttl`] after their last
-/// write ([`Store::set_node`], called at every hello, also refreshes the device's
-/// record), and memcached may evict them earlier under memory pressure or lose them in a
-/// restart. A device whose record is gone is told to register again by the hello rule
-/// (docs/protocol.md: non-empty `channelIDs` the store does not know get a fresh uaid);
-/// updates pending at that moment are lost. Use a durable backend where that matters.
+/// write or touch, and memcached may evict them earlier under memory pressure or lose
+/// them in a restart. A device whose record is gone is told to register again by the
+/// hello rule (docs/protocol.md: non-empty `channelIDs` the store does not know get a
+/// fresh uaid); updates pending at that moment are lost. Use a durable backend where
+/// that matters.
 ///
 /// A device's record must fit in one memcached item ([`MemcacheOptions::item_limit`],
 /// 1 MiB by default, less 512 bytes for the header and key). Its size depends only on
@@ -68,7 +70,10 @@ const MESSAGE_EXPIRY_MARGIN: u64 = 2;
 /// messages for the whole device; in their own items, the record has room for some
 /// 9,000 index entries, and the channel's bound (`max_queued`) with the dropping of
 /// expired entries at every put keeps the index small. A message item expires by
-/// itself in memcached when the message does (plus [`MESSAGE_EXPIRY_MARGIN`]).
+/// itself in memcached when the message does, or when the device record written with
+/// it would, if that comes first (plus a margin of two seconds either way): once
+/// the record (and with it the index) is gone, nothing names the item, so it never
+/// outlives the record by more than the margin.
 /// - [`Store::put_message`] writes the message item, then changes the index by
 ///   compare-and-swap (registered channel, expired entries dropped, topic replaced,
 ///   bound checked); when the index change refuses (Gone, Full) or fails, the item
@@ -80,6 +85,17 @@ const MESSAGE_EXPIRY_MARGIN: u64 = 2;
 /// - [`Store::ack_messages`], [`Store::delete_message`], [`Store::unregister`] and
 ///   [`Store::drop_uaid`] change the index first, then delete the items, best effort:
 ///   an item left behind is named by no index entry and expires by itself.
+///
+/// **Retention** is memcached's own: a device whose items are not written or touched
+/// for the lifetime is forgotten by memcached, all at once, so the index never outlives
+/// the channels it indexes (it is part of their record). Every write of the device
+/// record ([`Store::register`], [`Store::put_update`], [`Store::put_message`], the
+/// acks, [`Store::unregister`], [`Store::delete_message`], and [`Store::messages`]
+/// when it prunes) restarts the record's lifetime; reads and refused or no-op
+/// changes do not. [`Store::touch`] (a hello) and [`Store::register`] count as seeing
+/// the device: they restart the lifetime of the record, the node record and the items
+/// of the messages queued (those for as long as the message has left, up to the
+/// lifetime). [`Store::sweep`] has nothing to do.
 ///
 /// A device with queued messages is written in a layout that nodes of a version
 /// before WebPush cannot read (they answer `Corrupt` for it); devices with nothing
@@ -270,6 +286,83 @@ impl Inner {
     /// The server holding `key`.
     fn server(&self, key: &str) -> &Server {
         &self.servers[self.ring.pick(key)]
+    }
+
+    /// The memcached expiration of the item of a message expiring at `expires_at`,
+    /// written or touched at `now`: what the message has left (at least a second), but
+    /// no longer than the device record's lifetime (the record holds the index entry
+    /// naming the item, and is written or touched at the same moment), plus
+    /// [`MESSAGE_EXPIRY_MARGIN`].
+    fn message_expiration(&self, expires_at: u64, now: u64) -> u32 {
+        let mut lifetime = expires_at.saturating_sub(now).max(1);
+        if !self.ttl.is_zero() {
+            let record = self.ttl.as_secs() + u64::from(self.ttl.subsec_nanos() > 0);
+            lifetime = lifetime.min(record);
+        }
+        expiration(Duration::from_secs(
+            lifetime.saturating_add(MESSAGE_EXPIRY_MARGIN),
+        ))
+    }
+
+    /// The touches (key, expiration) that restart the lifetime of the items of the
+    /// messages of `device` (a record of `uaid`) unexpired at `now`.
+    fn message_touches(&self, uaid: &Uaid, device: &Device, now: u64) -> Vec<(String, u32)> {
+        device
+            .queued(now)
+            .into_iter()
+            .map(|(_, queued)| {
+                let expires = self.message_expiration(queued.expires_at(), now);
+                (key::message(uaid, queued.id()), expires)
+            })
+            .collect()
+    }
+
+    /// Gives each item of `items` (key, expiration) its new lifetime; missing ones are
+    /// fine, nothing is created. One pipelined exchange per server holding some of
+    /// them, all servers at once.
+    async fn touch_many(&self, items: &[(String, u32)]) -> Result<(), Error> {
+        let mut groups: Vec<Vec<(&str, u32)>> = vec![Vec::new(); self.servers.len()];
+        for (key, expires) in items {
+            groups[self.ring.pick(key)].push((key.as_str(), *expires));
+        }
+        let exchanges = self
+            .servers
+            .iter()
+            .zip(&groups)
+            .filter(|(_, mine)| !mine.is_empty())
+            .map(|(server, mine)| server.touch_many(mine));
+        for result in join_all(exchanges).await {
+            result?;
+        }
+        Ok(())
+    }
+
+    /// Restarts the lifetime of everything held for `uaid`, creating nothing: the
+    /// device record and the node record at once (the record's touch also reads it),
+    /// then the items of the messages its index names, at once (only when it names
+    /// some). An undecodable record is touched all the same and answered as such.
+    /// Nothing to do when items never expire.
+    async fn touch(&self, uaid: &Uaid, now: u64) -> Result<(), Error> {
+        if self.ttl.is_zero() {
+            return Ok(());
+        }
+        let expires = expiration(self.ttl);
+        let (device_key, node_key) = (key::device(uaid), key::node(uaid));
+        let (record, node) = join(
+            self.server(&device_key).touch_get(&device_key, expires),
+            self.server(&node_key).touch(&node_key, expires),
+        )
+        .await;
+        node?;
+        let Some(bytes) = record? else {
+            return Ok(());
+        };
+        let device = Device::decode(&bytes).map_err(|reason| Error::Undecodable {
+            key: device_key,
+            reason,
+        })?;
+        self.touch_many(&self.message_touches(uaid, &device, now))
+            .await
     }
 
     /// The values at `keys`, in order (`None` where there is no item): one pipelined
@@ -491,25 +584,48 @@ impl Store for MemcacheStore {
             .contains_key(channel.as_str()))
     }
 
+    /// A register that answers [`RegisterOutcome::Registered`] sees the device, as
+    /// [`Store::touch`] does: besides the record (restarted by its write, or touched
+    /// when the channel was registered already), it restarts the node record and the
+    /// items of the queued messages, in one exchange per server, all at once. After a
+    /// write those touches are best effort (the register happened; an error would say
+    /// it had not); without one, their error is the answer.
     async fn register(
         &self,
         uaid: &Uaid,
         channel: &ChannelId,
         max_channels: usize,
-        _now: u64,
+        now: u64,
     ) -> Result<RegisterOutcome, StoreError> {
         let channel = channel.as_str().to_owned();
-        self.modify(uaid, move |device| {
-            if device.channels.contains_key(&channel) {
-                Edit::Keep(RegisterOutcome::Registered)
-            } else if device.channels.len() >= max_channels {
-                Edit::Keep(RegisterOutcome::TooManyChannels)
-            } else {
-                device.channels.insert(channel.clone(), None);
-                Edit::Write(RegisterOutcome::Registered)
-            }
-        })
-        .await
+        let inner = &self.inner;
+        let (outcome, wrote, mut touches) = self
+            .modify(uaid, move |device| {
+                if device.channels.contains_key(&channel) {
+                    let touches = inner.message_touches(uaid, device, now);
+                    Edit::Keep((RegisterOutcome::Registered, false, touches))
+                } else if device.channels.len() >= max_channels {
+                    Edit::Keep((RegisterOutcome::TooManyChannels, false, Vec::new()))
+                } else {
+                    device.channels.insert(channel.clone(), None);
+                    let touches = inner.message_touches(uaid, device, now);
+                    Edit::Write((RegisterOutcome::Registered, true, touches))
+                }
+            })
+            .await?;
+        if outcome != RegisterOutcome::Registered || inner.ttl.is_zero() {
+            return Ok(outcome);
+        }
+        let expires = expiration(inner.ttl);
+        touches.push((key::node(uaid), expires));
+        if wrote {
+            // Ignored on purpose: see above.
+            let _ = inner.touch_many(&touches).await;
+        } else {
+            touches.push((key::device(uaid), expires));
+            inner.touch_many(&touches).await?;
+        }
+        Ok(outcome)
     }
 
     async fn unregister(&self, uaid: &Uaid, channel: &ChannelId) -> Result<(), StoreError> {
@@ -598,8 +714,7 @@ impl Store for MemcacheStore {
             }
             .into());
         }
-        let lifetime = message.expires_at.saturating_sub(now).max(1) + MESSAGE_EXPIRY_MARGIN;
-        let expires = expiration(Duration::from_secs(lifetime));
+        let expires = self.inner.message_expiration(message.expires_at, now);
         self.inner
             .server(&item_key)
             .set(&item_key, &item, expires)
@@ -726,12 +841,23 @@ impl Store for MemcacheStore {
         Ok(found == Some(true))
     }
 
-    async fn touch(&self, _uaid: &Uaid, _now: u64) -> Result<(), StoreError> {
-        Err(StoreError::Internal("retention: not yet".into()))
+    /// Restarts the lifetime of the device record, the node record and the items of
+    /// the queued messages, creating nothing: one exchange for the two records
+    /// (on their servers at once), and one more, per server at once, only when
+    /// messages are queued. An unknown uaid costs the first exchange and creates
+    /// nothing.
+    async fn touch(&self, uaid: &Uaid, now: u64) -> Result<(), StoreError> {
+        Ok(self.inner.touch(uaid, now).await?)
     }
 
+    /// Nothing to do, without asking memcached: every item expires by itself
+    /// [`MemcacheOptions::ttl`] after the last write or touch of its device (message
+    /// items sooner when their message expires), so a device neither seen nor written
+    /// for that long is already gone, and an expired message's item goes by itself a
+    /// moment after the message expires. (memcached cannot list its keys to sweep
+    /// anyway.) Answers [`Swept::default`].
     async fn sweep(&self, _cutoff: u64, _now: u64, _limit: usize) -> Result<Swept, StoreError> {
-        Err(StoreError::Internal("retention: not yet".into()))
+        Ok(Swept::default())
     }
 
     async fn drop_uaid(&self, uaid: &Uaid) -> Result<(), StoreError> {

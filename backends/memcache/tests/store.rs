@@ -15,7 +15,7 @@ use memcache::exp::{Meta, MetaClient};
 use simplepush_memcache::{MemcacheOptions, MemcacheStore};
 use simplepush_store::{
     ChannelId, Message, MessageId, Payload, PutOutcome, QueueOutcome, RegisterOutcome, Store,
-    StoreError, Uaid, Update, Urgency,
+    StoreError, Swept, Uaid, Update, Urgency,
 };
 
 const NOW: u64 = 1_000_000;
@@ -530,6 +530,8 @@ async fn an_undecodable_item_is_corrupt() {
     assert!(matches!(error, StoreError::Corrupt(_)), "{error:?}");
     let error = store.node(&u).await.unwrap_err();
     assert!(matches!(error, StoreError::Corrupt(_)), "{error:?}");
+    let error = store.touch(&u, NOW).await.unwrap_err();
+    assert!(matches!(error, StoreError::Corrupt(_)), "{error:?}");
     // Dropping the uaid clears the way for a fresh start.
     store.drop_uaid(&u).await.unwrap();
     assert_eq!(
@@ -729,20 +731,51 @@ async fn message_items_expire_in_memcached_with_their_message() {
     put(&store, &u, &soon, 10).await;
     let ttl = server.ttl(&format!("sp1:m:{u}:{}", soon.id)).unwrap();
     assert!((598..=602).contains(&ttl), "{ttl}");
-    // Beyond memcached's 30 days of relative seconds: still the message's lifetime. It is
-    // then an absolute time, which memcached reads against its own clock (whole seconds,
-    // updated once a second): a few seconds either way.
+    // Longer than the device record lives (30 days by default): as long as the record
+    // (and the margin), for once the record is gone nothing names the item.
     soon.id = MessageId::new(message_id(2));
     soon.expires_at = NOW + 40 * 24 * 3600;
     put(&store, &u, &soon, 10).await;
+    let ttl = server.ttl(&format!("sp1:m:{u}:{}", soon.id)).unwrap();
+    let month = 30 * 24 * 3600;
+    assert!((month - 3..=month + 2).contains(&ttl), "{ttl}");
+    // The device record lives the store's own lifetime.
+    let record = server.ttl(&format!("sp1:d:{u}")).unwrap();
+    assert!((month - 3..=month).contains(&record), "{record}");
+    // Beyond memcached's 30 days of relative seconds with a longer store lifetime:
+    // still the message's lifetime. It is then an absolute time, which memcached reads
+    // against its own clock (whole seconds, updated once a second): a few seconds
+    // either way.
+    let longer = connect(
+        &[&server.address],
+        MemcacheOptions {
+            ttl: Duration::from_secs(60 * 24 * 3600),
+            ..MemcacheOptions::default()
+        },
+    );
+    soon.id = MessageId::new(message_id(3));
+    assert_eq!(put(&longer, &u, &soon, 10).await, QueueOutcome::Stored);
     let ttl = server.ttl(&format!("sp1:m:{u}:{}", soon.id)).unwrap();
     assert!(
         (40 * 24 * 3600 - 5..=40 * 24 * 3600 + 5).contains(&ttl),
         "{ttl}"
     );
-    // The device record lives the store's own lifetime.
-    let record = server.ttl(&format!("sp1:d:{u}")).unwrap();
-    assert!(record > 29 * 24 * 3600, "{record}");
+    // Items that never expire bound nothing: the message's lifetime.
+    let forever = connect(
+        &[&server.address],
+        MemcacheOptions {
+            ttl: Duration::ZERO,
+            ..MemcacheOptions::default()
+        },
+    );
+    soon.id = MessageId::new(message_id(4));
+    assert_eq!(put(&forever, &u, &soon, 10).await, QueueOutcome::Stored);
+    let ttl = server.ttl(&format!("sp1:m:{u}:{}", soon.id)).unwrap();
+    assert!(
+        (40 * 24 * 3600 - 5..=40 * 24 * 3600 + 5).contains(&ttl),
+        "{ttl}"
+    );
+    assert_eq!(server.ttl(&format!("sp1:d:{u}")), Some(-1), "never expires");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -956,4 +989,256 @@ async fn message_items_spread_over_servers_and_come_back_in_order() {
         let key = format!("sp1:m:{u}:{id}");
         assert!(a.raw(&key).is_none() && b.raw(&key).is_none(), "item kept");
     }
+}
+
+/// A store on `servers` whose items live `seconds` after their last write or touch.
+fn living(servers: &[&Memcached], seconds: u64) -> MemcacheStore {
+    let addresses: Vec<&str> = servers.iter().map(|s| s.address.as_str()).collect();
+    let options = MemcacheOptions {
+        ttl: Duration::from_secs(seconds),
+        ..MemcacheOptions::default()
+    };
+    connect(&addresses, options)
+}
+
+/// The seconds the item at `key` has left, on whichever of `servers` holds it.
+fn ttl_on(servers: &[&Memcached], key: &str) -> Option<i64> {
+    servers.iter().find_map(|server| server.ttl(key))
+}
+
+/// Asserts that the item at `key` has about `seconds` left (memcached's clock ticks
+/// by the second, and the test takes a moment).
+#[track_caller]
+fn assert_lives(servers: &[&Memcached], key: &str, seconds: i64) {
+    let ttl = ttl_on(servers, key).unwrap_or_else(|| panic!("no item {key}"));
+    assert!(
+        (seconds - 3..=seconds).contains(&ttl),
+        "{key}: {ttl} s left, not about {seconds}"
+    );
+}
+
+/// A device of `store` with a channel, a node record, a message expiring 50 s after
+/// [`NOW`] and sixteen expiring in 5,000 s (spread over the servers); answers the uaid
+/// and the keys of the short message's item and the long ones' items.
+async fn device_with_messages(store: &MemcacheStore) -> (Uaid, String, Vec<String>) {
+    let (u, c) = (uaid(), channel(1));
+    store.register(&u, &c, 10, NOW).await.unwrap();
+    store.set_node(&u, "http://node-a").await.unwrap();
+    let mut short = message(&message_id(0), &c, None);
+    short.expires_at = NOW + 50;
+    assert_eq!(put(store, &u, &short, 100).await, QueueOutcome::Stored);
+    let mut long = Vec::new();
+    for n in 1..=16 {
+        let mut m = message(&message_id(n), &c, None);
+        m.expires_at = NOW + 5000;
+        assert_eq!(put(store, &u, &m, 100).await, QueueOutcome::Stored);
+        long.push(format!("sp1:m:{u}:{}", m.id));
+    }
+    (u.clone(), format!("sp1:m:{u}:{}", short.id), long)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_touch_restarts_the_lifetime_of_everything_a_device_holds() {
+    let (a, b) = (Memcached::start(), Memcached::start());
+    let servers = [&a, &b];
+    // Two nodes with different lifetimes on one pool: which one wrote or touched an
+    // item last shows in its lifetime, without waiting.
+    let (short, long) = (living(&servers, 100), living(&servers, 1000));
+    let (u, short_item, long_items) = device_with_messages(&short).await;
+    let (record, node) = (format!("sp1:d:{u}"), format!("sp1:n:{u}"));
+    assert_lives(&servers, &record, 100);
+    assert_lives(&servers, &node, 100);
+    assert_lives(&servers, &short_item, 52);
+    for item in &long_items {
+        // No longer than the record holding its index entry, and the margin.
+        assert_lives(&servers, item, 102);
+    }
+    let on_a = long_items.iter().filter(|k| a.ttl(k).is_some()).count();
+    assert!((1..=15).contains(&on_a), "{on_a} of 16 items on one server");
+
+    long.touch(&u, NOW).await.unwrap();
+    assert_lives(&servers, &record, 1000);
+    assert_lives(&servers, &node, 1000);
+    assert_lives(&servers, &short_item, 52);
+    for item in &long_items {
+        assert_lives(&servers, item, 1002);
+    }
+    // Later, an item lives what its message has left, and an expired message's item
+    // is left to expire by itself.
+    let later = living(&servers, 10_000);
+    later.touch(&u, NOW + 4500).await.unwrap();
+    assert_lives(&servers, &record, 10_000);
+    for item in &long_items {
+        assert_lives(&servers, item, 502);
+    }
+    assert_lives(&servers, &short_item, 52);
+    let messages = later.messages(&u, NOW, 100).await.unwrap();
+    assert_eq!(messages.len(), 17, "the touches changed nothing else");
+
+    // A touch creates nothing.
+    let stranger = uaid();
+    long.touch(&stranger, NOW).await.unwrap();
+    for key in [format!("sp1:d:{stranger}"), format!("sp1:n:{stranger}")] {
+        assert_eq!(ttl_on(&servers, &key), None, "{key} created");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_register_sees_the_device_as_a_touch_does() {
+    let (a, b) = (Memcached::start(), Memcached::start());
+    let servers = [&a, &b];
+    let (u, short_item, long_items) = device_with_messages(&living(&servers, 100)).await;
+    let (record, node) = (format!("sp1:d:{u}"), format!("sp1:n:{u}"));
+    // The channel registered already: nothing written, everything touched.
+    let again = living(&servers, 1000);
+    let outcome = again.register(&u, &channel(1), 10, NOW).await.unwrap();
+    assert_eq!(outcome, RegisterOutcome::Registered);
+    assert_lives(&servers, &record, 1000);
+    assert_lives(&servers, &node, 1000);
+    assert_lives(&servers, &short_item, 52);
+    for item in &long_items {
+        assert_lives(&servers, item, 1002);
+    }
+    // A new channel: the record written, the rest touched.
+    let fresh = living(&servers, 2000);
+    let outcome = fresh.register(&u, &channel(2), 10, NOW).await.unwrap();
+    assert_eq!(outcome, RegisterOutcome::Registered);
+    assert_lives(&servers, &record, 2000);
+    assert_lives(&servers, &node, 2000);
+    for item in &long_items {
+        assert_lives(&servers, item, 2002);
+    }
+    // A refused register does not see the device.
+    let refused = living(&servers, 3000);
+    let outcome = refused.register(&u, &channel(3), 2, NOW).await.unwrap();
+    assert_eq!(outcome, RegisterOutcome::TooManyChannels);
+    assert_lives(&servers, &record, 2000);
+    assert_lives(&servers, &node, 2000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_write_restarts_the_record_and_reads_do_not() {
+    let server = Memcached::start();
+    let servers = [&server];
+    let (u, c, other) = (uaid(), channel(1), channel(2));
+    let record = format!("sp1:d:{u}");
+    let first = living(&servers, 100);
+    first.register(&u, &c, 10, NOW).await.unwrap();
+    first.register(&u, &other, 10, NOW).await.unwrap();
+    first
+        .put_update(&u, &c, update(5, None), NOW)
+        .await
+        .unwrap();
+    let ids: Vec<MessageId> = (0..3).map(|n| MessageId::new(message_id(n))).collect();
+    for id in &ids {
+        put(&first, &u, &message(id.as_str(), &c, None), 10).await;
+    }
+    assert_lives(&servers, &record, 100);
+
+    // Each write through a node with a longer lifetime restarts the record with it.
+    let mut lifetime = 100;
+    let mut next = || {
+        lifetime += 100;
+        (living(&servers, lifetime), lifetime as i64)
+    };
+    let (store, expect) = next();
+    let put_update = store
+        .put_update(&u, &c, update(6, None), NOW)
+        .await
+        .unwrap();
+    assert_eq!(put_update, PutOutcome::Stored);
+    assert_lives(&servers, &record, expect);
+    let (store, expect) = next();
+    let m = message(&message_id(9), &c, None);
+    assert_eq!(put(&store, &u, &m, 10).await, QueueOutcome::Stored);
+    assert_lives(&servers, &record, expect);
+    let (store, expect) = next();
+    assert!(!store.ack(&u, &c, 6).await.unwrap());
+    assert_lives(&servers, &record, expect);
+    let (store, expect) = next();
+    assert!(store.ack_messages(&u, &ids[..1], NOW).await.unwrap());
+    assert_lives(&servers, &record, expect);
+    let (store, expect) = next();
+    assert!(store.delete_message(&u, &c, &ids[1], NOW).await.unwrap());
+    assert_lives(&servers, &record, expect);
+    let (store, expect) = next();
+    store.unregister(&u, &other).await.unwrap();
+    assert_lives(&servers, &record, expect);
+
+    // Reads and changes that change nothing write nothing, so restart nothing.
+    let (store, _) = next();
+    assert!(store.knows_uaid(&u).await.unwrap());
+    assert!(store.registered(&u, &c).await.unwrap());
+    store.pending(&u, NOW).await.unwrap();
+    assert_eq!(store.messages(&u, NOW, 10).await.unwrap().len(), 2);
+    let gone = store
+        .put_update(&u, &other, update(9, None), NOW)
+        .await
+        .unwrap();
+    assert_eq!(gone, PutOutcome::Gone);
+    assert!(!store.ack(&u, &c, 9).await.unwrap());
+    assert!(store.ack_messages(&u, &ids[..1], NOW).await.unwrap());
+    assert!(!store.delete_message(&u, &c, &ids[1], NOW).await.unwrap());
+    store.unregister(&u, &other).await.unwrap();
+    assert_lives(&servers, &record, expect);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forgotten_device_takes_its_message_items_along() {
+    let server = Memcached::start();
+    let servers = [&server];
+    let store = living(&servers, 2);
+    let (u, c) = (uaid(), channel(1));
+    store.register(&u, &c, 10, NOW).await.unwrap();
+    // A message live for an hour: its item lives no longer than the record, and the
+    // margin.
+    let m = message(&message_id(1), &c, None);
+    assert_eq!(put(&store, &u, &m, 10).await, QueueOutcome::Stored);
+    let item = format!("sp1:m:{u}:{}", m.id);
+    assert_lives(&servers, &item, 4);
+    // memcached's clock ticks once a second: a 4 s item is gone within 5 s. Its clock
+    // cannot be paused, so this waits for real.
+    tokio::time::sleep(Duration::from_millis(5100)).await;
+    assert_eq!(server.raw(&format!("sp1:d:{u}")), None);
+    assert_eq!(
+        server.raw(&item),
+        None,
+        "the message item outlived its device"
+    );
+    assert!(store.messages(&u, NOW, 10).await.unwrap().is_empty());
+    assert_eq!(put(&store, &u, &m, 10).await, QueueOutcome::Gone);
+    assert_eq!(server.raw(&item), None, "a refused message's item stays");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn items_that_never_expire_need_no_touch() {
+    let server = Memcached::start();
+    let servers = [&server];
+    let store = living(&servers, 0);
+    let u = uaid();
+    store.register(&u, &channel(1), 10, NOW).await.unwrap();
+    store.set_node(&u, "http://node-a").await.unwrap();
+    store.touch(&u, NOW).await.unwrap();
+    assert_eq!(server.ttl(&format!("sp1:d:{u}")), Some(-1));
+    assert_eq!(server.ttl(&format!("sp1:n:{u}")), Some(-1));
+}
+
+#[tokio::test]
+async fn sweep_has_nothing_to_do_and_asks_no_server() {
+    // A server that is down: any request would fail.
+    let store = connect(
+        &[&format!("127.0.0.1:{}", free_port())],
+        MemcacheOptions::default(),
+    );
+    let swept = store.sweep(NOW, NOW, 100).await.unwrap();
+    assert_eq!(swept, Swept::default());
+    let error = store.touch(&uaid(), NOW).await.unwrap_err();
+    assert!(matches!(error, StoreError::Unavailable(_)), "{error:?}");
+    // Nor has a touch when items never expire.
+    let options = MemcacheOptions {
+        ttl: Duration::ZERO,
+        ..MemcacheOptions::default()
+    };
+    let store = connect(&[&format!("127.0.0.1:{}", free_port())], options);
+    store.touch(&uaid(), NOW).await.unwrap();
 }

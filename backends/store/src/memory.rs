@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
@@ -122,6 +123,10 @@ impl Shard {
 #[derive(Debug)]
 pub struct MemoryStore {
     shards: Vec<Mutex<Shard>>,
+    /// The shard the next sweep step starts at: where the last one stopped at its
+    /// limit, so a round over a big backlog reads each device about once, not once per
+    /// step.
+    sweep_from: AtomicUsize,
 }
 
 impl Default for MemoryStore {
@@ -135,6 +140,7 @@ impl MemoryStore {
     pub fn new() -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            sweep_from: AtomicUsize::new(0),
         }
     }
 
@@ -367,12 +373,16 @@ impl Store for MemoryStore {
 
     async fn sweep(&self, cutoff: u64, now: u64, limit: usize) -> Result<Swept, StoreError> {
         let mut swept = Swept::default();
+        let limit = limit as u64;
+        let start = self.sweep_from.load(Ordering::Relaxed);
         // One shard at a time, so no lock is held across the whole store.
-        for shard in &self.shards {
-            let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+        for index in (start..start + SHARDS).map(|i| i % SHARDS) {
+            let mut shard = self.shards[index]
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             let Shard { devices, queues } = &mut *shard;
             devices.retain(|uaid, device| {
-                let keep = device.seen >= cutoff || swept.devices >= limit as u64;
+                let keep = device.seen >= cutoff || swept.devices >= limit;
                 if !keep {
                     swept.devices += 1;
                     queues.remove(uaid);
@@ -381,14 +391,19 @@ impl Store for MemoryStore {
             });
             queues.retain(|_, queue| {
                 queue.retain(|message| {
-                    let keep = !message.is_expired(now) || swept.messages >= limit as u64;
+                    let keep = !message.is_expired(now) || swept.messages >= limit;
                     swept.messages += u64::from(!keep);
                     keep
                 });
                 !queue.is_empty()
             });
+            if swept.devices >= limit || swept.messages >= limit {
+                // This shard may hold more: the next step starts here.
+                self.sweep_from.store(index, Ordering::Relaxed);
+                swept.more = true;
+                return Ok(swept);
+            }
         }
-        swept.more = swept.devices >= limit as u64 || swept.messages >= limit as u64;
         Ok(swept)
     }
 

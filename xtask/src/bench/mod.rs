@@ -228,6 +228,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             outcomes.push(outcome);
         }
     }
+    if smoke {
+        outcomes.extend(store_scale_smoke(&bench, &args.backends)?);
+    }
     println!("\nbench: {} scenario run(s) finished", outcomes.len());
     for line in comparisons(&outcomes) {
         println!("bench: {line}");
@@ -246,6 +249,7 @@ fn store_scale(bench: &Bench, args: &BenchArgs) -> Result<()> {
         sample: 20_000,
         hellos: 2000,
         sweep_timeout: std::time::Duration::from_secs_f64(args.sweep_timeout),
+        settle_cap: 120.0,
         strict: false,
     };
     let outcomes = store_scale::run(bench, &args.backends, &params)?;
@@ -268,6 +272,36 @@ fn store_scale(bench: &Bench, args: &BenchArgs) -> Result<()> {
         println!("bench: store-scale: targets NOT met: {}", missed.join(", "));
     }
     Ok(())
+}
+
+/// store-scale at a tiny size on the durable backends given (smoke): fill, serve, the
+/// sweep of retention; fails on any failed request or device, asserts no timing.
+fn store_scale_smoke(bench: &Bench, backends: &[String]) -> Result<Vec<Outcome>> {
+    let durable: Vec<String> = backends
+        .iter()
+        .filter(|b| matches!(b.as_str(), "sqlite" | "rocksdb"))
+        .cloned()
+        .collect();
+    if durable.is_empty() {
+        return Ok(Vec::new());
+    }
+    let began = std::time::Instant::now();
+    let params = store_scale::ScaleParams {
+        small: 100,
+        large: 400,
+        secs: 0.5,
+        sample: 400,
+        hellos: 50,
+        sweep_timeout: std::time::Duration::from_secs(60),
+        settle_cap: 0.0,
+        strict: true,
+    };
+    let outcomes = store_scale::run(bench, &durable, &params).context("scenario store-scale")?;
+    println!(
+        "bench: store-scale smoke took {:.1} s",
+        began.elapsed().as_secs_f64()
+    );
+    Ok(outcomes)
 }
 
 /// Ratios between notify runs of the same invocation: WebPush's server CPU per

@@ -377,9 +377,7 @@ impl Store for MemoryStore {
         let start = self.sweep_from.load(Ordering::Relaxed);
         // One shard at a time, so no lock is held across the whole store.
         for index in (start..start + SHARDS).map(|i| i % SHARDS) {
-            let mut shard = self.shards[index]
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+            let mut shard = self.shards[index].lock().unwrap_or_else(|p| p.into_inner());
             let Shard { devices, queues } = &mut *shard;
             devices.retain(|uaid, device| {
                 let keep = device.seen >= cutoff || swept.devices >= limit;

@@ -110,7 +110,8 @@ pub fn open(config: &Config) -> Result<Arc<dyn Store>, OpenError> {
                 pool_size: store.pool_size,
                 timeout: store.timeout,
                 // Retention is the items' lifetime: memcached forgets a device
-                // `device_ttl` after its last write or touch (zero: never). A record
+                // `device_ttl` after it was last seen, at a hello or register (zero:
+                // never). A record
                 // holds the device's pending updates and message index, so a
                 // `device_ttl` shorter than `message_ttl` or `max_ttl` drops them with
                 // their device before they expire: by design, the device is gone

@@ -91,7 +91,7 @@ mod memcache {
     /// second, so a few seconds keep the behaviours' margins clear of its rounding.
     const LIFETIME: Duration = Duration::from_secs(6);
 
-    /// A store whose items live [`LIFETIME`] after their last write or touch.
+    /// A store whose items live [`LIFETIME`] after the device was last seen (registered or touched).
     async fn make_short_lived() -> (TestStore, ()) {
         let options = MemcacheOptions {
             ttl: LIFETIME,

@@ -1,5 +1,6 @@
 //! How the memcache store is tuned, and how its item lifetime becomes a memcached
-//! expiration time.
+//! expiration time: for a device record, what is left of the lifetime since the device
+//! was last seen.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -11,10 +12,11 @@ pub struct MemcacheOptions {
     /// How long one memcached operation (connecting, sending, reading the answer) may
     /// take before the store answers `Unavailable` (default 1 s). Must not be zero.
     pub timeout: Duration,
-    /// How long a device's items live after their last write (default 30 days). The
-    /// server passes at least its `message_ttl`, so pending updates never vanish before
-    /// they expire. [`Duration::ZERO`] means items never expire (memcached may still
-    /// evict them under memory pressure).
+    /// How long a device's items live after the device was last seen: its last
+    /// register or touch (a hello), whatever else was written to it since (default 30
+    /// days). A queued message's item lives no longer than its message, nor than the
+    /// device record (plus a margin of two seconds). [`Duration::ZERO`] means items
+    /// never expire (memcached may still evict them under memory pressure).
     pub ttl: Duration,
     /// The largest item the memcached servers store, in bytes: their `-I` setting
     /// (default 1 MiB). A device's record must fit in one item, less room for the
@@ -39,21 +41,47 @@ impl Default for MemcacheOptions {
 /// greater as an absolute UNIX time.
 const RELATIVE_LIMIT: u64 = 30 * 24 * 3600;
 
+/// This node's clock in UNIX seconds: the one memcached's lifetimes run on, in which
+/// the store records when a device was last seen.
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs())
+}
+
 /// The memcached expiration field for an item written now that should live `ttl`.
 pub(crate) fn expiration(ttl: Duration) -> u32 {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| since.as_secs());
-    expiration_at(ttl, now)
+    expiration_at(ttl, unix_now())
+}
+
+/// `ttl` in whole seconds, rounded up (0 would mean "never expire"); `None` for
+/// [`Duration::ZERO`], items that never expire.
+pub(crate) fn whole_seconds(ttl: Duration) -> Option<u64> {
+    (!ttl.is_zero()).then(|| ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0))
+}
+
+/// The seconds a device record has left at `now` (UNIX seconds) when the device was
+/// last seen at `seen`: what is left of `ttl` since then, at least one second (the
+/// write that asks is answered; memcached forgets the record right after) and at most
+/// all of `ttl` (a `seen` ahead of `now`, from a node whose clock is ahead, gives no
+/// more). `None` when items never expire.
+pub(crate) fn record_left(ttl: Duration, seen: u64, now: u64) -> Option<u64> {
+    let ttl = whole_seconds(ttl)?;
+    let since = now.saturating_sub(seen);
+    Some(ttl.saturating_sub(since).max(1))
+}
+
+/// The memcached expiration field of a device record written at `now` whose device
+/// was last seen at `seen` (see [`record_left`]); 0 (never) when items never expire.
+pub(crate) fn record_expiration(ttl: Duration, seen: u64, now: u64) -> u32 {
+    record_left(ttl, seen, now).map_or(0, |left| expiration_at(Duration::from_secs(left), now))
 }
 
 /// [`expiration`] at the UNIX time `now`.
-fn expiration_at(ttl: Duration, now: u64) -> u32 {
-    if ttl.is_zero() {
+pub(crate) fn expiration_at(ttl: Duration, now: u64) -> u32 {
+    let Some(seconds) = whole_seconds(ttl) else {
         return 0;
-    }
-    // Round sub-second lifetimes up: 0 would mean "never expire".
-    let seconds = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+    };
     let field = if seconds <= RELATIVE_LIMIT {
         seconds
     } else {
@@ -96,6 +124,28 @@ mod tests {
     fn zero_means_never_and_huge_saturates() {
         assert_eq!(expiration_at(Duration::ZERO, NOW), 0);
         assert_eq!(expiration_at(Duration::from_secs(u64::MAX), NOW), u32::MAX);
+    }
+
+    #[test]
+    fn a_record_has_what_is_left_since_the_device_was_seen() {
+        let ttl = Duration::from_secs(100);
+        assert_eq!(record_left(ttl, NOW, NOW), Some(100));
+        assert_eq!(record_left(ttl, NOW - 30, NOW), Some(70));
+        assert_eq!(record_left(ttl, NOW - 99, NOW), Some(1));
+        // Past its lifetime (a lowered ttl, clocks apart): a second, not "never".
+        assert_eq!(record_left(ttl, NOW - 100, NOW), Some(1));
+        assert_eq!(record_left(ttl, 0, NOW), Some(1));
+        // Seen ahead of this clock: never more than the whole lifetime.
+        assert_eq!(record_left(ttl, NOW + 50, NOW), Some(100));
+        assert_eq!(record_left(Duration::from_millis(1500), NOW, NOW), Some(2));
+        assert_eq!(record_left(Duration::ZERO, 0, NOW), None);
+        assert_eq!(record_expiration(ttl, NOW - 30, NOW), 70);
+        assert_eq!(record_expiration(Duration::ZERO, NOW - 30, NOW), 0);
+        // Beyond 30 days, an absolute time: the moment the lifetime ends.
+        let long = Duration::from_secs(RELATIVE_LIMIT + 1000);
+        let seen = NOW - 10;
+        let field = record_expiration(long, seen, NOW);
+        assert_eq!(u64::from(field), seen + RELATIVE_LIMIT + 1000);
     }
 
     #[test]

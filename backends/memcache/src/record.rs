@@ -1,16 +1,17 @@
-//! How a device is stored: one compact item per uaid holding its channels, their
-//! pending updates and the index of its queued WebPush messages; one item per queued
-//! message holding its body; and a small item naming its node.
+//! How a device is stored: one compact item per uaid holding when the device was last
+//! seen, its channels, their pending updates and the index of its queued WebPush
+//! messages; one item per queued message holding its body; and a small item naming its
+//! node.
 //!
 //! A device item is a layout byte and then the record in postcard's binary encoding:
 //! every string is its length (a varint) and its bytes as they are, so a record's size
 //! follows from its contents alone ([`Device::encoded_len`]) whatever characters the
-//! data holds. A device with nothing queued is written in the [`BINARY`] layout (its
-//! channels only), exactly as before WebPush, so nodes of an earlier version still read
-//! it; one with queued messages in the [`QUEUED`] layout (its channels, then the
-//! index). Items written before the binary layout are JSON (they start with `{`, never
-//! with a layout byte) and are still read; the next change to such a device writes it
-//! in a binary layout.
+//! data holds. Records are written in the [`SEEN`] layout: the time the device was last
+//! seen, its channels, then the index (an empty one is a single byte). Records of the
+//! earlier layouts are still read, as holding no last-seen time: the [`BINARY`] layout
+//! (channels only, before WebPush), the [`QUEUED`] one (channels, then the index) and,
+//! before them, JSON (it starts with `{`, never with a layout byte). Their next change
+//! writes them in the [`SEEN`] layout, which earlier builds cannot read.
 //!
 //! A message item ([`MessageItem`]) is a layout byte ([`MESSAGE`]) and what the index
 //! does not hold: the TTL, the urgency and the payload.
@@ -23,6 +24,11 @@ use simplepush_store::{ChannelId, Message, MessageId, Payload, Pending, Update, 
 /// Everything stored for one device, in the item at [`crate::key::device`].
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Device {
+    /// UNIX seconds (the clock of the node that saw it) when the device was last seen:
+    /// its last register or touch. The record's lifetime runs from it. `None` in a
+    /// record of an earlier layout (and in a new, empty one) until [`Device::stamp`].
+    #[serde(skip)]
+    pub(crate) seen: Option<u64>,
     /// Live channels by id, each with its pending update if any.
     #[serde(rename = "c", default)]
     pub(crate) channels: BTreeMap<String, Option<Slot>>,
@@ -109,12 +115,18 @@ impl Slot {
     }
 }
 
-/// The first byte of a device item in the binary layout without queued messages: the
-/// channels only (the layout of nodes before WebPush).
+/// The first byte of a device item in the binary layout of nodes before WebPush: the
+/// channels only. Read, no longer written.
 const BINARY: u8 = 1;
 
-/// The first byte of a device item with queued messages: the channels, then the index.
+/// The first byte of a device item in the layout of nodes before last-seen times: the
+/// channels, then the index (written only with messages queued). Read, no longer
+/// written.
 const QUEUED: u8 = 2;
+
+/// The first byte of a device item in the layout written now: the last-seen time, the
+/// channels, then the index.
+const SEEN: u8 = 3;
 
 /// The first byte of a message item.
 const MESSAGE: u8 = 1;
@@ -132,34 +144,59 @@ fn str_len(text: &str) -> usize {
 
 impl Device {
     /// Decodes an item, in a binary layout or the JSON one before them; an error (its
-    /// reason) when it is not a device record.
+    /// reason) when it is not a device record. A record of a layout before [`SEEN`]
+    /// has no last-seen time.
     pub(crate) fn decode(bytes: &[u8]) -> Result<Device, String> {
         match bytes.split_first() {
+            Some((&SEEN, record)) => {
+                let (seen, channels, queues) = decode_all(record)?;
+                Ok(Device {
+                    seen: Some(seen),
+                    channels,
+                    queues,
+                })
+            }
             Some((&BINARY, record)) => Ok(Device {
                 channels: decode_all(record)?,
-                queues: BTreeMap::new(),
+                ..Device::default()
             }),
-            Some((&QUEUED, record)) => decode_all(record),
+            Some((&QUEUED, record)) => {
+                let (channels, queues) = decode_all(record)?;
+                Ok(Device {
+                    channels,
+                    queues,
+                    ..Device::default()
+                })
+            }
             _ => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
         }
     }
 
-    /// Encodes the record for storing, in [`Device::encoded_len`] bytes.
-    pub(crate) fn encode(&self) -> Result<Vec<u8>, postcard::Error> {
-        let mut bytes = Vec::with_capacity(self.encoded_len());
-        if self.queues.is_empty() {
-            bytes.push(BINARY);
-            postcard::to_extend(&self.channels, bytes)
-        } else {
-            bytes.push(QUEUED);
-            postcard::to_extend(self, bytes)
+    /// Records the device as seen at `now` (UNIX seconds) when `see`; a record without
+    /// a last-seen time (of an earlier layout, or new) counts as seen at `now` too, so
+    /// its first write in the [`SEEN`] layout gives it a whole lifetime, as every write
+    /// did before. Called before every write.
+    pub(crate) fn stamp(&mut self, see: bool, now: u64) {
+        if see || self.seen.is_none() {
+            self.seen = Some(now);
         }
     }
 
+    /// Encodes the record for storing, in the [`SEEN`] layout, in
+    /// [`Device::encoded_len`] bytes. Call [`Device::stamp`] first: a record without a
+    /// last-seen time is written as seen at 0.
+    pub(crate) fn encode(&self) -> Result<Vec<u8>, postcard::Error> {
+        let mut bytes = Vec::with_capacity(self.encoded_len());
+        bytes.push(SEEN);
+        let record = (self.seen.unwrap_or_default(), &self.channels, &self.queues);
+        postcard::to_extend(&record, bytes)
+    }
+
     /// The size of [`Device::encode`]'s output, computed without encoding: the layout
-    /// byte, the channel count, and per channel its id, the slot's tag and, with an
-    /// update pending, its version, expiry and data; then, with messages queued, the
-    /// count of queues and per queue its channel id, its length and its entries.
+    /// byte, the last-seen time, the channel count, and per channel its id, the slot's
+    /// tag and, with an update pending, its version, expiry and data; then the count of
+    /// queues (one byte for none) and per queue its channel id, its length and its
+    /// entries.
     pub(crate) fn encoded_len(&self) -> usize {
         let channels: usize = self
             .channels
@@ -176,12 +213,9 @@ impl Device {
                 str_len(channel) + varint_len(queue.len() as u64) + entries
             })
             .sum();
-        let index = if self.queues.is_empty() {
-            0
-        } else {
-            varint_len(self.queues.len() as u64) + queues
-        };
-        1 + varint_len(self.channels.len() as u64) + channels + index
+        let seen = varint_len(self.seen.unwrap_or_default());
+        let index = varint_len(self.queues.len() as u64) + queues;
+        1 + seen + varint_len(self.channels.len() as u64) + channels + index
     }
 
     /// The queued messages not expired at `now`, each with its channel, ascending id.
@@ -375,7 +409,10 @@ mod tests {
 
     #[test]
     fn device_round_trips_with_extreme_values() {
-        let mut device = Device::default();
+        let mut device = Device {
+            seen: Some(u64::MAX),
+            ..Device::default()
+        };
         device.channels.insert("idle".into(), None);
         device.channels.insert(
             "busy".into(),
@@ -387,18 +424,43 @@ mod tests {
         );
         let decoded = Device::decode(&device.encode().unwrap()).unwrap();
         assert_eq!(decoded, device);
+        device.seen = Some(0);
+        let decoded = Device::decode(&device.encode().unwrap()).unwrap();
+        assert_eq!(decoded, device);
     }
 
     #[test]
     fn encoding_is_compact() {
-        let mut device = Device::default();
+        let mut device = Device {
+            seen: Some(300),
+            ..Device::default()
+        };
         device.channels.insert("c".into(), Some(Slot(7, 9, None)));
         device.channels.insert("d".into(), None);
-        // Layout, 2 channels; "c", a slot: 7, 9, no data; "d", no slot.
+        // Layout, seen at 300 (two varint bytes), 2 channels; "c", a slot: 7, 9, no
+        // data; "d", no slot; no queues.
         assert_eq!(
             device.encode().unwrap(),
-            [BINARY, 2, 1, b'c', 1, 7, 9, 0, 1, b'd', 0]
+            [SEEN, 0xac, 0x02, 2, 1, b'c', 1, 7, 9, 0, 1, b'd', 0, 0]
         );
+    }
+
+    #[test]
+    fn a_stamp_records_a_sighting_and_dates_an_undated_record() {
+        let mut device = Device::default();
+        device.stamp(false, 50);
+        assert_eq!(device.seen, Some(50), "undated: seen when written");
+        device.stamp(false, 60);
+        assert_eq!(
+            device.seen,
+            Some(50),
+            "a write that is no sighting keeps it"
+        );
+        device.stamp(true, 70);
+        assert_eq!(device.seen, Some(70));
+        // Set, not raised: a clock behind is believed.
+        device.stamp(true, 65);
+        assert_eq!(device.seen, Some(65));
     }
 
     /// Data that JSON escapes at up to six bytes per byte (`\u0001`).
@@ -418,17 +480,23 @@ mod tests {
     fn size_is_the_formula_whatever_the_data() {
         let data = worst_case_data(4096);
         assert_eq!(data.len(), 4096);
-        let mut device = Device::default();
+        // The largest last-seen time, for the bound.
+        let mut device = Device {
+            seen: Some(u64::MAX),
+            ..Device::default()
+        };
         for i in 0..200 {
             let channel = format!("{i:08x}-0000-4000-8000-000000000000");
             let slot = Slot(i64::MAX as u64, u64::MAX, Some(data.clone()));
             device.channels.insert(channel, Some(slot));
             assert_eq!(device.encode().unwrap().len(), device.encoded_len());
         }
-        // Every channel at the bound: 36-byte ids, the largest varints, 4096 bytes.
-        let bound = 1 + varint_len(200) + 200 * max_channel_len(36, 4096);
+        // Every channel at the bound: 36-byte ids, the largest varints, 4096 bytes;
+        // then the index, empty: one byte.
+        let bound = 1 + MAX_VARINT + varint_len(200) + 200 * max_channel_len(36, 4096) + 1;
         assert_eq!(device.encoded_len(), bound - 200);
         assert_eq!(max_channel_len(36, 4096), 4157);
+        assert_eq!(bound, 831_414);
         // The protocol's largest device fits memcached's default item (1 MiB, less
         // room for the header and key), which its JSON did not.
         assert!(bound < 1024 * 1024 - 512, "{bound}");
@@ -439,7 +507,8 @@ mod tests {
             .channels
             .insert("y".into(), Some(Slot(0, 0, Some(String::new()))));
         assert_eq!(device.encode().unwrap().len(), device.encoded_len());
-        assert_eq!(Device::default().encode().unwrap().len(), 2);
+        // The layout, seen at 0, no channels, no queues.
+        assert_eq!(Device::default().encode().unwrap(), [SEEN, 0, 0, 0]);
     }
 
     /// The index entry of a message with these values.
@@ -449,11 +518,13 @@ mod tests {
 
     #[test]
     fn size_is_the_formula_with_queued_messages() {
-        let mut device = Device::default();
+        let mut device = Device {
+            seen: Some(1_700_000_000),
+            ..Device::default()
+        };
         device.channels.insert("c".into(), Some(Slot(7, 9, None)));
-        // Nothing queued: the layout before WebPush, byte for byte.
         let before = device.encode().unwrap();
-        assert_eq!(before[0], BINARY);
+        assert_eq!(before.len(), device.encoded_len());
         for i in 0..300u64 {
             let channel = format!("{:08x}-0000-4000-8000-000000000000", i % 7);
             let topic = (i % 3 == 0).then(|| "t".repeat((i % 33) as usize));
@@ -465,7 +536,7 @@ mod tests {
                 topic.as_deref(),
             ));
             let encoded = device.encode().unwrap();
-            assert_eq!(encoded[0], QUEUED);
+            assert_eq!(encoded[0], SEEN);
             assert_eq!(encoded.len(), device.encoded_len(), "{i}");
             assert_eq!(Device::decode(&encoded).unwrap(), device);
         }
@@ -473,7 +544,7 @@ mod tests {
         // 32-byte topic: 1 + 64 + 10 + 1 + 1 + 32 bytes.
         let entry = queued(&"i".repeat(64), u64::MAX, Some(&"t".repeat(32)));
         assert_eq!(entry.encoded_len(), 109);
-        // Emptied of messages, the device is written as before again.
+        // Emptied of messages, the device is written as before.
         device.queues.clear();
         device.channels.retain(|channel, _| channel == "c");
         assert_eq!(device.encode().unwrap(), before);
@@ -559,27 +630,60 @@ mod tests {
         assert_eq!(varint_len(u64::MAX), MAX_VARINT);
     }
 
+    /// Stamps `device` as written at `now` (undated: seen then), encodes it and
+    /// checks that it reads back as that, in the [`SEEN`] layout.
+    fn rewritten(mut device: Device, now: u64) -> Device {
+        device.stamp(false, now);
+        let encoded = device.encode().unwrap();
+        assert_eq!(encoded[0], SEEN);
+        assert_eq!(encoded.len(), device.encoded_len());
+        let back = Device::decode(&encoded).unwrap();
+        assert_eq!(back, device);
+        back
+    }
+
     #[test]
     fn records_in_the_json_layout_are_still_read() {
         let old = r#"{"c":{"idle":null,"busy":[7,9,"quote \" nul \u0000 é"]}}"#;
         let device = Device::decode(old.as_bytes()).unwrap();
+        assert_eq!(device.seen, None, "no last-seen time");
         assert_eq!(device.channels.len(), 2);
         assert_eq!(device.channels["idle"], None);
         assert_eq!(
             device.channels["busy"],
             Some(Slot(7, 9, Some("quote \" nul \u{0} é".into())))
         );
-        // Re-encoded in the binary layout, it reads back the same.
-        let encoded = device.encode().unwrap();
-        assert_eq!(encoded[0], BINARY);
-        assert_eq!(Device::decode(&encoded).unwrap(), device);
+        // Rewritten in the current layout, seen when written, it reads back the same.
+        let back = rewritten(device.clone(), 1_700_000_000);
+        assert_eq!(back.seen, Some(1_700_000_000));
+        assert_eq!(
+            (back.channels, back.queues),
+            (device.channels, device.queues)
+        );
         assert_eq!(Device::decode(b"{}").unwrap(), Device::default());
-        // A record in the binary layout of before WebPush reads with nothing queued.
+    }
+
+    #[test]
+    fn records_in_the_binary_layouts_before_last_seen_times_are_still_read() {
+        // Before WebPush: one channel "c" with update 7 expiring at 9.
         let old = [BINARY, 1, 1, b'c', 1, 7, 9, 0];
         let device = Device::decode(&old).unwrap();
+        assert_eq!(device.seen, None);
         assert!(device.queues.is_empty());
         assert_eq!(device.channels["c"], Some(Slot(7, 9, None)));
-        assert_eq!(device.encode().unwrap(), old);
+        let back = rewritten(device, 1_700_000_000);
+        assert_eq!(back.channels["c"], Some(Slot(7, 9, None)));
+        // With queued messages: channel "c" without an update, then its queue of one
+        // entry (id "i", expiring at 9, topic "t").
+        let old = [QUEUED, 1, 1, b'c', 0, 1, 1, b'c', 1, 1, b'i', 9, 1, 1, b't'];
+        let device = Device::decode(&old).unwrap();
+        assert_eq!(device.seen, None);
+        assert_eq!(device.channels["c"], None);
+        let entry = queued("i", 9, Some("t"));
+        assert_eq!(device.queues["c"], std::slice::from_ref(&entry));
+        let back = rewritten(device, 1_700_000_000);
+        assert_eq!(back.queues["c"], [entry]);
+        assert_eq!(back.seen, Some(1_700_000_000));
     }
 
     #[test]
@@ -587,14 +691,23 @@ mod tests {
         assert!(Device::decode(b"\xff\x00").is_err());
         assert!(Device::decode(b"").is_err());
         assert!(Device::decode(b"{\"c\":{\"x\":[1]}}").is_err());
-        // Binary layout: truncated, trailing bytes, a string that is not UTF-8.
+        // The current layout: truncated, trailing bytes, a string that is not UTF-8,
+        // no channels or no index after the last-seen time.
         let mut device = Device::default();
         device.channels.insert("c".into(), Some(Slot(7, 9, None)));
         let encoded = device.encode().unwrap();
         assert!(Device::decode(&encoded[..encoded.len() - 1]).is_err());
         assert!(Device::decode(&[encoded.as_slice(), &[0]].concat()).is_err());
+        assert!(Device::decode(&[SEEN, 5, 1, 1, 0xff, 0, 0]).is_err());
+        assert!(Device::decode(&[SEEN]).is_err());
+        assert!(Device::decode(&[SEEN, 5]).is_err());
+        assert!(Device::decode(&[SEEN, 5, 0]).is_err());
+        assert!(Device::decode(&[SEEN, 0x80]).is_err());
+        assert!(Device::decode(&[SEEN, 5, 0, 0]).is_ok());
+        // The binary layout before WebPush.
         assert!(Device::decode(&[BINARY, 1, 1, 0xff, 0]).is_err());
         assert!(Device::decode(&[BINARY]).is_err());
+        assert!(Device::decode(&[BINARY, 1, 1, b'c', 0, 0]).is_err());
         // The queued layout: no index after the channels, a truncated entry.
         assert!(Device::decode(&[QUEUED, 0]).is_err());
         assert!(Device::decode(&[QUEUED, 0, 1, 1, b'c', 1, 1, b'i']).is_err());

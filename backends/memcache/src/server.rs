@@ -157,18 +157,6 @@ impl Server {
         self.failed(request.send().await).map(drop)
     }
 
-    /// Gives the item at `key` a new lifetime and answers its value, in one request;
-    /// `None` (and nothing created) when there is no item.
-    pub(crate) async fn touch_get(
-        &self,
-        key: &str,
-        expires: u32,
-    ) -> Result<Option<Vec<u8>>, Error> {
-        let request = self.client().await?.get(key).touch_raw(expires);
-        let found = self.failed(request.send().await)?;
-        Ok(if found.hit() { found.value } else { None })
-    }
-
     /// Gives each item of `items` (key, expiration) its new lifetime, in one pipelined
     /// exchange; missing ones are fine.
     pub(crate) async fn touch_many(&self, items: &[(&str, u32)]) -> Result<(), Error> {

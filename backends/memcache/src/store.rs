@@ -12,7 +12,9 @@ use simplepush_store::{
 };
 
 use crate::error::Error;
-use crate::options::expiration;
+use crate::options::{
+    expiration, expiration_at, record_expiration, record_left, unix_now, whole_seconds,
+};
 use crate::record::{Device, MessageItem, NODE_CLEARED, Queued, Slot, decode_node, encode_node};
 use crate::rendezvous::Rendezvous;
 use crate::server::Server;
@@ -42,26 +44,27 @@ const MESSAGE_EXPIRY_MARGIN: u64 = 2;
 
 /// A [`Store`] on one or more memcached servers.
 ///
-/// Each device is one item (its channels and pending updates, in a compact binary
-/// layout) changed by compare-and-swap, plus one item naming the node it is connected
-/// to.
+/// Each device is one item (when it was last seen, its channels and pending updates,
+/// in a compact binary layout) changed by compare-and-swap, plus one item naming the
+/// node it is connected to.
 /// Keys are spread over the servers by rendezvous hashing, so every node agrees on
 /// where a key lives whatever order its config lists the servers in, and adding a
 /// server moves only the keys it takes over.
 ///
-/// **Volatile by design:** items expire [`MemcacheOptions::ttl`] after their last
-/// write or touch, and memcached may evict them earlier under memory pressure or lose
-/// them in a restart. A device whose record is gone is told to register again by the
-/// hello rule (docs/protocol.md: non-empty `channelIDs` the store does not know get a
-/// fresh uaid); updates pending at that moment are lost. Use a durable backend where
-/// that matters.
+/// **Volatile by design:** items expire [`MemcacheOptions::ttl`] after the device was
+/// last seen (see Retention below), and memcached may evict them earlier under memory
+/// pressure or lose them in a restart. A device whose record is gone is told to
+/// register again by the hello rule (docs/protocol.md: non-empty `channelIDs` the store
+/// does not know get a fresh uaid); updates pending at that moment are lost. Use a
+/// durable backend where that matters.
 ///
 /// A device's record must fit in one memcached item ([`MemcacheOptions::item_limit`],
 /// 1 MiB by default, less 512 bytes for the header and key). Its size depends only on
 /// its contents' lengths, never on which characters the data holds: at most 4,157
 /// bytes per channel with a 36-byte id and 4 KiB of data, so the protocol's 200
-/// channels with 4 KiB pending on each take at most 831,403 bytes. A change that would
-/// not fit fails with [`StoreError::TooLarge`] and leaves the record as it was.
+/// channels with 4 KiB pending on each take at most 831,414 bytes (with the last-seen
+/// time and an empty index). A change that would not fit fails with
+/// [`StoreError::TooLarge`] and leaves the record as it was.
 ///
 /// **WebPush messages** are queued one item each (`sp1:m:<uaid>:<id>`, body and
 /// headers), with a small index in the device record: per channel, each message's
@@ -70,15 +73,16 @@ const MESSAGE_EXPIRY_MARGIN: u64 = 2;
 /// messages for the whole device; in their own items, the record has room for some
 /// 9,000 index entries, and the channel's bound (`max_queued`) with the dropping of
 /// expired entries at every put keeps the index small. A message item expires by
-/// itself in memcached when the message does, or when the device record written with
-/// it would, if that comes first (plus a margin of two seconds either way): once
-/// the record (and with it the index) is gone, nothing names the item, so it never
-/// outlives the record by more than the margin.
-/// - [`Store::put_message`] writes the message item, then changes the index by
-///   compare-and-swap (registered channel, expired entries dropped, topic replaced,
-///   bound checked); when the index change refuses (Gone, Full) or fails, the item
-///   is deleted again. The item comes first so an index entry always names an item
-///   that was written.
+/// itself in memcached when the message does, or when the device record holding its
+/// index entry does, if that comes first (plus a margin of two seconds either way):
+/// once the record (and with it the index) is gone, nothing names the item, so it
+/// never outlives the record by more than the margin.
+/// - [`Store::put_message`] reads the index and decides (registered channel, expired
+///   entries dropped, topic replaced, bound checked); when it takes the message, it
+///   writes the message item, then the index by compare-and-swap. The item comes
+///   first so an index entry always names an item that was written; a refused message
+///   (Gone, Full) writes no item, and when a retry refuses it or a step fails, the
+///   item is deleted again.
 /// - [`Store::messages`] reads the index, then the items (one pipelined exchange per
 ///   server). An item that is gone (evicted, or lost in a restart) is skipped, and
 ///   that read drops its entry from the index (a compare-and-swap, only then).
@@ -86,20 +90,29 @@ const MESSAGE_EXPIRY_MARGIN: u64 = 2;
 ///   [`Store::drop_uaid`] change the index first, then delete the items, best effort:
 ///   an item left behind is named by no index entry and expires by itself.
 ///
-/// **Retention** is memcached's own: a device whose items are not written or touched
-/// for the lifetime is forgotten by memcached, all at once, so the index never outlives
-/// the channels it indexes (it is part of their record). Every write of the device
-/// record ([`Store::register`], [`Store::put_update`], [`Store::put_message`], the
-/// acks, [`Store::unregister`], [`Store::delete_message`], and [`Store::messages`]
-/// when it prunes) restarts the record's lifetime; reads and refused or no-op
-/// changes do not. [`Store::touch`] (a hello) and [`Store::register`] count as seeing
-/// the device: they restart the lifetime of the record, the node record and the items
-/// of the messages queued (those for as long as the message has left, up to the
-/// lifetime). [`Store::sweep`] has nothing to do.
+/// **Retention** is memcached's own: a device not seen (no hello, no register) for
+/// the lifetime is forgotten by memcached, all at once, so the index never outlives
+/// the channels it indexes (it is part of their record). Only [`Store::touch`] (a
+/// hello) and [`Store::register`] (one that answers Registered) see the device: they
+/// record the time in its record, which restarts its lifetime, and restart the
+/// lifetime of the node record and of the items of the messages queued (those for as
+/// long as the message has left, up to the lifetime). Every other write of the record
+/// ([`Store::put_update`], [`Store::put_message`], the acks, [`Store::unregister`],
+/// [`Store::delete_message`], and [`Store::messages`] when it prunes) gives it what is
+/// left of its lifetime since then (at least a second), so an app server pushing to
+/// a device that never comes back does not keep it: it goes a lifetime after its last
+/// hello, as with the stores that sweep. [`Store::sweep`] has nothing to do.
 ///
-/// A device with queued messages is written in a layout that nodes of a version
-/// before WebPush cannot read (they answer `Corrupt` for it); devices with nothing
-/// queued keep the layout they had.
+/// The time a device was last seen is this node's clock (UNIX seconds) when it
+/// registered or said hello, the clock memcached's lifetimes run on; the `now` of
+/// those calls is the caller's (the server's wall clock, the same one; a test's clock
+/// need not be). Nodes whose clocks disagree by some seconds shift a record's end by
+/// as much. A record of an earlier layout, without that time, counts as seen when it
+/// is next written (a whole lifetime, as every write gave before).
+///
+/// Records are written in a layout that nodes of earlier versions cannot read (they
+/// answer `Corrupt` for it); records of every earlier layout are read, and rewritten
+/// at their next change.
 ///
 /// Every operation is async: no thread waits on memcached.
 pub struct MemcacheStore {
@@ -112,7 +125,7 @@ struct Inner {
     servers: Vec<Server>,
     /// Which server holds a key.
     ring: Rendezvous,
-    /// How long items live after a write.
+    /// How long items live after the device was last seen.
     ttl: Duration,
     /// The largest device record written: the item limit less [`ITEM_OVERHEAD`].
     record_limit: usize,
@@ -122,8 +135,12 @@ struct Inner {
 enum Edit<T> {
     /// Nothing to write; answer `T`.
     Keep(T),
-    /// Write the changed record, then answer `T`.
+    /// Write the changed record, then answer `T`. Its lifetime keeps running from
+    /// when the device was last seen.
     Write(T),
+    /// Write the changed record with the device seen now (a register), restarting its
+    /// lifetime, then answer `T`.
+    See(T),
 }
 
 /// The edit of an ack frame: drops the pending update of each channel of `updates`
@@ -289,29 +306,30 @@ impl Inner {
     }
 
     /// The memcached expiration of the item of a message expiring at `expires_at`,
-    /// written or touched at `now`: what the message has left (at least a second), but
-    /// no longer than the device record's lifetime (the record holds the index entry
-    /// naming the item, and is written or touched at the same moment), plus
-    /// [`MESSAGE_EXPIRY_MARGIN`].
-    fn message_expiration(&self, expires_at: u64, now: u64) -> u32 {
+    /// written or touched at the caller's `now`: what the message has left (at least a
+    /// second), but no longer than `record_left`, the seconds the device record holding
+    /// the index entry that names the item has left (`None`: it never expires), plus
+    /// [`MESSAGE_EXPIRY_MARGIN`]. `wall` is this node's clock, for a lifetime beyond
+    /// memcached's relative seconds.
+    fn message_expiration(expires_at: u64, now: u64, record_left: Option<u64>, wall: u64) -> u32 {
         let mut lifetime = expires_at.saturating_sub(now).max(1);
-        if !self.ttl.is_zero() {
-            let record = self.ttl.as_secs() + u64::from(self.ttl.subsec_nanos() > 0);
+        if let Some(record) = record_left {
             lifetime = lifetime.min(record);
         }
-        expiration(Duration::from_secs(
-            lifetime.saturating_add(MESSAGE_EXPIRY_MARGIN),
-        ))
+        let lifetime = lifetime.saturating_add(MESSAGE_EXPIRY_MARGIN);
+        expiration_at(Duration::from_secs(lifetime), wall)
     }
 
     /// The touches (key, expiration) that restart the lifetime of the items of the
-    /// messages of `device` (a record of `uaid`) unexpired at `now`.
+    /// messages of `device` (a record of `uaid` whose device was just seen, so with its
+    /// whole lifetime ahead) unexpired at the caller's `now`.
     fn message_touches(&self, uaid: &Uaid, device: &Device, now: u64) -> Vec<(String, u32)> {
+        let (record_left, wall) = (whole_seconds(self.ttl), unix_now());
         device
             .queued(now)
             .into_iter()
             .map(|(_, queued)| {
-                let expires = self.message_expiration(queued.expires_at(), now);
+                let expires = Self::message_expiration(queued.expires_at(), now, record_left, wall);
                 (key::message(uaid, queued.id()), expires)
             })
             .collect()
@@ -337,32 +355,55 @@ impl Inner {
         Ok(())
     }
 
-    /// Restarts the lifetime of everything held for `uaid`, creating nothing: the
-    /// device record and the node record at once (the record's touch also reads it),
-    /// then the items of the messages its index names, at once (only when it names
-    /// some). An undecodable record is touched all the same and answered as such.
+    /// Sees `uaid`, creating nothing: records the device as seen now in its record
+    /// (which restarts the record's lifetime) while restarting the node record's,
+    /// then restarts the lifetime of the items of the messages its index names, at
+    /// once (only when it names some). An undecodable record is answered as such.
     /// Nothing to do when items never expire.
     async fn touch(&self, uaid: &Uaid, now: u64) -> Result<(), Error> {
         if self.ttl.is_zero() {
             return Ok(());
         }
-        let expires = expiration(self.ttl);
         let (device_key, node_key) = (key::device(uaid), key::node(uaid));
         let (record, node) = join(
-            self.server(&device_key).touch_get(&device_key, expires),
-            self.server(&node_key).touch(&node_key, expires),
+            self.see(&device_key),
+            self.server(&node_key)
+                .touch(&node_key, expiration(self.ttl)),
         )
         .await;
         node?;
-        let Some(bytes) = record? else {
+        let Some(device) = record? else {
             return Ok(());
         };
-        let device = Device::decode(&bytes).map_err(|reason| Error::Undecodable {
-            key: device_key,
-            reason,
-        })?;
         self.touch_many(&self.message_touches(uaid, &device, now))
             .await
+    }
+
+    /// Records the device whose record is at `key` as seen now, by compare-and-swap,
+    /// retried from a fresh read when another writer got there first; answers the
+    /// record as written, or `None` (and nothing created) when there is none.
+    async fn see(&self, key: &str) -> Result<Option<Device>, Error> {
+        for attempt in 0..CAS_ATTEMPTS {
+            if attempt > 0 {
+                backoff(attempt).await;
+            }
+            let Some((mut device, cas)) = self.read_device(key).await? else {
+                return Ok(None);
+            };
+            let wall = unix_now();
+            device.stamp(true, wall);
+            let bytes = self.encode_device(key, &device)?;
+            if self
+                .store_device(key, &bytes, &device, Some(cas), wall)
+                .await?
+            {
+                return Ok(Some(device));
+            }
+        }
+        Err(Error::Contended {
+            key: key.to_owned(),
+            attempts: CAS_ATTEMPTS,
+        })
     }
 
     /// The values at `keys`, in order (`None` where there is no item): one pipelined
@@ -412,49 +453,39 @@ impl Inner {
         Ok(Some((device, cas)))
     }
 
+    /// The device record at `key` and its CAS token, or an empty record and `None`
+    /// when there is none.
+    async fn read_or_empty(&self, key: &str) -> Result<(Device, Option<u64>), Error> {
+        Ok(match self.read_device(key).await? {
+            Some((device, cas)) => (device, Some(cas)),
+            None => (Device::default(), None),
+        })
+    }
+
     /// Read-modify-write of the device record at `key`: `edit` sees the current record
     /// (an empty one when there is none) and decides; a write is a compare-and-swap
     /// (or an add when there was no record), retried from a fresh read when another
-    /// writer got there first.
+    /// writer got there first. The written record keeps the lifetime it had (from the
+    /// last time the device was seen) unless `edit` sees the device.
     async fn modify<T>(
         &self,
         key: &str,
         mut edit: impl FnMut(&mut Device) -> Edit<T>,
     ) -> Result<T, Error> {
-        let server = self.server(key);
         for attempt in 0..CAS_ATTEMPTS {
             if attempt > 0 {
                 backoff(attempt).await;
             }
-            let current = self.read_device(key).await?;
-            let (mut device, cas) = match current {
-                Some((device, cas)) => (device, Some(cas)),
-                None => (Device::default(), None),
-            };
-            let answer = match edit(&mut device) {
+            let (mut device, cas) = self.read_or_empty(key).await?;
+            let (answer, see) = match edit(&mut device) {
                 Edit::Keep(answer) => return Ok(answer),
-                Edit::Write(answer) => answer,
+                Edit::Write(answer) => (answer, false),
+                Edit::See(answer) => (answer, true),
             };
-            // Checked before encoding: a refused record is never built.
-            let size = device.encoded_len();
-            if size > self.record_limit {
-                return Err(Error::TooLarge {
-                    key: key.to_owned(),
-                    bytes: size,
-                    limit: self.record_limit,
-                });
-            }
-            let bytes = device.encode().map_err(|e| Error::Unencodable {
-                key: key.to_owned(),
-                reason: e.to_string(),
-            })?;
-            let expires = expiration(self.ttl);
-            // An add fails when someone created the record since we looked.
-            let stored = match cas {
-                Some(cas) => server.compare_and_set(key, &bytes, expires, cas).await?,
-                None => server.add(key, &bytes, expires).await?,
-            };
-            if stored {
+            let wall = unix_now();
+            device.stamp(see, wall);
+            let bytes = self.encode_device(key, &device)?;
+            if self.store_device(key, &bytes, &device, cas, wall).await? {
                 return Ok(answer);
             }
         }
@@ -464,19 +495,105 @@ impl Inner {
         })
     }
 
-    /// Records the node of `uaid`, and refreshes the lifetime of its device record: a
-    /// device saying hello is alive.
+    /// The bytes of `device` for the item at `key`, or [`Error::TooLarge`] beyond the
+    /// record limit (checked before encoding: a refused record is never built).
+    fn encode_device(&self, key: &str, device: &Device) -> Result<Vec<u8>, Error> {
+        let size = device.encoded_len();
+        if size > self.record_limit {
+            return Err(Error::TooLarge {
+                key: key.to_owned(),
+                bytes: size,
+                limit: self.record_limit,
+            });
+        }
+        device.encode().map_err(|e| Error::Unencodable {
+            key: key.to_owned(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Stores `bytes`, the encoding of `device` (stamped), at `key` if the item still
+    /// has the CAS token `cas`, or if there is no item when `cas` is `None`; answers
+    /// whether it did (false: another writer got there first). The item lives what is
+    /// left of the lifetime since the device was last seen, at `wall` (this node's
+    /// clock).
+    async fn store_device(
+        &self,
+        key: &str,
+        bytes: &[u8],
+        device: &Device,
+        cas: Option<u64>,
+        wall: u64,
+    ) -> Result<bool, Error> {
+        let seen = device.seen.unwrap_or(wall);
+        let expires = record_expiration(self.ttl, seen, wall);
+        let server = self.server(key);
+        // An add fails when someone created the record since we looked.
+        match cas {
+            Some(cas) => server.compare_and_set(key, bytes, expires, cas).await,
+            None => server.add(key, bytes, expires).await,
+        }
+    }
+
+    /// Queues `message` in the index of `uaid` (see [`queue_message`]), its item
+    /// (`item` at `item_key`) written first: after the read that decides, before the
+    /// compare-and-swap that adds the entry, so an entry always names an item that was
+    /// written, and a refused message writes no item. The item lives what the message
+    /// has left, but no longer than the record (plus [`MESSAGE_EXPIRY_MARGIN`]); a
+    /// retry that finds the device seen at another time writes it again with the
+    /// lifetime that follows. `written` tells the caller that the item was (perhaps)
+    /// written, to delete when the message ends up refused or failed.
+    async fn enqueue(
+        &self,
+        uaid: &Uaid,
+        (item_key, item): (&str, &[u8]),
+        message: &Message,
+        max_queued: usize,
+        now: u64,
+        written: &mut bool,
+    ) -> Result<(QueueOutcome, Vec<Queued>), Error> {
+        let key = key::device(uaid);
+        // The last-seen time the item's lifetime was computed from.
+        let mut item_seen = None;
+        for attempt in 0..CAS_ATTEMPTS {
+            if attempt > 0 {
+                backoff(attempt).await;
+            }
+            let (mut device, cas) = self.read_or_empty(&key).await?;
+            let answer = match queue_message(&mut device, message, max_queued, now) {
+                Edit::Keep(answer) => return Ok(answer),
+                Edit::Write(answer) | Edit::See(answer) => answer,
+            };
+            let wall = unix_now();
+            device.stamp(false, wall);
+            let bytes = self.encode_device(&key, &device)?;
+            if item_seen != device.seen {
+                let seen = device.seen.unwrap_or(wall);
+                let left = record_left(self.ttl, seen, wall);
+                let expires = Self::message_expiration(message.expires_at, now, left, wall);
+                *written = true;
+                self.server(item_key).set(item_key, item, expires).await?;
+                item_seen = device.seen;
+            }
+            if self.store_device(&key, &bytes, &device, cas, wall).await? {
+                return Ok(answer);
+            }
+        }
+        Err(Error::Contended {
+            key,
+            attempts: CAS_ATTEMPTS,
+        })
+    }
+
+    /// Records the node of `uaid`. Only the node record: the device record lives from
+    /// the device's last register or touch (a hello touches both).
     async fn set_node(&self, uaid: &Uaid, node: &str) -> Result<(), Error> {
         let expires = expiration(self.ttl);
         let node_key = key::node(uaid);
         let server = self.server(&node_key);
         server
             .set(&node_key, encode_node(node).as_bytes(), expires)
-            .await?;
-        let device_key = key::device(uaid);
-        // A missing record is fine: there is nothing to keep alive.
-        self.server(&device_key).touch(&device_key, expires).await?;
-        Ok(())
+            .await
     }
 
     /// The node recorded for `uaid`, with the CAS token of its item.
@@ -585,11 +702,11 @@ impl Store for MemcacheStore {
     }
 
     /// A register that answers [`RegisterOutcome::Registered`] sees the device, as
-    /// [`Store::touch`] does: besides the record (restarted by its write, or touched
-    /// when the channel was registered already), it restarts the node record and the
-    /// items of the queued messages, in one exchange per server, all at once. After a
-    /// write those touches are best effort (the register happened; an error would say
-    /// it had not); without one, their error is the answer.
+    /// [`Store::touch`] does: it writes the record with the device seen now (also when
+    /// the channel was registered already), which restarts its lifetime, then restarts
+    /// the node record's and the queued messages' items', in one exchange per server,
+    /// all at once. Those touches are best effort (the register happened; an error
+    /// would say it had not).
     async fn register(
         &self,
         uaid: &Uaid,
@@ -599,32 +716,24 @@ impl Store for MemcacheStore {
     ) -> Result<RegisterOutcome, StoreError> {
         let channel = channel.as_str().to_owned();
         let inner = &self.inner;
-        let (outcome, wrote, mut touches) = self
+        let (outcome, mut touches) = self
             .modify(uaid, move |device| {
-                if device.channels.contains_key(&channel) {
-                    let touches = inner.message_touches(uaid, device, now);
-                    Edit::Keep((RegisterOutcome::Registered, false, touches))
-                } else if device.channels.len() >= max_channels {
-                    Edit::Keep((RegisterOutcome::TooManyChannels, false, Vec::new()))
-                } else {
+                if !device.channels.contains_key(&channel) {
+                    if device.channels.len() >= max_channels {
+                        return Edit::Keep((RegisterOutcome::TooManyChannels, Vec::new()));
+                    }
                     device.channels.insert(channel.clone(), None);
-                    let touches = inner.message_touches(uaid, device, now);
-                    Edit::Write((RegisterOutcome::Registered, true, touches))
                 }
+                let touches = inner.message_touches(uaid, device, now);
+                Edit::See((RegisterOutcome::Registered, touches))
             })
             .await?;
         if outcome != RegisterOutcome::Registered || inner.ttl.is_zero() {
             return Ok(outcome);
         }
-        let expires = expiration(inner.ttl);
-        touches.push((key::node(uaid), expires));
-        if wrote {
-            // Ignored on purpose: see above.
-            let _ = inner.touch_many(&touches).await;
-        } else {
-            touches.push((key::device(uaid), expires));
-            inner.touch_many(&touches).await?;
-        }
+        touches.push((key::node(uaid), expiration(inner.ttl)));
+        // Ignored on purpose: see above.
+        let _ = inner.touch_many(&touches).await;
         Ok(outcome)
     }
 
@@ -690,8 +799,9 @@ impl Store for MemcacheStore {
             .await
     }
 
-    /// Writes the message item, then queues it in the index; the item is deleted again
-    /// when the index refuses it or its change fails.
+    /// Reads the index, writes the message item when the index takes the message, then
+    /// queues it in the index by compare-and-swap (see `Inner::enqueue`); the item is
+    /// deleted again when a retry finds the index refusing it, or a step fails.
     async fn put_message(
         &self,
         uaid: &Uaid,
@@ -714,15 +824,17 @@ impl Store for MemcacheStore {
             }
             .into());
         }
-        let expires = self.inner.message_expiration(message.expires_at, now);
-        self.inner
-            .server(&item_key)
-            .set(&item_key, &item, expires)
-            .await?;
+        let mut written = false;
         let queued = self
-            .modify(uaid, |device| {
-                queue_message(device, message, max_queued, now)
-            })
+            .inner
+            .enqueue(
+                uaid,
+                (&item_key, &item),
+                message,
+                max_queued,
+                now,
+                &mut written,
+            )
             .await;
         let id = message.id.as_str();
         match queued {
@@ -732,12 +844,16 @@ impl Store for MemcacheStore {
                 Ok(QueueOutcome::Stored)
             }
             Ok((refused, _)) => {
-                self.forget_messages(uaid, &[id.to_owned()]).await;
+                if written {
+                    self.forget_messages(uaid, &[id.to_owned()]).await;
+                }
                 Ok(refused)
             }
             Err(error) => {
-                self.forget_messages(uaid, &[id.to_owned()]).await;
-                Err(error)
+                if written {
+                    self.forget_messages(uaid, &[id.to_owned()]).await;
+                }
+                Err(error.into())
             }
         }
     }
@@ -841,21 +957,24 @@ impl Store for MemcacheStore {
         Ok(found == Some(true))
     }
 
-    /// Restarts the lifetime of the device record, the node record and the items of
-    /// the queued messages, creating nothing: one exchange for the two records
-    /// (on their servers at once), and one more, per server at once, only when
-    /// messages are queued. An unknown uaid costs the first exchange and creates
-    /// nothing.
+    /// Records the device as seen now in its record, which restarts the record's
+    /// lifetime, and restarts the lifetime of the node record and of the items of the
+    /// queued messages, creating nothing: a read and a compare-and-swap of the record
+    /// while the node record is touched (on their servers at once), and one more
+    /// exchange, per server at once, only when messages are queued. An unknown uaid
+    /// costs the first exchange and creates nothing. The time recorded is this node's
+    /// clock, the one memcached's lifetimes run on, not `now` (the server passes its
+    /// wall clock, the same one); `now` dates the queued messages' expiries.
     async fn touch(&self, uaid: &Uaid, now: u64) -> Result<(), StoreError> {
         Ok(self.inner.touch(uaid, now).await?)
     }
 
     /// Nothing to do, without asking memcached: every item expires by itself
-    /// [`MemcacheOptions::ttl`] after the last write or touch of its device (message
-    /// items sooner when their message expires), so a device neither seen nor written
-    /// for that long is already gone, and an expired message's item goes by itself a
-    /// moment after the message expires. (memcached cannot list its keys to sweep
-    /// anyway.) Answers [`Swept::default`].
+    /// [`MemcacheOptions::ttl`] after its device was last seen (message items sooner
+    /// when their message expires), so a device not seen for that long is already
+    /// gone, and an expired message's item goes by itself a moment after the message
+    /// expires. (memcached cannot list its keys to sweep anyway.) Answers
+    /// [`Swept::default`].
     async fn sweep(&self, _cutoff: u64, _now: u64, _limit: usize) -> Result<Swept, StoreError> {
         Ok(Swept::default())
     }

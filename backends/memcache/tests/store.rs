@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use memcache::exp::{Meta, MetaClient};
 use simplepush_memcache::{MemcacheOptions, MemcacheStore};
@@ -19,6 +19,14 @@ use simplepush_store::{
 };
 
 const NOW: u64 = 1_000_000;
+
+/// This clock in UNIX seconds, the one the store dates sightings with.
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
 
 /// A memcached process on a free loopback port, killed when dropped.
 struct Memcached {
@@ -356,12 +364,14 @@ async fn the_record_limit_is_the_item_limit_to_the_byte() {
             other => panic!("put {full}: {other:?}"),
         }
     }
-    // The record now: its layout byte, the channel count, `full` channels with data
-    // and one without. What is left of the limit (item limit less 512) goes to the
-    // data of that last channel, to the byte.
+    // The record now: its layout byte, when the device was last seen (this clock's
+    // UNIX seconds), the channel count, `full` channels with data and one without,
+    // and an empty index (one byte). What is left of the limit (item limit less 512)
+    // goes to the data of that last channel, to the byte.
     let channels = full + 1;
     let empty = channel_bytes(1, 0) - (varint(1) + varint(NOW + 3600) + 1 + 1);
-    let record = 1 + varint(channels as u64) + full * channel_bytes(1, 4096) + empty;
+    let header = 1 + varint(unix_now()) + varint(channels as u64);
+    let record = header + full * channel_bytes(1, 4096) + empty + 1;
     let room = item_limit - 512 - record;
     let fill = (1..=room)
         .rev()
@@ -831,33 +841,65 @@ async fn message_items_go_with_their_index_entries() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn records_of_earlier_layouts_take_messages_and_go_back_when_emptied() {
+async fn records_of_earlier_layouts_are_read_and_rewritten_seen_when_written() {
     let server = Memcached::start();
-    let store = connect(&[&server.address], MemcacheOptions::default());
+    let servers = [&server];
+    let store = living(&servers, 100);
     let c = channel(1);
-    // The JSON layout, and the binary one before WebPush: [layout 1, one channel, its
-    // id, no update pending].
-    let json = format!(r#"{{"c":{{"{}":null}}}}"#, c.as_str());
-    let mut binary = vec![1, 1, 36];
-    binary.extend_from_slice(c.as_str().as_bytes());
-    binary.push(0);
-    for old in [json.into_bytes(), binary.clone()] {
+    let id = c.as_str().as_bytes();
+    // The JSON layout; the binary one before WebPush: [layout 1, one channel, its id,
+    // no update pending]; the one with an index before last-seen times: [layout 2, the
+    // same channel, one queue: the channel, one entry: a message's id, its expiry, no
+    // topic].
+    let json = format!(r#"{{"c":{{"{}":null}}}}"#, c.as_str()).into_bytes();
+    let binary = [&[1, 1, 36][..], id, &[0]].concat();
+    let queued = message(&message_id(0), &c, None);
+    let entry = [
+        &[64][..],
+        queued.id.as_str().as_bytes(),
+        &varint_bytes(queued.expires_at),
+        &[0],
+    ]
+    .concat();
+    let indexed = [&[2, 1, 36][..], id, &[0, 1, 36], id, &[1], &entry].concat();
+    for (layout, old) in [(b'{', json), (1, binary), (2, indexed)] {
         let u = uaid();
         let key = format!("sp1:d:{u}");
+        if layout == 2 {
+            // The message's item, as the store writes it (its record is replaced).
+            store.register(&u, &c, 10, NOW).await.unwrap();
+            assert_eq!(put(&store, &u, &queued, 10).await, QueueOutcome::Stored);
+        }
+        // The record as an earlier node left it, with a minute to live.
         server.client().set(&key, old.as_slice(), 60).unwrap();
-        let id = message_id(1);
-        assert_eq!(
-            put(&store, &u, &message(&id, &c, None), 10).await,
-            QueueOutcome::Stored
-        );
-        assert_eq!(queued_ids(&store, &u, 10).await, std::slice::from_ref(&id));
-        assert_eq!(server.raw(&key).unwrap()[0], 2, "the layout with an index");
-        // Emptied of messages, the record is what a node before WebPush wrote.
-        store
-            .ack_messages(&u, &[MessageId::from(id.as_str())], NOW)
-            .await
-            .unwrap();
-        assert_eq!(server.raw(&key).unwrap(), binary);
+        assert_eq!(server.raw(&key).unwrap()[0], layout);
+        // Read as it is, which changes nothing.
+        let expected = match layout {
+            2 => vec![queued.id.as_str().to_owned()],
+            _ => Vec::new(),
+        };
+        assert!(store.registered(&u, &c).await.unwrap());
+        assert_eq!(queued_ids(&store, &u, 10).await, expected);
+        assert_lives(&servers, &key, 60);
+        // Its next write: in the current layout, the device counted as seen then, so a
+        // whole lifetime (what every write gave before), with all it held.
+        let before = unix_now();
+        let put_update = store.put_update(&u, &c, update(4, None), NOW).await;
+        assert_eq!(put_update.unwrap(), PutOutcome::Stored);
+        let seen = seen_of(&servers, &u);
+        assert!((before..=unix_now()).contains(&seen), "seen at {seen}");
+        assert_lives(&servers, &key, 100);
+        let pending = store.pending(&u, NOW).await.unwrap();
+        assert_eq!(pending.updates, vec![(c.clone(), update(4, None))]);
+        assert_eq!(queued_ids(&store, &u, 10).await, expected);
+        // From then on, writes keep that time, and the lifetime that follows from it.
+        let m = message(&message_id(1), &c, None);
+        assert_eq!(put(&store, &u, &m, 10).await, QueueOutcome::Stored);
+        assert_eq!(seen_of(&servers, &u), seen);
+        assert_lives(&servers, &format!("sp1:m:{u}:{}", m.id), 102);
+        let mut all = expected.clone();
+        all.push(m.id.as_str().to_owned());
+        assert_eq!(queued_ids(&store, &u, 10).await, all);
     }
 }
 
@@ -991,7 +1033,7 @@ async fn message_items_spread_over_servers_and_come_back_in_order() {
     }
 }
 
-/// A store on `servers` whose items live `seconds` after their last write or touch.
+/// A store on `servers` whose items live `seconds` after their device was last seen.
 fn living(servers: &[&Memcached], seconds: u64) -> MemcacheStore {
     let addresses: Vec<&str> = servers.iter().map(|s| s.address.as_str()).collect();
     let options = MemcacheOptions {
@@ -1089,7 +1131,8 @@ async fn a_register_sees_the_device_as_a_touch_does() {
     let servers = [&a, &b];
     let (u, short_item, long_items) = device_with_messages(&living(&servers, 100)).await;
     let (record, node) = (format!("sp1:d:{u}"), format!("sp1:n:{u}"));
-    // The channel registered already: nothing written, everything touched.
+    // The channel registered already: the record written with the device seen now,
+    // the rest touched.
     let again = living(&servers, 1000);
     let outcome = again.register(&u, &channel(1), 10, NOW).await.unwrap();
     assert_eq!(outcome, RegisterOutcome::Registered);
@@ -1117,70 +1160,243 @@ async fn a_register_sees_the_device_as_a_touch_does() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_write_restarts_the_record_and_reads_do_not() {
-    let server = Memcached::start();
-    let servers = [&server];
+async fn only_seeing_a_device_restarts_the_lifetime_of_its_record() {
+    let (a, b) = (Memcached::start(), Memcached::start());
+    let servers = [&a, &b];
+    let store = living(&servers, 100);
     let (u, c, other) = (uaid(), channel(1), channel(2));
     let record = format!("sp1:d:{u}");
-    let first = living(&servers, 100);
-    first.register(&u, &c, 10, NOW).await.unwrap();
-    first.register(&u, &other, 10, NOW).await.unwrap();
-    first
-        .put_update(&u, &c, update(5, None), NOW)
-        .await
-        .unwrap();
-    let ids: Vec<MessageId> = (0..3).map(|n| MessageId::new(message_id(n))).collect();
+    let item = |id: &str| format!("sp1:m:{u}:{id}");
+    store.register(&u, &c, 10, NOW).await.unwrap();
+    store.register(&u, &other, 10, NOW).await.unwrap();
+    store.set_node(&u, "http://node-a").await.unwrap();
+    let ids: Vec<MessageId> = (0..4).map(|n| MessageId::new(message_id(n))).collect();
     for id in &ids {
-        put(&first, &u, &message(id.as_str(), &c, None), 10).await;
+        put(&store, &u, &message(id.as_str(), &c, None), 10).await;
     }
-    assert_lives(&servers, &record, 100);
+    // Last seen 50 s ago: 50 s left.
+    let seen = age(&servers, &u, 50, 100);
+    assert_lives(&servers, &record, 50);
 
-    // Each write through a node with a longer lifetime restarts the record with it.
-    let mut lifetime = 100;
-    let mut next = || {
-        lifetime += 100;
-        (living(&servers, lifetime), lifetime as i64)
-    };
-    let (store, expect) = next();
-    let put_update = store
-        .put_update(&u, &c, update(6, None), NOW)
-        .await
-        .unwrap();
-    assert_eq!(put_update, PutOutcome::Stored);
-    assert_lives(&servers, &record, expect);
-    let (store, expect) = next();
+    // Every write that is not a sighting keeps the record's end where it was.
+    let put_update = store.put_update(&u, &c, update(6, None), NOW).await;
+    assert_eq!(put_update.unwrap(), PutOutcome::Stored);
+    assert_lives(&servers, &record, 50);
     let m = message(&message_id(9), &c, None);
     assert_eq!(put(&store, &u, &m, 10).await, QueueOutcome::Stored);
-    assert_lives(&servers, &record, expect);
-    let (store, expect) = next();
+    assert_lives(&servers, &record, 50);
+    // The new message's item lives no longer than the record, and the margin.
+    assert_lives(&servers, &item(m.id.as_str()), 52);
     assert!(!store.ack(&u, &c, 6).await.unwrap());
-    assert_lives(&servers, &record, expect);
-    let (store, expect) = next();
+    assert_lives(&servers, &record, 50);
     assert!(store.ack_messages(&u, &ids[..1], NOW).await.unwrap());
-    assert_lives(&servers, &record, expect);
-    let (store, expect) = next();
+    assert_lives(&servers, &record, 50);
     assert!(store.delete_message(&u, &c, &ids[1], NOW).await.unwrap());
-    assert_lives(&servers, &record, expect);
-    let (store, expect) = next();
-    store.unregister(&u, &other).await.unwrap();
-    assert_lives(&servers, &record, expect);
-
-    // Reads and changes that change nothing write nothing, so restart nothing.
-    let (store, _) = next();
-    assert!(store.knows_uaid(&u).await.unwrap());
-    assert!(store.registered(&u, &c).await.unwrap());
-    store.pending(&u, NOW).await.unwrap();
+    assert_lives(&servers, &record, 50);
+    // A read that drops the entry of an evicted item.
+    let evicted = item(ids[2].as_str());
+    for server in servers {
+        server.client().delete(&evicted).unwrap();
+    }
     assert_eq!(store.messages(&u, NOW, 10).await.unwrap().len(), 2);
-    let gone = store
-        .put_update(&u, &other, update(9, None), NOW)
-        .await
-        .unwrap();
-    assert_eq!(gone, PutOutcome::Gone);
-    assert!(!store.ack(&u, &c, 9).await.unwrap());
-    assert!(store.ack_messages(&u, &ids[..1], NOW).await.unwrap());
-    assert!(!store.delete_message(&u, &c, &ids[1], NOW).await.unwrap());
+    let raw = servers.iter().find_map(|s| s.raw(&record)).unwrap();
+    assert!(!contains(&raw, ids[2].as_str()), "the entry was dropped");
+    assert_lives(&servers, &record, 50);
     store.unregister(&u, &other).await.unwrap();
-    assert_lives(&servers, &record, expect);
+    assert_lives(&servers, &record, 50);
+    // Recording the node is not a sighting either.
+    store.set_node(&u, "http://node-b").await.unwrap();
+    assert_lives(&servers, &record, 50);
+    assert_eq!(seen_of(&servers, &u), seen, "none of them saw the device");
+    // A node with a longer lifetime counts it from the same sighting.
+    let longer = living(&servers, 1000);
+    let put_update = longer.put_update(&u, &c, update(7, None), NOW).await;
+    assert_eq!(put_update.unwrap(), PutOutcome::Stored);
+    assert_lives(&servers, &record, 950);
+
+    // A touch (a hello) sees the device: a whole lifetime again, for the record and
+    // the items of its messages.
+    let before = unix_now();
+    store.touch(&u, NOW).await.unwrap();
+    assert!(seen_of(&servers, &u) >= before);
+    assert_lives(&servers, &record, 100);
+    for id in [&ids[3], &m.id] {
+        assert_lives(&servers, &item(id.as_str()), 102);
+    }
+    // So does a register that answers Registered, of a channel registered already or
+    // of a new one; a refused one does not.
+    age(&servers, &u, 50, 100);
+    let again = store.register(&u, &c, 10, NOW).await.unwrap();
+    assert_eq!(again, RegisterOutcome::Registered);
+    assert_lives(&servers, &record, 100);
+    age(&servers, &u, 50, 100);
+    let fresh = store.register(&u, &other, 10, NOW).await.unwrap();
+    assert_eq!(fresh, RegisterOutcome::Registered);
+    assert_lives(&servers, &record, 100);
+    let seen = age(&servers, &u, 50, 100);
+    let refused = store.register(&u, &channel(3), 2, NOW).await.unwrap();
+    assert_eq!(refused, RegisterOutcome::TooManyChannels);
+    assert_lives(&servers, &record, 50);
+    assert_eq!(seen_of(&servers, &u), seen);
+    // Everything the device had is still there.
+    assert_eq!(
+        store.pending(&u, NOW).await.unwrap().updates,
+        vec![(c.clone(), update(7, None))]
+    );
+    let left = store.messages(&u, NOW, 10).await.unwrap();
+    let left: Vec<&MessageId> = left.iter().map(|m| &m.id).collect();
+    assert_eq!(left, [&ids[3], &m.id]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_alone_do_not_keep_a_device() {
+    let server = Memcached::start();
+    let store = living(&[&server], 3);
+    let (pushed, kept, c) = (uaid(), uaid(), channel(1));
+    for u in [&pushed, &kept] {
+        store.register(u, &c, 10, NOW).await.unwrap();
+    }
+    let registered = Instant::now();
+    let mut gone_after = None;
+    // An app server pushes to both devices (an update and a message) four times a
+    // second for six seconds, and each push is acknowledged; only `kept` says hello.
+    let mut version = 0;
+    while registered.elapsed() < Duration::from_secs(6) {
+        version += 1;
+        let m = message(&message_id(version as usize), &c, None);
+        for u in [&pushed, &kept] {
+            let stored = store.put_update(u, &c, update(version, None), NOW).await;
+            let queued = store.put_message(u, &m, 100, NOW).await.unwrap();
+            if stored.unwrap() == PutOutcome::Gone {
+                assert_eq!(u, &pushed, "a device that said hello was forgotten");
+                assert_eq!(queued, QueueOutcome::Gone);
+                gone_after.get_or_insert(registered.elapsed());
+            } else {
+                assert!(gone_after.is_none() || u == &kept, "forgotten, then back");
+            }
+            store.ack(u, &c, version).await.unwrap();
+            store
+                .ack_messages(u, std::slice::from_ref(&m.id), NOW)
+                .await
+                .unwrap();
+        }
+        store.touch(&kept, NOW).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let gone_after = gone_after.expect("the pushes kept the device");
+    // A 3 s lifetime on memcached's clock, which ticks once a second: 1 to 4 s, and
+    // the time a round takes.
+    assert!(
+        (Duration::from_secs(1)..Duration::from_millis(4600)).contains(&gone_after),
+        "forgotten after {gone_after:?}"
+    );
+    assert!(!store.knows_uaid(&pushed).await.unwrap());
+    assert!(store.knows_uaid(&kept).await.unwrap());
+    let messages = store.messages(&kept, NOW, 100).await.unwrap();
+    assert!(messages.is_empty(), "every message was acknowledged");
+}
+
+/// Concurrent hellos never leave a message item shorter-lived than its record: a put
+/// that finds the device seen again since it wrote the item writes it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hellos_racing_pushes_leave_no_item_short_lived() {
+    let (a, b) = (Memcached::start(), Memcached::start());
+    let servers = [&a, &b];
+    let (pusher, greeter) = (
+        Arc::new(living(&servers, 100)),
+        Arc::new(living(&servers, 100)),
+    );
+    let (u, c) = (uaid(), channel(1));
+    pusher.register(&u, &c, 10, NOW).await.unwrap();
+    for round in 0..8 {
+        age(&servers, &u, 50, 100);
+        let ids: Vec<String> = (0..16).map(|n| message_id(round * 100 + n)).collect();
+        let puts = ids.iter().map(|id| {
+            let (store, u, m) = (Arc::clone(&pusher), u.clone(), message(id, &c, None));
+            tokio::spawn(async move { store.put_message(&u, &m, 100, NOW).await })
+        });
+        let puts: Vec<_> = puts.collect();
+        let hellos: Vec<_> = (0..16)
+            .map(|_| {
+                let (store, u) = (Arc::clone(&greeter), u.clone());
+                tokio::spawn(async move { store.touch(&u, NOW).await })
+            })
+            .collect();
+        for put in puts {
+            assert_eq!(put.await.unwrap().unwrap(), QueueOutcome::Stored);
+        }
+        for hello in hellos {
+            hello.await.unwrap().unwrap();
+        }
+        // Every hello came after the aging: the record has its whole lifetime, and so
+        // has every item (and the margin).
+        assert_lives(&servers, &format!("sp1:d:{u}"), 100);
+        for id in &ids {
+            assert_lives(&servers, &format!("sp1:m:{u}:{id}"), 102);
+        }
+        let all: Vec<MessageId> = ids.iter().map(|id| MessageId::new(id.as_str())).collect();
+        assert!(!pusher.ack_messages(&u, &all, NOW).await.unwrap());
+    }
+}
+
+/// `value` as a varint (postcard's unsigned integers and lengths).
+fn varint_bytes(mut value: u64) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    loop {
+        let low = (value & 0x7f) as u8;
+        value >>= 7;
+        if value == 0 {
+            bytes.push(low);
+            return bytes;
+        }
+        bytes.push(low | 0x80);
+    }
+}
+
+/// The varint at the start of `bytes`, and its length.
+fn read_varint(bytes: &[u8]) -> (u64, usize) {
+    let mut value = 0;
+    for (i, byte) in bytes.iter().enumerate() {
+        value |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return (value, i + 1);
+        }
+    }
+    panic!("a truncated varint");
+}
+
+/// The record of `u` (in the current layout: 3) on whichever of `servers` holds it.
+fn current_record(servers: &[&Memcached], u: &Uaid) -> Vec<u8> {
+    let key = format!("sp1:d:{u}");
+    let raw = servers
+        .iter()
+        .find_map(|server| server.raw(&key))
+        .unwrap_or_else(|| panic!("no record {key}"));
+    assert_eq!(raw[0], 3, "{key} in the current layout");
+    raw
+}
+
+/// When the record of `u` says its device was last seen (UNIX seconds).
+fn seen_of(servers: &[&Memcached], u: &Uaid) -> u64 {
+    read_varint(&current_record(servers, u)[1..]).0
+}
+
+/// Rewrites the record of `u` as a store whose items live `ttl` seconds would have
+/// written it had the device last been seen `ago` seconds before (so with `ttl - ago`
+/// seconds left); answers that time.
+fn age(servers: &[&Memcached], u: &Uaid, ago: u64, ttl: u64) -> u64 {
+    let key = format!("sp1:d:{u}");
+    let server = servers
+        .iter()
+        .find(|server| server.raw(&key).is_some())
+        .expect("a record");
+    let raw = current_record(servers, u);
+    let (_, len) = read_varint(&raw[1..]);
+    let seen = unix_now() - ago;
+    let aged = [&[3][..], &varint_bytes(seen), &raw[1 + len..]].concat();
+    let left = u32::try_from(ttl - ago).unwrap();
+    server.client().set(&key, aged.as_slice(), left).unwrap();
+    seen
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1041,7 +1041,7 @@ pub enum Retention {
     /// The server's [`Store::sweep`] removes them: the behaviours run a test clock and
     /// sweep with a cutoff one TTL (100 s) before it.
     Sweep,
-    /// The storage expires them by itself, this long after their last write or touch
+    /// The storage expires them by itself, this long after the device was last seen (a register or touch)
     /// (memcache item lifetimes): the behaviours wait in real time.
     ItemLifetime(Duration),
 }
@@ -1372,7 +1372,7 @@ macro_rules! conformance_suite {
         );
     };
     // A store that forgets by itself: `$aging` makes one whose items live
-    // `$lifetime` (a `Duration`) after their last write or touch.
+    // `$lifetime` (a `Duration`) after the device was last seen.
     ($make:expr, forgets_by_itself: $aging:expr, $lifetime:expr) => {
         $crate::conformance_suite!(@common $make);
         $crate::conformance_suite!(@retention $aging,

@@ -35,13 +35,13 @@
 
 use std::ops::ControlFlow;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use rocksdb::{
-    BottommostLevelCompaction, ColumnFamily, ColumnFamilyDescriptor, CompactOptions, DB,
-    ReadOptions, WriteBatch, WriteOptions,
+    BlockBasedOptions, BottommostLevelCompaction, Cache, ColumnFamily, ColumnFamilyDescriptor,
+    CompactOptions, DB, ReadOptions, WriteBatch, WriteOptions,
 };
 use simplepush_store::writer::{Commit, Job, Sync, Writer};
 use simplepush_store::{
@@ -65,12 +65,23 @@ const MESSAGES: &str = "messages";
 const DEVICES: &str = "devices";
 const SEEN: &str = "seen";
 const EXPIRY: &str = "expiry";
+/// A key as read from RocksDB.
+type Key = Vec<u8>;
 /// Every column family besides the default one.
 const FAMILIES: [&str; 6] = [CHANNELS, NODES, MESSAGES, DEVICES, SEEN, EXPIRY];
 /// Devices retention removes before the store compacts: at least this many, and at
 /// least a quarter of the devices left, so a store compacts after a big cleanup but not
 /// after every trickle of a daily one.
 const COMPACT_AFTER: u64 = 1000;
+/// The block cache all column families share. RocksDB's default is a cache of 32 MiB
+/// per family; the memory of a server must not grow with the number of devices
+/// stored, and the operating system's page cache keeps the files' hot pages anyway.
+const BLOCK_CACHE_BYTES: usize = 8 << 20;
+/// A family's write buffer (memtable) before it is flushed to a file (RocksDB's
+/// default: 64 MiB)...
+const WRITE_BUFFER_BYTES: usize = 8 << 20;
+/// ...and all families' together, beyond which the biggest is flushed.
+const MEMTABLES_BYTES: usize = 32 << 20;
 /// Keys written per batch while a version 1 database gains its retention indexes.
 const MIGRATION_BATCH: usize = 10_000;
 /// RocksDB's info logs (`LOG.old.*`) kept in the directory.
@@ -110,6 +121,19 @@ impl Commit for RocksCommit {
     }
 }
 
+/// The options of every column family: one block cache shared by all (index blocks
+/// included, so it bounds them too), and small write buffers.
+fn family_options(cache: &Cache) -> rocksdb::Options {
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(cache);
+    table.set_cache_index_and_filter_blocks(true);
+    table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+    let mut options = rocksdb::Options::default();
+    options.set_block_based_table_factory(&table);
+    options.set_write_buffer_size(WRITE_BUFFER_BYTES);
+    options
+}
+
 impl RocksStore {
     /// Opens (creating if missing) the database in directory `dir`.
     ///
@@ -122,8 +146,10 @@ impl RocksStore {
         db_options.create_if_missing(true);
         db_options.create_missing_column_families(true);
         db_options.set_keep_log_file_num(KEEP_LOG_FILES);
+        db_options.set_db_write_buffer_size(MEMTABLES_BYTES);
+        let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
         let families =
-            FAMILIES.map(|name| ColumnFamilyDescriptor::new(name, rocksdb::Options::default()));
+            FAMILIES.map(|name| ColumnFamilyDescriptor::new(name, family_options(&cache)));
         let db = DB::open_cf_descriptors(&db_options, dir, families).map_err(from_rocksdb)?;
         let db = Db {
             db,
@@ -131,6 +157,7 @@ impl RocksStore {
             checks: AtomicU64::new(0),
             removed: AtomicU64::new(0),
             compacting: AtomicBool::new(false),
+            sweep_cursors: Mutex::new([Vec::new(), Vec::new()]),
         };
         db.check_format()?;
         let db = Arc::new(db);
@@ -184,6 +211,9 @@ struct Db {
     removed: AtomicU64,
     /// Whether a compaction thread is running.
     compacting: AtomicBool,
+    /// Where the next sweep step starts in `seen` and in `expiry` (empty: at the
+    /// start). Used on the writer thread only.
+    sweep_cursors: Mutex<[Vec<u8>; 2]>,
 }
 
 impl Db {
@@ -467,7 +497,9 @@ impl Db {
     fn sweep(&self, cutoff: u64, now: u64, limit: usize) -> Result<Swept, StoreError> {
         let mut swept = Swept::default();
         let mut batch = WriteBatch::default();
-        let (old, more_devices) = self.first_keys(SEEN, key::before(cutoff), limit)?;
+        let mut cursors = self.sweep_cursors.lock().unwrap_or_else(|p| p.into_inner());
+        let [seen_from, expiry_from] = &mut *cursors;
+        let (old, next_device) = self.first_keys(SEEN, seen_from, key::before(cutoff), limit)?;
         let (seen, devices) = (self.family(SEEN)?, self.family(DEVICES)?);
         for index_key in &old {
             let (at, uaid) = key::split_timed(index_key)?;
@@ -480,7 +512,7 @@ impl Db {
             }
         }
         let expired_bound = key::before(now.saturating_add(1));
-        let (expired, more_messages) = self.first_keys(EXPIRY, expired_bound, limit)?;
+        let (expired, next_message) = self.first_keys(EXPIRY, expiry_from, expired_bound, limit)?;
         let (messages, expiry) = (self.family(MESSAGES)?, self.family(EXPIRY)?);
         for index_key in &expired {
             let (_, message_key) = key::split_timed(index_key)?;
@@ -497,31 +529,47 @@ impl Db {
         }
         self.write_batch(batch)?;
         self.removed.fetch_add(swept.devices, Ordering::Relaxed);
-        swept.more = more_devices || more_messages;
+        swept.more = next_device.is_some() || next_message.is_some();
+        // Within a round, the next step starts where this one stopped: the keys before
+        // are deleted, and skipping their tombstones again at every step would make a
+        // big round quadratic. A finished round starts the next from the beginning.
+        if swept.more {
+            if let Some(next) = next_device {
+                *seen_from = next;
+            }
+            if let Some(next) = next_message {
+                *expiry_from = next;
+            }
+        } else {
+            seen_from.clear();
+            expiry_from.clear();
+        }
         Ok(swept)
     }
 
-    /// The first `limit` keys of `family` below `bound`, and whether there are more.
+    /// The first `limit` keys of `family` from `from` on and below `bound`, and where
+    /// the next step starts (`None`: nothing more below `bound`).
     fn first_keys(
         &self,
         family: &str,
+        from: &[u8],
         bound: Vec<u8>,
         limit: usize,
-    ) -> Result<(Vec<Vec<u8>>, bool), StoreError> {
+    ) -> Result<(Vec<Key>, Option<Key>), StoreError> {
         let mut read = ReadOptions::default();
         read.set_iterate_upper_bound(bound);
         let mut iter = self.db.raw_iterator_cf_opt(self.family(family)?, read);
-        iter.seek_to_first();
+        iter.seek(from);
         let mut keys = Vec::new();
         while let Some(key) = iter.key() {
             if keys.len() == limit {
-                return Ok((keys, true));
+                return Ok((keys, Some(key.to_vec())));
             }
             keys.push(key.to_vec());
             iter.next();
         }
         iter.status().map_err(from_rocksdb)?;
-        Ok((keys, false))
+        Ok((keys, None))
     }
 
     /// Whether retention removed enough devices since the last compaction to compact

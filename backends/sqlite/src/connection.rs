@@ -40,6 +40,9 @@ pub(crate) fn open_writer(path: &Path, fsync: bool) -> Result<Connection, Error>
     let synchronous = if fsync { "FULL" } else { "NORMAL" };
     conn.pragma_update(None, "synchronous", synchronous)?;
     conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT)?;
+    // The checkpointer thread copies the log into the file; the writer does it itself
+    // only when that thread falls far behind.
+    conn.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)?;
     schema::migrate(&mut conn)?;
     convert_to_incremental_vacuum(&conn, CONVERT_LIMIT)?;
     Ok(conn)
@@ -71,6 +74,23 @@ fn convert_to_incremental_vacuum(conn: &Connection, limit: i64) -> Result<(), Er
 
 /// `PRAGMA auto_vacuum` of a file created without it.
 const NO_AUTO_VACUUM: i64 = 0;
+
+/// The log size (in pages) at which the writer checkpoints by itself: ten times
+/// SQLite's default, a backstop only ([`open_checkpointer`]).
+const WRITER_CHECKPOINT_PAGES: i64 = 10_000;
+
+/// Opens the connection of the checkpointer thread, which copies the log into the
+/// database file off the writer's path: with the writer doing it (SQLite's default,
+/// every 1,000 pages), the puts of every batch that crosses the mark wait for the
+/// copy, and with a big database each put dirties a page of its own, so the marks come
+/// often and the copies are long.
+pub(crate) fn open_checkpointer(path: &Path) -> Result<Connection, Error> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    Ok(conn)
+}
 
 /// Opens a read-only connection to the database the writer created.
 pub(crate) fn open_reader(path: &Path) -> Result<Connection, Error> {

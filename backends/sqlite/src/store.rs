@@ -2,7 +2,8 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use rusqlite::types::Type;
@@ -12,7 +13,7 @@ use simplepush_store::{
     Store, StoreError, Swept, Uaid, Update, Urgency,
 };
 
-use crate::connection::{open_reader, open_writer};
+use crate::connection::{open_checkpointer, open_reader, open_writer};
 use crate::error::Error;
 use crate::writer::{self, Sync, Writer};
 
@@ -68,9 +69,75 @@ struct Inner {
     path: PathBuf,
     /// The thread owning the one writer.
     writer: Writer,
+    /// The thread copying the log into the file (stopped at close).
+    checkpointer: Checkpointer,
     /// Idle read-only connections.
     readers: Mutex<Vec<Connection>>,
     closed: AtomicBool,
+}
+
+/// How often the checkpointer looks at the log.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+
+/// The thread that checkpoints the log (`PRAGMA wal_checkpoint(PASSIVE)`: it copies
+/// what no reader still needs and never blocks the writer) every
+/// [`CHECKPOINT_EVERY`], so the writer's own checkpoints (a backstop, see
+/// [`open_checkpointer`]) find little left to copy and its batches do not wait.
+#[derive(Debug)]
+struct Checkpointer {
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Checkpointer {
+    fn start(conn: Connection) -> Result<Checkpointer, Error> {
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let signal = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("sqlite-checkpoint".to_owned())
+            .spawn(move || {
+                let (stopped, wake) = &*signal;
+                let mut done = lock(stopped);
+                while !*done {
+                    done = wake
+                        .wait_timeout(done, CHECKPOINT_EVERY)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                    if *done {
+                        break;
+                    }
+                    drop(done);
+                    // Busy or failed: the next round (or the writer's backstop) does it.
+                    let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+                    done = lock(stopped);
+                }
+            })
+            .map_err(|e| {
+                Error::Writer(StoreError::Internal(format!(
+                    "starting the checkpointer: {e}"
+                )))
+            })?;
+        Ok(Checkpointer {
+            stop,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Stops the thread and waits for it (idempotent).
+    fn stop(&self) {
+        let (stopped, wake) = &*self.stop;
+        *lock(stopped) = true;
+        wake.notify_all();
+        if let Some(thread) = lock(&self.thread).take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 /// Locks `mutex`, recovering it if a panic poisoned it: an idle connection holds no
@@ -110,6 +177,7 @@ impl Inner {
             self.closed.store(true, Ordering::Release);
             readers.clear();
         }
+        self.checkpointer.stop();
         self.writer.close().map_err(Error::Writer)
     }
 }
@@ -131,10 +199,12 @@ impl SqliteStore {
         let path = dir.join(FILE_NAME);
         let writer = writer::start(open_writer(&path, options.fsync)?, options.fsync)
             .map_err(Error::Writer)?;
+        let checkpointer = Checkpointer::start(open_checkpointer(&path)?)?;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 path,
                 writer,
+                checkpointer,
                 readers: Mutex::new(Vec::new()),
                 closed: AtomicBool::new(false),
             }),

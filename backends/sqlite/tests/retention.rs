@@ -249,3 +249,34 @@ async fn a_node_record_alone_is_forgotten_by_the_next_sweep() {
     );
     assert!(store.registered(&registered, &c).await.unwrap());
 }
+
+/// The log is copied into the database file by the checkpointer thread, not by the
+/// writer's own (rare, backstop) checkpoints: a few thousand pages written reach the
+/// file within a moment, long before the writer's mark of 10,000 pages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_checkpointer_moves_the_log_into_the_file_off_the_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let file = dir.path().join("simplepush.sqlite3");
+    let before = std::fs::metadata(&file).unwrap().len();
+    devices(&store, 2000, 2, NOW).await;
+    let wal = std::fs::metadata(dir.path().join("simplepush.sqlite3-wal"))
+        .unwrap()
+        .len();
+    assert!(
+        wal < 10_000 * 4096,
+        "the log stays below the writer's mark: {wal}"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let now = std::fs::metadata(&file).unwrap().len();
+        if now > before + 200_000 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the file stayed at {now} bytes (from {before}): nothing was checkpointed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

@@ -13,8 +13,8 @@
 //!    in flight: rate, p50, p99;
 //! 4. hello + flush: some sampled devices get an update on each channel, then say hello
 //!    with their uaid and channels; the time from hello to the last pending notification,
-//!    then they ack (nothing stays pending). RSS; a clean stop (SIGTERM); bytes on disk
-//!    again (with what the PUTs wrote);
+//!    then they ack (nothing stays pending). RSS, and again after 5 s idle; a clean
+//!    stop (SIGTERM); bytes on disk again (with what the PUTs wrote);
 //! 5. retention: the server restarts with a device TTL of [`SHORT_TTL`], so every device
 //!    but those that said hello is past it; PUTs to the live devices while the sweep runs
 //!    (until the removed-devices counter of `/metrics` reaches the expected count); once
@@ -65,6 +65,8 @@ const HELLO_CONCURRENCY: usize = 16;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the server may take to answer `/status/` once it printed its listening line.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long the server idles after the load before its RSS is read again.
+const IDLE_BEFORE_RSS: Duration = Duration::from_secs(5);
 /// How often the retention phase reads `/metrics`.
 const METRICS_PERIOD: Duration = Duration::from_millis(250);
 
@@ -268,7 +270,10 @@ struct SizeRun {
     startup_ms: f64,
     listening_ms: f64,
     rss_start_kib: f64,
+    /// Right after the PUT and hello phases.
     rss_end_kib: f64,
+    /// [`IDLE_BEFORE_RSS`] later.
+    rss_idle_kib: f64,
     put: PutLoad,
     hello: HelloLoad,
     /// At rest: the devices with their channels, nothing pending, after a server's
@@ -486,6 +491,11 @@ fn measure_size(
     check_hellos("hello phase", &hello, p.strict)?;
     server.check_alive()?;
     let rss_end_kib = server.rss_kib()? as f64;
+    // Again once the store's background work after the load (flushes, compactions)
+    // had time to end and the allocator to return what it freed.
+    std::thread::sleep(IDLE_BEFORE_RSS);
+    server.check_alive()?;
+    let rss_idle_kib = server.rss_kib()? as f64;
     server.stop()?;
     let disk_served = Disk::measure(&data)?;
 
@@ -511,6 +521,7 @@ fn measure_size(
         listening_ms: started.listening_ms,
         rss_start_kib,
         rss_end_kib,
+        rss_idle_kib,
         put,
         hello,
         disk: disk_rest,
@@ -1068,6 +1079,7 @@ fn size_outcome(backend: &str, run: &SizeRun, empty: &Empty) -> Outcome {
         Metric::new("listening_ms", round1(run.listening_ms), "ms"),
         Metric::new("rss_start_kib", run.rss_start_kib, "KiB"),
         Metric::new("rss_end_kib", run.rss_end_kib, "KiB"),
+        Metric::new("rss_idle_kib", run.rss_idle_kib, "KiB"),
         Metric::new("put_per_sec", run.put.rate().round(), "/s"),
         Metric::new("put_p50_us", put.p50_us as f64, "µs"),
         Metric::new("put_p99_us", put.p99_us as f64, "µs"),
@@ -1198,6 +1210,11 @@ fn ratio_outcome(backend: &str, small: &SizeRun, large: &SizeRun, empty: &Empty)
         Metric::new("put_rate_small_over_large", rate, "×").goal("<= 1.5", rate <= 1.5),
         Metric::new("put_p99_large_over_small", p99, "×").goal("<= 1.5", p99 <= 1.5),
         Metric::new("rss_large_over_small", rss, "×").goal("<= 1.2", rss <= 1.2),
+        Metric::new(
+            "rss_idle_large_over_small",
+            ratio(large.rss_idle_kib, small.rss_idle_kib),
+            "×",
+        ),
         Metric::new("bytes_per_device_large", per_device, "B")
             .goal("<= 300 B", per_device <= 300.0),
         Metric::new("hello_p99_large_over_small", hello, "×"),

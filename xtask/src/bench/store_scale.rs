@@ -272,6 +272,8 @@ struct SizeRun {
     rss_start_kib: f64,
     /// Right after the PUT and hello phases.
     rss_end_kib: f64,
+    /// The part of it that is files mapped (the binary, libraries, any mmap of data).
+    rss_file_kib: f64,
     /// [`IDLE_BEFORE_RSS`] later.
     rss_idle_kib: f64,
     put: PutLoad,
@@ -491,6 +493,7 @@ fn measure_size(
     check_hellos("hello phase", &hello, p.strict)?;
     server.check_alive()?;
     let rss_end_kib = server.rss_kib()? as f64;
+    let rss_file_kib = status_kib(server.pid(), "RssFile:").unwrap_or(0) as f64;
     // Again once the store's background work after the load (flushes, compactions)
     // had time to end and the allocator to return what it freed.
     std::thread::sleep(IDLE_BEFORE_RSS);
@@ -521,6 +524,7 @@ fn measure_size(
         listening_ms: started.listening_ms,
         rss_start_kib,
         rss_end_kib,
+        rss_file_kib,
         rss_idle_kib,
         put,
         hello,
@@ -753,6 +757,17 @@ fn removed_devices(metrics: &str) -> Option<u64> {
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
         .map(|n| n as u64)
         .reduce(|a, b| a + b)
+}
+
+/// A `KEY:  N kB` line of `/proc/PID/status`, in KiB.
+fn status_kib(pid: u32, key: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status_value(&status, key)
+}
+
+fn status_value(status: &str, key: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with(key))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// PUT answers of a closed-loop phase.
@@ -1079,6 +1094,7 @@ fn size_outcome(backend: &str, run: &SizeRun, empty: &Empty) -> Outcome {
         Metric::new("listening_ms", round1(run.listening_ms), "ms"),
         Metric::new("rss_start_kib", run.rss_start_kib, "KiB"),
         Metric::new("rss_end_kib", run.rss_end_kib, "KiB"),
+        Metric::new("rss_end_file_kib", run.rss_file_kib, "KiB"),
         Metric::new("rss_idle_kib", run.rss_idle_kib, "KiB"),
         Metric::new("put_per_sec", run.put.rate().round(), "/s"),
         Metric::new("put_p50_us", put.p50_us as f64, "µs"),
@@ -1307,6 +1323,14 @@ mod tests {
             simplepush_retention_removed_total{what=\"messages\",backend=\"sqlite\"} 7\n";
         assert_eq!(removed_devices(text), Some(998_000));
         assert_eq!(removed_devices("simplepush_connections 3\n"), None);
+    }
+
+    #[test]
+    fn status_lines_are_read_by_key() {
+        let status = "VmRSS:\t  4000 kB\nRssAnon:\t  3000 kB\nRssFile:\t  1000 kB\n";
+        assert_eq!(status_value(status, "RssFile:"), Some(1000));
+        assert_eq!(status_value(status, "RssShmem:"), None);
+        assert!(status_kib(std::process::id(), "RssAnon:").unwrap() > 0);
     }
 
     #[test]

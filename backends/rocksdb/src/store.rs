@@ -82,6 +82,9 @@ const BLOCK_CACHE_BYTES: usize = 8 << 20;
 const WRITE_BUFFER_BYTES: usize = 8 << 20;
 /// ...and all families' together, beyond which the biggest is flushed.
 const MEMTABLES_BYTES: usize = 32 << 20;
+/// Devices (and expired messages) one write of a sweep step removes at most: about a
+/// millisecond of the writer's time each.
+const SWEEP_CHUNK: usize = 32;
 /// Keys written per batch while a version 1 database gains its retention indexes.
 const MIGRATION_BATCH: usize = 10_000;
 /// RocksDB's info logs (`LOG.old.*`) kept in the directory.
@@ -1059,10 +1062,25 @@ impl Store for RocksStore {
 
     /// Lazy: a sweep lost in a crash is simply done again. The round's last step may
     /// start a compaction on its own thread (see [`COMPACT_AFTER`]).
+    ///
+    /// The step is several writes of at most [`SWEEP_CHUNK`] devices and messages each,
+    /// one after the other, so that the writes queued meanwhile run between them
+    /// instead of waiting for the whole step.
     async fn sweep(&self, cutoff: u64, now: u64, limit: usize) -> Result<Swept, StoreError> {
-        let swept = self
-            .write(Sync::Lazy, move |db| db.sweep(cutoff, now, limit))
-            .await?;
+        let mut swept = Swept::default();
+        loop {
+            let done = usize::try_from(swept.devices.max(swept.messages)).unwrap_or(limit);
+            let chunk = limit.saturating_sub(done).min(SWEEP_CHUNK);
+            let step = self
+                .write(Sync::Lazy, move |db| db.sweep(cutoff, now, chunk))
+                .await?;
+            swept.devices += step.devices;
+            swept.messages += step.messages;
+            swept.more = step.more;
+            if !step.more || chunk == 0 || done + chunk >= limit {
+                break;
+            }
+        }
         if !swept.more && self.db.compaction_due() {
             let db = Arc::clone(&self.db);
             std::thread::Builder::new()

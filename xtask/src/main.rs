@@ -55,7 +55,8 @@ enum Command {
         CARGO_TARGET_DIR and RUSTC_WRAPPER are passed through to cargo unchanged.")]
     Test(test::TestArgs),
     /// Load-test simplepush and measure it against a bare baseline (see README
-    /// "Performance"): idle, connect, notify, overload, cluster, all, or smoke.
+    /// "Performance"): idle, connect, notify, overload, cluster, hold, all, smoke, or
+    /// store-scale (the durable stores full, 1,000 vs 1,000,000 devices).
     Bench(bench::BenchArgs),
     /// Internal: one load-generating process of `bench` (job as JSON).
     #[command(hide = true)]

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use simplepush_store::{ChannelId, Store, Uaid};
 use tokio::sync::Semaphore;
@@ -92,13 +92,7 @@ pub fn touch_interval(ttl: Duration, spread: u64) -> Option<Duration> {
     Some(ttl / 2 - early)
 }
 
-/// The current UNIX time in seconds.
-pub fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+pub use simplepush_store::unix_now;
 
 #[cfg(test)]
 mod tests {

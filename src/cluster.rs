@@ -18,7 +18,7 @@ use warp::path::FullPath;
 use warp::reply::Response;
 use warp::{Filter, Rejection};
 
-use crate::app::{App, now_secs};
+use crate::app::{App, unix_now};
 use crate::app_server::endpoint::read_body;
 use crate::app_server::webpush;
 use crate::device::protocol::is_uuid_shaped;
@@ -327,7 +327,7 @@ impl Cluster {
             .clear()
             .push("route")
             .push(uaid.as_str());
-        let signature = self.signer.sign(&method, url.path(), &body, now_secs());
+        let signature = self.signer.sign(&method, url.path(), &body, unix_now());
         let mut request = self.client.request(method, url).body(body);
         for (name, value) in signature {
             request = request.header(name, value);
@@ -411,7 +411,7 @@ where
         headers,
     } = request;
     let unauthorized = |reason: &'static str| HttpError::new(StatusCode::UNAUTHORIZED, reason);
-    let now = now_secs();
+    let now = unix_now();
     let signed = Signer::read(&headers, now).map_err(unauthorized)?;
     if method != Method::PUT && method != Method::DELETE {
         return Err(HttpError::new(

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use simplepush_store::{Store, StoreError, Swept};
 use tokio_util::sync::CancellationToken;
 
-use crate::app::now_secs;
+use crate::app::unix_now;
 use crate::config::Config;
 use crate::ops::metrics::{Metrics, REMOVED_DEVICES, REMOVED_MESSAGES};
 
@@ -126,7 +126,7 @@ impl Retention {
     /// removed, or the error that stopped it (what earlier steps removed is counted).
     pub async fn round(&self, shutdown: &CancellationToken) -> Result<Swept, StoreError> {
         let started = Instant::now();
-        let now = now_secs();
+        let now = unix_now();
         let cutoff = now.saturating_sub(whole_seconds(self.ttl));
         let mut total = Swept::default();
         let result = loop {
@@ -210,7 +210,7 @@ mod tests {
     #[tokio::test]
     async fn a_round_removes_every_device_not_seen_in_batches_and_keeps_the_others() {
         let (store, metrics) = metered(Arc::new(MemoryStore::new()));
-        let now = now_secs();
+        let now = unix_now();
         let channel = ChannelId::from("c");
         let stale = BATCH * 2 + 3;
         for i in 0..stale {
@@ -251,7 +251,7 @@ mod tests {
     #[tokio::test]
     async fn a_round_removes_expired_messages_and_keeps_live_ones() {
         let (store, metrics) = metered(Arc::new(MemoryStore::new()));
-        let now = now_secs();
+        let now = unix_now();
         let (uaid, channel) = (Uaid::from("u"), ChannelId::from("c"));
         store.register(&uaid, &channel, 10, now).await.unwrap();
         for (id, expires_at) in [("gone", now - 1), ("live", now + 3600)] {

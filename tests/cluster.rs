@@ -7,7 +7,6 @@
 mod common;
 
 use std::process::Command;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use common::{
     End, Memcached, Reply, Server, WAIT, chid, hex_id, http, http_with, router_signature, updates,
@@ -116,10 +115,7 @@ async fn signed_request(
 
 /// A well-formed routed update, so that only the signature and the uaid decide the answer.
 fn routed_update(channel: &str, version: u64) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+    let now = simplepush_store::unix_now();
     json!({"channelID": channel, "version": version, "expiresAt": now + 3600}).to_string()
 }
 

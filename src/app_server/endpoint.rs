@@ -13,7 +13,7 @@ use simplepush_store::{PutOutcome, Update};
 use warp::http::{HeaderValue, Method, StatusCode, header};
 use warp::reply::Response;
 
-use crate::app::{App, now_secs};
+use crate::app::{App, unix_now};
 use crate::error::{HttpError, json_response};
 use crate::ops::metrics::{SHED_INFLIGHT, SHED_QUEUE_DELAY};
 
@@ -241,7 +241,7 @@ where
     };
     let params = from_body.or(parse_form(query.as_bytes()));
     let received = tokio::time::Instant::now();
-    let now = now_secs();
+    let now = unix_now();
     let version = parse_version(params.version.as_deref(), now)?;
     let data = params.data.filter(|d| !d.is_empty());
     if data.as_ref().is_some_and(|d| d.len() > max_data) {

@@ -14,7 +14,7 @@ use tracing::Instrument;
 use warp::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use warp::reply::Response;
 
-use crate::app::{App, now_secs};
+use crate::app::{App, unix_now};
 use crate::app_server::endpoint::read_body;
 use crate::app_server::token::{WebPushTarget, WebPushVersion, key_digest};
 use crate::app_server::{message_id, vapid};
@@ -300,7 +300,7 @@ where
         .await
         .map_err(|_| HttpError::new(StatusCode::REQUEST_TIMEOUT, "request body too slow"))??;
     let received = tokio::time::Instant::now();
-    let now = now_secs();
+    let now = unix_now();
     let requested_ttl = parse_ttl(header_text(headers, "ttl")?)?;
     let topic = parse_topic(header_text(headers, "topic")?)?;
     let urgency = parse_urgency(header_text(headers, "urgency")?)?;
@@ -428,7 +428,7 @@ async fn delete(app: &App, token: &str) -> Result<Response, HttpError> {
     };
     // Whether it was still queued or not, it will not be delivered from now on.
     app.store
-        .delete_message(&uaid, &channel, &id, now_secs())
+        .delete_message(&uaid, &channel, &id, unix_now())
         .await?;
     let mut response = Response::new(Default::default());
     *response.status_mut() = StatusCode::NO_CONTENT;

@@ -16,7 +16,7 @@ use rand_core::{OsRng, RngCore};
 use serde::Serialize;
 use simplepush_store::{ChannelId, RegisterOutcome, Store, StoreError, Uaid};
 
-use crate::app::now_secs;
+use crate::app::unix_now;
 use crate::app_server::token::{KeyError, TokenCodec};
 use crate::config::{Config, parse_duration};
 use crate::store::OpenError;
@@ -145,7 +145,7 @@ pub async fn run(config: &Config, options: &Options) -> Result<Filled, FillError
     let store = crate::store::open(config)?;
     let tokens = TokenCodec::new(&crate::store::token_keys(config)?)?;
     let base = endpoint_base(config);
-    let seen = now_secs().saturating_sub(options.seen_ago.as_secs());
+    let seen = unix_now().saturating_sub(options.seen_ago.as_secs());
     let max_channels = config.protocol.max_channels;
     let started = Instant::now();
     let result = load(&store, options, seen, max_channels).await;

@@ -22,7 +22,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, error::CapacityError};
 use tracing::Instrument;
 
-use crate::app::{App, now_secs};
+use crate::app::{App, unix_now};
 use crate::device::protocol::{
     self, Command, ErrorFrame, HelloReply, Notification, Refusal, RegisterReply, UnregisterReply,
     UpdateEntry, is_uuid_shaped,
@@ -546,7 +546,7 @@ impl Session {
         if app.device_ttl.is_zero() {
             return;
         }
-        if let Err(error) = app.store.touch(uaid, now_secs()).await {
+        if let Err(error) = app.store.touch(uaid, unix_now()).await {
             tracing::warn!(%error, "recording the device as seen failed");
         }
     }
@@ -659,7 +659,7 @@ impl Session {
     /// Registers `channel` in the store; the refusal, if it fails.
     async fn register_channel(app: &App, uaid: &Uaid, channel: &ChannelId) -> Option<ErrorFrame> {
         let max = app.protocol.max_channels;
-        match app.store.register(uaid, channel, max, now_secs()).await {
+        match app.store.register(uaid, channel, max, unix_now()).await {
             Ok(RegisterOutcome::Registered) => None,
             Ok(RegisterOutcome::TooManyChannels) => Some(ErrorFrame::new(
                 503,
@@ -732,7 +732,7 @@ impl Session {
             return Ok(());
         }
         let store = self.app.store.clone();
-        match store.ack_messages(&uaid, &ids, now_secs()).await {
+        match store.ack_messages(&uaid, &ids, unix_now()).await {
             Ok(more) => {
                 let unacked = self.webpush.unwrap_or(0);
                 let unacked = unacked.saturating_sub(u16::try_from(ids.len()).unwrap_or(u16::MAX));
@@ -798,7 +798,7 @@ impl Session {
             return Ok(());
         }
         let store = self.app.store.clone();
-        match store.ack_many(&uaid, &updates, &expired, now_secs()).await {
+        match store.ack_many(&uaid, &updates, &expired, unix_now()).await {
             Ok(true) => self.flush().await.map(drop),
             Ok(false) => Ok(()),
             Err(e) => {
@@ -820,7 +820,7 @@ impl Session {
         let Some(uaid) = self.uaid.clone() else {
             return Ok(false);
         };
-        let pending = match self.app.store.pending(&uaid, now_secs()).await {
+        let pending = match self.app.store.pending(&uaid, unix_now()).await {
             Ok(pending) => pending,
             Err(e) => {
                 // The device can still be served; the retry timer tries again.
@@ -858,7 +858,7 @@ impl Session {
         let messages = match self
             .app
             .store
-            .messages(&uaid, now_secs(), webpush::PAGE)
+            .messages(&uaid, unix_now(), webpush::PAGE)
             .await
         {
             Ok(messages) => messages,
@@ -898,7 +898,7 @@ impl Session {
                     self.send_live(&channel, &update).await?
                 }
                 (Delivery::Message(message), Some(unacked)) => {
-                    if message.is_expired(now_secs()) {
+                    if message.is_expired(unix_now()) {
                         continue;
                     }
                     self.webpush = Some(unacked.saturating_add(1));

@@ -13,7 +13,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -587,13 +587,7 @@ pub fn metric(metrics: &str, name: &str, label: &str) -> Option<u64> {
         .and_then(|value| value.parse().ok())
 }
 
-/// Current UNIX time in seconds.
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
+pub use simplepush_store::unix_now;
 
 /// A fresh channelID (36 chars, lower case, dashed).
 pub fn chid() -> String {

@@ -2,7 +2,7 @@
 //! expiration time: for a device record, what is left of the lifetime since the device
 //! was last seen.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// Tuning of [`crate::MemcacheStore`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,11 +43,7 @@ const RELATIVE_LIMIT: u64 = 30 * 24 * 3600;
 
 /// This node's clock in UNIX seconds: the one memcached's lifetimes run on, in which
 /// the store records when a device was last seen.
-pub(crate) fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| since.as_secs())
-}
+pub(crate) use simplepush_store::unix_now;
 
 /// The memcached expiration field for an item written now that should live `ttl`.
 pub(crate) fn expiration(ttl: Duration) -> u32 {

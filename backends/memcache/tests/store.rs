@@ -9,24 +9,16 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use memcache::exp::{Meta, MetaClient};
 use simplepush_memcache::{MemcacheOptions, MemcacheStore};
 use simplepush_store::{
     ChannelId, Message, MessageId, Payload, PutOutcome, QueueOutcome, RegisterOutcome, Store,
-    StoreError, Swept, Uaid, Update, Urgency,
+    StoreError, Swept, Uaid, Update, Urgency, unix_now,
 };
 
 const NOW: u64 = 1_000_000;
-
-/// This clock in UNIX seconds, the one the store dates sightings with.
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
 
 /// A memcached process on a free loopback port, killed when dropped.
 struct Memcached {

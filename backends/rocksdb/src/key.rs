@@ -15,7 +15,11 @@ use simplepush_store::{ChannelId, MessageId, StoreError, Uaid};
 
 /// The prefix every channel key of `uaid` starts with.
 pub(crate) fn uaid_prefix(uaid: &Uaid) -> Result<Vec<u8>, StoreError> {
-    let bytes = uaid.as_str().as_bytes();
+    raw_uaid_prefix(uaid.as_str().as_bytes())
+}
+
+/// [`uaid_prefix`] of a uaid as stored (the bytes of a `devices` or `seen` key).
+pub(crate) fn raw_uaid_prefix(bytes: &[u8]) -> Result<Vec<u8>, StoreError> {
     let len = u32::try_from(bytes.len())
         .map_err(|_| StoreError::Internal(format!("uaid of {} bytes is too long", bytes.len())))?;
     let mut prefix = Vec::with_capacity(4 + bytes.len());

@@ -179,13 +179,6 @@ mod tests {
         rows.collect::<Result<_, _>>().unwrap()
     }
 
-    fn unix_now() -> i64 {
-        let since = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap();
-        since.as_secs() as i64
-    }
-
     #[test]
     fn a_version_2_database_gains_a_last_seen_time_for_every_device_and_keeps_its_rows() {
         let mut conn = Connection::open_in_memory().unwrap();
@@ -203,9 +196,9 @@ mod tests {
         )
         .unwrap();
 
-        let before = unix_now();
+        let before = simplepush_store::unix_now() as i64;
         migrate(&mut conn).unwrap();
-        let after = unix_now();
+        let after = simplepush_store::unix_now() as i64;
         assert_eq!(version(&conn), CURRENT);
         assert_eq!(
             objects(&conn),

@@ -1011,11 +1011,6 @@ mod tests {
         assert_eq!(store.messages(&u, 1_000, 10).await.unwrap(), [sent]);
     }
 
-    fn unix_now() -> u64 {
-        let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
-        since.unwrap().as_secs()
-    }
-
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_devices_of_a_version_2_database_get_a_full_ttl_from_the_upgrade() {
         let dir = tempfile::tempdir().unwrap();
@@ -1033,9 +1028,9 @@ mod tests {
         drop(conn);
         let (u, c) = (Uaid::new("u-old"), ChannelId::new("c-old"));
 
-        let before = unix_now();
+        let before = simplepush_store::unix_now();
         let store = SqliteStore::open(dir.path(), SqliteOptions::default()).unwrap();
-        let after = unix_now();
+        let after = simplepush_store::unix_now();
         let auto_vacuum: i64 = store
             .inner
             .read(|conn| Ok(conn.pragma_query_value(None, "auto_vacuum", |r| r.get(0))?))

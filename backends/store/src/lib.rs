@@ -18,7 +18,17 @@ pub use model::{
     Message, Payload, Pending, PutOutcome, QueueOutcome, RegisterOutcome, Swept, Update, Urgency,
 };
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
 use async_trait::async_trait;
+
+/// This machine's clock in UNIX seconds (0 if it reads before 1970): the `now` callers
+/// pass to a [`Store`], and the clock memcached's item lifetimes run on.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs())
+}
 
 /// Where a device's channels and pending updates live.
 ///

@@ -4,11 +4,11 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use crate::{
     ChannelId, Message, MessageId, Payload, Pending, PutOutcome, QueueOutcome, RegisterOutcome,
-    Store, Swept, Uaid, Update, Urgency,
+    Store, Swept, Uaid, Update, Urgency, unix_now,
 };
 
 /// A store under test.
@@ -1055,13 +1055,6 @@ struct Aging {
     store: TestStore,
     retention: Retention,
     now: u64,
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs()
 }
 
 impl Aging {

@@ -152,6 +152,16 @@ impl Peer {
         self.signal(Signals::MAIL);
     }
 
+    /// Drops the WebPush messages queued so far, keeping the rest of the mail. Each was
+    /// stored before it was queued, so a read of the store that starts after this call
+    /// returns it (unless it was acknowledged or expired meanwhile): a flush calls it
+    /// first, so that a message it sends does not go out a second time live.
+    pub fn forget_messages(&self) {
+        lock(&self.mail)
+            .deliveries
+            .retain(|(delivery, _)| !matches!(delivery, Delivery::Message(_)));
+    }
+
     /// Takes everything delivered so far (the session calls this when woken).
     pub fn take(&self) -> Mail {
         std::mem::take(&mut *lock(&self.mail))
@@ -401,6 +411,32 @@ mod tests {
         assert!(registry.release(&uaid, &new));
         assert!(registry.get(&uaid).is_none());
         assert!(!registry.release(&uaid, &new), "released once");
+    }
+
+    #[test]
+    fn forgetting_messages_keeps_updates_and_flags() {
+        let peer = Registry::new(8).peer();
+        let message = Message {
+            id: simplepush_store::MessageId::from("m-1"),
+            channel: ChannelId::from("c"),
+            ttl: 60,
+            expires_at: u64::MAX,
+            topic: None,
+            urgency: simplepush_store::Urgency::Normal,
+            payload: None,
+        };
+        assert!(peer.deliver_message(message.clone(), Instant::now()));
+        assert!(peer.deliver(ChannelId::from("c"), update(7), Instant::now()));
+        assert!(peer.deliver_message(message, Instant::now()));
+        peer.replace();
+        peer.forget_messages();
+        let mail = peer.take();
+        assert!(mail.replaced);
+        let kept: Vec<_> = mail.deliveries.iter().map(|(d, _)| d).collect();
+        assert!(
+            matches!(kept[..], [Delivery::Update(_, Update { version: 7, .. })]),
+            "{kept:?}"
+        );
     }
 
     #[test]

@@ -850,11 +850,16 @@ impl Session {
     }
 
     /// WebPush: sends the oldest page of the device's queued, unexpired messages, one
-    /// frame each; answers whether it sent any.
+    /// frame each; answers whether it sent any. The messages queued for live delivery
+    /// until then are dropped first: the read finds them in the store (a page sent while
+    /// their delivery waited would otherwise send them twice; seen under load after an
+    /// ack that left more queued). One queued after that may still be read here too,
+    /// and then goes out twice, as any unacknowledged message may.
     async fn flush_messages(&mut self) -> Result<bool, End> {
         let Some(uaid) = self.uaid.clone() else {
             return Ok(false);
         };
+        self.peer.forget_messages();
         let messages = match self
             .app
             .store

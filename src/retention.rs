@@ -166,13 +166,10 @@ impl Retention {
 
 #[cfg(test)]
 mod tests {
-    use simplepush_store::{
-        ChannelId, MemoryStore, Message, MessageId, Pending, PutOutcome, QueueOutcome,
-        RegisterOutcome, Uaid, Update,
-    };
+    use simplepush_store::{ChannelId, Hook, Hooked, MemoryStore, Message, MessageId, Uaid};
 
     use super::*;
-    use crate::ops::metrics::MeteredStore;
+    use crate::ops::metrics::{Meter, MeteredStore};
 
     #[test]
     fn rounds_come_every_eighth_of_the_ttl_within_bounds() {
@@ -200,7 +197,10 @@ mod tests {
     fn metered(store: Arc<dyn Store>) -> (Arc<dyn Store>, Arc<Metrics>) {
         let metrics = Arc::new(Metrics::new("memory"));
         metrics.preset();
-        (Arc::new(MeteredStore::new(store, metrics.clone())), metrics)
+        (
+            Arc::new(MeteredStore::new(store, Meter(metrics.clone()))),
+            metrics,
+        )
     }
 
     fn removed(metrics: &Metrics, what: &str) -> u64 {
@@ -278,113 +278,29 @@ mod tests {
         assert_eq!(left[0].id, MessageId::new("live"));
     }
 
-    /// A store whose retention calls fail, as one that cannot reach its storage.
-    struct Broken(MemoryStore);
+    /// Fails the retention calls, as a store that cannot reach its storage; passes the
+    /// others through.
+    struct RetentionDown;
 
-    #[async_trait::async_trait]
-    impl Store for Broken {
-        fn name(&self) -> &'static str {
-            "broken"
-        }
-        async fn knows_uaid(&self, uaid: &Uaid) -> Result<bool, StoreError> {
-            self.0.knows_uaid(uaid).await
-        }
-        async fn registered(&self, uaid: &Uaid, channel: &ChannelId) -> Result<bool, StoreError> {
-            self.0.registered(uaid, channel).await
-        }
-        async fn register(
+    impl Hook for RetentionDown {
+        async fn around<T: Send>(
             &self,
-            uaid: &Uaid,
-            channel: &ChannelId,
-            max_channels: usize,
-            now: u64,
-        ) -> Result<RegisterOutcome, StoreError> {
-            self.0.register(uaid, channel, max_channels, now).await
-        }
-        async fn unregister(&self, uaid: &Uaid, channel: &ChannelId) -> Result<(), StoreError> {
-            self.0.unregister(uaid, channel).await
-        }
-        async fn put_update(
-            &self,
-            uaid: &Uaid,
-            channel: &ChannelId,
-            update: Update,
-            now: u64,
-        ) -> Result<PutOutcome, StoreError> {
-            self.0.put_update(uaid, channel, update, now).await
-        }
-        async fn pending(&self, uaid: &Uaid, now: u64) -> Result<Pending, StoreError> {
-            self.0.pending(uaid, now).await
-        }
-        async fn ack_many(
-            &self,
-            uaid: &Uaid,
-            updates: &[(ChannelId, u64)],
-            expired: &[ChannelId],
-            now: u64,
-        ) -> Result<bool, StoreError> {
-            self.0.ack_many(uaid, updates, expired, now).await
-        }
-        async fn put_message(
-            &self,
-            uaid: &Uaid,
-            message: &Message,
-            max_queued: usize,
-            now: u64,
-        ) -> Result<QueueOutcome, StoreError> {
-            self.0.put_message(uaid, message, max_queued, now).await
-        }
-        async fn messages(
-            &self,
-            uaid: &Uaid,
-            now: u64,
-            limit: usize,
-        ) -> Result<Vec<Message>, StoreError> {
-            self.0.messages(uaid, now, limit).await
-        }
-        async fn ack_messages(
-            &self,
-            uaid: &Uaid,
-            ids: &[MessageId],
-            now: u64,
-        ) -> Result<bool, StoreError> {
-            self.0.ack_messages(uaid, ids, now).await
-        }
-        async fn delete_message(
-            &self,
-            uaid: &Uaid,
-            channel: &ChannelId,
-            id: &MessageId,
-            now: u64,
-        ) -> Result<bool, StoreError> {
-            self.0.delete_message(uaid, channel, id, now).await
-        }
-        async fn touch(&self, _uaid: &Uaid, _now: u64) -> Result<(), StoreError> {
-            Err(StoreError::Unavailable("down".into()))
-        }
-        async fn sweep(&self, _: u64, _: u64, _: usize) -> Result<Swept, StoreError> {
-            Err(StoreError::Unavailable("down".into()))
-        }
-        async fn drop_uaid(&self, uaid: &Uaid) -> Result<(), StoreError> {
-            self.0.drop_uaid(uaid).await
-        }
-        async fn set_node(&self, uaid: &Uaid, node: &str) -> Result<(), StoreError> {
-            self.0.set_node(uaid, node).await
-        }
-        async fn node(&self, uaid: &Uaid) -> Result<Option<String>, StoreError> {
-            self.0.node(uaid).await
-        }
-        async fn clear_node(&self, uaid: &Uaid, node: &str) -> Result<bool, StoreError> {
-            self.0.clear_node(uaid, node).await
-        }
-        async fn check(&self) -> Result<(), StoreError> {
-            self.0.check().await
+            op: &'static str,
+            call: impl Future<Output = Result<T, StoreError>> + Send,
+        ) -> Result<T, StoreError> {
+            match op {
+                "touch" | "sweep" => Err(StoreError::Unavailable("down".into())),
+                _ => call.await,
+            }
         }
     }
 
     #[tokio::test]
     async fn a_failing_round_is_counted_and_the_task_carries_on_until_shutdown() {
-        let (store, metrics) = metered(Arc::new(Broken(MemoryStore::new())));
+        let (store, metrics) = metered(Arc::new(Hooked::new(
+            Arc::new(MemoryStore::new()),
+            RetentionDown,
+        )));
         let ttl = Duration::from_secs(8);
         let retention = Retention::new(store.clone(), metrics.clone(), ttl);
         let error = retention.round(&CancellationToken::new()).await;

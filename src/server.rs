@@ -19,7 +19,7 @@ use crate::cluster::{Cluster, Peers};
 use crate::config::{Backend, Config};
 use crate::device::registry::Registry;
 use crate::listener::{Slots, Sockets};
-use crate::ops::metrics::{MeteredStore, Metrics};
+use crate::ops::metrics::{Meter, MeteredStore, Metrics};
 use crate::ops::overload::QueueDelay;
 use crate::retention::{Retention, TtlTooShort};
 use crate::tls::{self, TlsError};
@@ -249,7 +249,7 @@ impl Server {
         let sockets = socket_budget(config);
         let metrics = Arc::new(Metrics::new(store.name()));
         metrics.preset();
-        let store: Arc<dyn Store> = Arc::new(MeteredStore::new(store, metrics.clone()));
+        let store: Arc<dyn Store> = Arc::new(MeteredStore::new(store, Meter(metrics.clone())));
         let app = Arc::new(App {
             metrics,
             request_ids: AtomicU64::new(1),

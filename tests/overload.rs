@@ -10,6 +10,7 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -18,10 +19,7 @@ use common::{Server, WAIT, chid, updates};
 use futures_util::future::join_all;
 use serde_json::json;
 use simplepush::config::Config;
-use simplepush_store::{
-    ChannelId, MemoryStore, Message, MessageId, Pending, PutOutcome, QueueOutcome, RegisterOutcome,
-    Store, StoreError, Swept, Uaid, Update,
-};
+use simplepush_store::{ChannelId, Hook, Hooked, MemoryStore, Store, StoreError, Uaid};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -412,115 +410,25 @@ async fn a_runtime_behind_by_more_than_max_queue_delay_sheds_with_503_and_recove
     device.close().await;
 }
 
-/// A memory store whose update writes wait at a gate until the test opens it: the PUTs
+/// Holds a memory store's update writes at a gate until the test opens it: the PUTs
 /// that reach the store hold their in-flight slots for as long as the test wants.
-struct StalledStore {
-    inner: MemoryStore,
+struct Stall {
     gate: tokio::sync::Semaphore,
     waiting: AtomicU64,
 }
 
-#[async_trait::async_trait]
-impl Store for StalledStore {
-    fn name(&self) -> &'static str {
-        "stalled"
-    }
-    async fn knows_uaid(&self, uaid: &Uaid) -> Result<bool, StoreError> {
-        self.inner.knows_uaid(uaid).await
-    }
-    async fn registered(&self, uaid: &Uaid, channel: &ChannelId) -> Result<bool, StoreError> {
-        self.inner.registered(uaid, channel).await
-    }
-    async fn register(
+impl Hook for Stall {
+    async fn around<T: Send>(
         &self,
-        uaid: &Uaid,
-        channel: &ChannelId,
-        max_channels: usize,
-        now: u64,
-    ) -> Result<RegisterOutcome, StoreError> {
-        self.inner.register(uaid, channel, max_channels, now).await
-    }
-    async fn unregister(&self, uaid: &Uaid, channel: &ChannelId) -> Result<(), StoreError> {
-        self.inner.unregister(uaid, channel).await
-    }
-    async fn put_update(
-        &self,
-        uaid: &Uaid,
-        channel: &ChannelId,
-        update: Update,
-        now: u64,
-    ) -> Result<PutOutcome, StoreError> {
-        self.waiting.fetch_add(1, Ordering::SeqCst);
-        // Closing the gate is what opens it: every waiter gets its error at once.
-        let _ = self.gate.acquire().await;
-        self.inner.put_update(uaid, channel, update, now).await
-    }
-    async fn pending(&self, uaid: &Uaid, now: u64) -> Result<Pending, StoreError> {
-        self.inner.pending(uaid, now).await
-    }
-    async fn ack_many(
-        &self,
-        uaid: &Uaid,
-        updates: &[(ChannelId, u64)],
-        expired: &[ChannelId],
-        now: u64,
-    ) -> Result<bool, StoreError> {
-        self.inner.ack_many(uaid, updates, expired, now).await
-    }
-    async fn put_message(
-        &self,
-        uaid: &Uaid,
-        message: &Message,
-        max_queued: usize,
-        now: u64,
-    ) -> Result<QueueOutcome, StoreError> {
-        self.inner.put_message(uaid, message, max_queued, now).await
-    }
-    async fn messages(
-        &self,
-        uaid: &Uaid,
-        now: u64,
-        limit: usize,
-    ) -> Result<Vec<Message>, StoreError> {
-        self.inner.messages(uaid, now, limit).await
-    }
-    async fn ack_messages(
-        &self,
-        uaid: &Uaid,
-        ids: &[MessageId],
-        now: u64,
-    ) -> Result<bool, StoreError> {
-        self.inner.ack_messages(uaid, ids, now).await
-    }
-    async fn delete_message(
-        &self,
-        uaid: &Uaid,
-        channel: &ChannelId,
-        id: &MessageId,
-        now: u64,
-    ) -> Result<bool, StoreError> {
-        self.inner.delete_message(uaid, channel, id, now).await
-    }
-    async fn touch(&self, uaid: &Uaid, now: u64) -> Result<(), StoreError> {
-        self.inner.touch(uaid, now).await
-    }
-    async fn sweep(&self, cutoff: u64, now: u64, limit: usize) -> Result<Swept, StoreError> {
-        self.inner.sweep(cutoff, now, limit).await
-    }
-    async fn drop_uaid(&self, uaid: &Uaid) -> Result<(), StoreError> {
-        self.inner.drop_uaid(uaid).await
-    }
-    async fn set_node(&self, uaid: &Uaid, node: &str) -> Result<(), StoreError> {
-        self.inner.set_node(uaid, node).await
-    }
-    async fn node(&self, uaid: &Uaid) -> Result<Option<String>, StoreError> {
-        self.inner.node(uaid).await
-    }
-    async fn clear_node(&self, uaid: &Uaid, node: &str) -> Result<bool, StoreError> {
-        self.inner.clear_node(uaid, node).await
-    }
-    async fn check(&self) -> Result<(), StoreError> {
-        self.inner.check().await
+        op: &'static str,
+        call: impl Future<Output = Result<T, StoreError>> + Send,
+    ) -> Result<T, StoreError> {
+        if op == "put_update" {
+            self.waiting.fetch_add(1, Ordering::SeqCst);
+            // Closing the gate is what opens it: every waiter gets its error at once.
+            let _ = self.gate.acquire().await;
+        }
+        call.await
     }
 }
 
@@ -530,11 +438,13 @@ impl Store for StalledStore {
 /// as `inflight`), while bad parameters and forged tokens are still answered 400 and 404.
 #[tokio::test]
 async fn a_stalled_store_holds_every_slot_and_the_excess_is_shed_with_503() {
-    let store = Arc::new(StalledStore {
-        inner: MemoryStore::new(),
-        gate: tokio::sync::Semaphore::new(0),
-        waiting: AtomicU64::new(0),
-    });
+    let store = Arc::new(Hooked::new(
+        Arc::new(MemoryStore::new()),
+        Stall {
+            gate: tokio::sync::Semaphore::new(0),
+            waiting: AtomicU64::new(0),
+        },
+    ));
     let mut config = Config::default();
     config.server.ws_addr = "127.0.0.1:0".parse().unwrap();
     config.server.endpoint_addr = "127.0.0.1:0".parse().unwrap();
@@ -561,11 +471,7 @@ async fn a_stalled_store_holds_every_slot_and_the_excess_is_shed_with_503() {
         let channel = ChannelId::new(chid());
         // Seen now: retention (on by default) keeps them for `device_ttl`.
         let now = common::unix_now();
-        store
-            .inner
-            .register(&uaid, &channel, 10, now)
-            .await
-            .unwrap();
+        store.register(&uaid, &channel, 10, now).await.unwrap();
         endpoints.push(format!("{base}/update/{}", tokens.encode(&uaid, &channel)));
     }
 
@@ -579,7 +485,7 @@ async fn a_stalled_store_holds_every_slot_and_the_excess_is_shed_with_503() {
         })
         .collect();
     let deadline = tokio::time::Instant::now() + WAIT;
-    while store.waiting.load(Ordering::SeqCst) < CAPACITY as u64 {
+    while store.hook().waiting.load(Ordering::SeqCst) < CAPACITY as u64 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the PUTs never reached the store"
@@ -617,7 +523,7 @@ async fn a_stalled_store_holds_every_slot_and_the_excess_is_shed_with_503() {
     );
 
     // The store comes back: the held PUTs are stored, and the next one gets a slot.
-    store.gate.close();
+    store.hook().gate.close();
     for held in held {
         assert_eq!(held.await.unwrap(), 202);
     }

@@ -1,18 +1,15 @@
 //! Prometheus metrics (`GET /metrics` on the operator listener): what the server does,
 //! labelled by store backend. [`MeteredStore`] times every store call.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
-use async_trait::async_trait;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
     Registry, TextEncoder,
 };
-use simplepush_store::{
-    ChannelId, Message, MessageId, Pending, PutOutcome, QueueOutcome, RegisterOutcome, Store,
-    StoreError, Swept, Uaid, Update,
-};
+use simplepush_store::{Hook, Hooked, StoreError};
 
 /// Latency buckets in seconds, from 50 µs to 5 s.
 const BUCKETS: &[f64] = &[
@@ -338,181 +335,40 @@ impl DeviceWebPushMetrics {
 }
 
 /// A [`Store`] that records the latency and failures of every call of another.
-pub struct MeteredStore {
-    inner: Arc<dyn Store>,
-    metrics: Arc<Metrics>,
-}
+pub type MeteredStore = Hooked<Meter>;
 
-impl MeteredStore {
-    /// Wraps `inner`.
-    pub fn new(inner: Arc<dyn Store>, metrics: Arc<Metrics>) -> MeteredStore {
-        MeteredStore { inner, metrics }
-    }
+/// The [`Hook`] of a [`MeteredStore`]: times each call into `simplepush_store_seconds`
+/// and counts its failure in `simplepush_store_errors_total`, by operation.
+pub struct Meter(pub Arc<Metrics>);
 
-    async fn timed<T>(
+impl Hook for Meter {
+    async fn around<T: Send>(
         &self,
         op: &'static str,
-        call: impl Future<Output = Result<T, StoreError>>,
+        call: impl Future<Output = Result<T, StoreError>> + Send,
     ) -> Result<T, StoreError> {
         let started = Instant::now();
         let result = call.await;
-        self.metrics
+        self.0
             .store_seconds
             .with_label_values(&[op])
             .observe(started.elapsed().as_secs_f64());
         if result.is_err() {
-            self.metrics.store_errors.with_label_values(&[op]).inc();
+            self.0.store_errors.with_label_values(&[op]).inc();
         }
         result
-    }
-}
-
-#[async_trait]
-impl Store for MeteredStore {
-    fn name(&self) -> &'static str {
-        self.inner.name()
-    }
-
-    async fn knows_uaid(&self, uaid: &Uaid) -> Result<bool, StoreError> {
-        self.timed("knows_uaid", self.inner.knows_uaid(uaid)).await
-    }
-
-    async fn registered(&self, uaid: &Uaid, channel: &ChannelId) -> Result<bool, StoreError> {
-        self.timed("registered", self.inner.registered(uaid, channel))
-            .await
-    }
-
-    async fn register(
-        &self,
-        uaid: &Uaid,
-        channel: &ChannelId,
-        max_channels: usize,
-        now: u64,
-    ) -> Result<RegisterOutcome, StoreError> {
-        let call = self.inner.register(uaid, channel, max_channels, now);
-        self.timed("register", call).await
-    }
-
-    async fn unregister(&self, uaid: &Uaid, channel: &ChannelId) -> Result<(), StoreError> {
-        self.timed("unregister", self.inner.unregister(uaid, channel))
-            .await
-    }
-
-    async fn put_update(
-        &self,
-        uaid: &Uaid,
-        channel: &ChannelId,
-        update: Update,
-        now: u64,
-    ) -> Result<PutOutcome, StoreError> {
-        let call = self.inner.put_update(uaid, channel, update, now);
-        self.timed("put_update", call).await
-    }
-
-    async fn pending(&self, uaid: &Uaid, now: u64) -> Result<Pending, StoreError> {
-        self.timed("pending", self.inner.pending(uaid, now)).await
-    }
-
-    /// One counted call per batch; the single-entry `ack` and `ack_expired` come through
-    /// here too (the trait's provided methods), so they count as `ack_many`.
-    async fn ack_many(
-        &self,
-        uaid: &Uaid,
-        updates: &[(ChannelId, u64)],
-        expired: &[ChannelId],
-        now: u64,
-    ) -> Result<bool, StoreError> {
-        let call = self.inner.ack_many(uaid, updates, expired, now);
-        self.timed("ack_many", call).await
-    }
-
-    async fn put_message(
-        &self,
-        uaid: &Uaid,
-        message: &Message,
-        max_queued: usize,
-        now: u64,
-    ) -> Result<QueueOutcome, StoreError> {
-        let call = self.inner.put_message(uaid, message, max_queued, now);
-        self.timed("put_message", call).await
-    }
-
-    async fn messages(
-        &self,
-        uaid: &Uaid,
-        now: u64,
-        limit: usize,
-    ) -> Result<Vec<Message>, StoreError> {
-        self.timed("messages", self.inner.messages(uaid, now, limit))
-            .await
-    }
-
-    async fn ack_messages(
-        &self,
-        uaid: &Uaid,
-        ids: &[MessageId],
-        now: u64,
-    ) -> Result<bool, StoreError> {
-        self.timed("ack_messages", self.inner.ack_messages(uaid, ids, now))
-            .await
-    }
-
-    async fn delete_message(
-        &self,
-        uaid: &Uaid,
-        channel: &ChannelId,
-        id: &MessageId,
-        now: u64,
-    ) -> Result<bool, StoreError> {
-        let call = self.inner.delete_message(uaid, channel, id, now);
-        self.timed("delete_message", call).await
-    }
-
-    async fn touch(&self, uaid: &Uaid, now: u64) -> Result<(), StoreError> {
-        self.timed("touch", self.inner.touch(uaid, now)).await
-    }
-
-    async fn sweep(&self, cutoff: u64, now: u64, limit: usize) -> Result<Swept, StoreError> {
-        self.timed("sweep", self.inner.sweep(cutoff, now, limit))
-            .await
-    }
-
-    async fn drop_uaid(&self, uaid: &Uaid) -> Result<(), StoreError> {
-        self.timed("drop_uaid", self.inner.drop_uaid(uaid)).await
-    }
-
-    async fn set_node(&self, uaid: &Uaid, node: &str) -> Result<(), StoreError> {
-        self.timed("set_node", self.inner.set_node(uaid, node))
-            .await
-    }
-
-    async fn node(&self, uaid: &Uaid) -> Result<Option<String>, StoreError> {
-        self.timed("node", self.inner.node(uaid)).await
-    }
-
-    async fn clear_node(&self, uaid: &Uaid, node: &str) -> Result<bool, StoreError> {
-        self.timed("clear_node", self.inner.clear_node(uaid, node))
-            .await
-    }
-
-    async fn check(&self) -> Result<(), StoreError> {
-        self.timed("check", self.inner.check()).await
-    }
-
-    async fn close(&self) -> Result<(), StoreError> {
-        self.inner.close().await
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use simplepush_store::MemoryStore;
+    use simplepush_store::{ChannelId, MemoryStore, Message, MessageId, Store, Uaid, Update};
 
     #[tokio::test]
     async fn metered_store_counts_calls_and_renders_with_the_backend_label() {
         let metrics = Arc::new(Metrics::new("memory"));
-        let store = MeteredStore::new(Arc::new(MemoryStore::new()), metrics.clone());
+        let store = MeteredStore::new(Arc::new(MemoryStore::new()), Meter(metrics.clone()));
         let uaid = Uaid::from("u");
         store
             .register(&uaid, &ChannelId::from("c"), 10, 1)
@@ -540,7 +396,7 @@ mod tests {
     #[tokio::test]
     async fn store_ops_name_every_timed_store_call() {
         let metrics = Arc::new(Metrics::new("memory"));
-        let store = MeteredStore::new(Arc::new(MemoryStore::new()), metrics.clone());
+        let store = MeteredStore::new(Arc::new(MemoryStore::new()), Meter(metrics.clone()));
         let (uaid, channel) = (Uaid::from("u"), ChannelId::from("c"));
         let update = Update {
             version: 1,
@@ -601,7 +457,7 @@ mod tests {
     #[tokio::test]
     async fn metered_store_counts_a_batch_of_acks_as_one_call() {
         let metrics = Arc::new(Metrics::new("memory"));
-        let store = MeteredStore::new(Arc::new(MemoryStore::new()), metrics.clone());
+        let store = MeteredStore::new(Arc::new(MemoryStore::new()), Meter(metrics.clone()));
         let uaid = Uaid::from("u");
         let updates: Vec<(ChannelId, u64)> = (0..50).map(|i| (ChannelId::from("c"), i)).collect();
         let expired = vec![ChannelId::from("c"); 50];

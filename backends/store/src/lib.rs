@@ -1,9 +1,11 @@
 //! The storage contract of simplepush: the [`Store`] trait every backend implements,
-//! the ids and records it speaks in, its error type, the in-memory [`MemoryStore`],
+//! the ids and records it speaks in, its error type, the in-memory [`MemoryStore`], a
+//! wrapper that passes every call through a [`Hook`] ([`Hooked`]),
 //! the writer thread with group commit the embedded backends share ([`writer`]), and
 //! (feature `testkit`) the conformance suite every backend must pass.
 
 mod error;
+mod hooked;
 mod id;
 mod memory;
 mod model;
@@ -12,6 +14,7 @@ pub mod testkit;
 pub mod writer;
 
 pub use error::StoreError;
+pub use hooked::{Hook, Hooked};
 pub use id::{ChannelId, MessageId, Uaid};
 pub use memory::MemoryStore;
 pub use model::{

@@ -73,14 +73,7 @@ impl ServerProc {
         std::fs::write(&file, config).context("writing the server config")?;
         let mut command = Command::new(binary);
         command.arg("--config").arg(&file);
-        let log = dir.path().join("server.log");
-        Self::start(
-            command,
-            dir.path().to_owned(),
-            log,
-            Some(dir),
-            START_TIMEOUT,
-        )
+        Self::start_in(command, dir)
     }
 
     /// Starts `simplepush --config <dir>/<config> <args>` in `dir`, which the caller
@@ -109,6 +102,11 @@ impl ServerProc {
         let dir = ScratchDir::new("baseline")?;
         let mut command = Command::new(std::env::current_exe().context("own executable")?);
         command.arg("bench-baseline");
+        Self::start_in(command, dir)
+    }
+
+    /// Starts `command` in `dir`, which it owns, logging to `<dir>/server.log`.
+    fn start_in(command: Command, dir: ScratchDir) -> Result<ServerProc> {
         let log = dir.path().join("server.log");
         Self::start(
             command,

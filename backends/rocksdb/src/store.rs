@@ -13,7 +13,8 @@
 //!   (arrival) order; the value is the message ([`crate::record`]). The checks of a put
 //!   (topic, bound, expiry) scan that device's queue only.
 //! - column family `nodes`: uaid → the node the device was last seen on.
-//! - column family `devices`: uaid → when the device was last seen (retention).
+//! - column family `devices`: uaid → when the device was last seen (retention); 0 for a
+//!   node record without a registered device, which the next sweep forgets.
 //! - column family `seen`: the same as an index, `last seen ++ uaid` → nothing, so the
 //!   devices not seen since a time are one range from the start ([`crate::key`]).
 //! - column family `expiry`: `expires_at ++ message key` → nothing for every queued
@@ -26,8 +27,8 @@
 //! and nothing migrates. A build from before it refuses to open a database that has it
 //! (RocksDB requires every family to be opened), so it never runs without the queues.
 //! Format version 2 added the retention families: opening a version 1 database fills
-//! them once (every device last seen at the time of the upgrade, every queued message
-//! indexed) before it is stamped 2.
+//! them once (every device last seen at the time of the upgrade, a node record without
+//! channels never seen, every queued message indexed) before it is stamped 2.
 //!
 //! Retention deletes keys; RocksDB frees their space only when compaction rewrites the
 //! files that hold them. After a sweep round that removed a good share of the devices,
@@ -137,18 +138,31 @@ impl Commit for RocksCommit {
     }
 }
 
-/// The options of every column family: one block cache shared by all (index blocks
-/// included, so it bounds them too), and small write buffers.
+/// The options of every column family: one block cache shared by all (index and filter
+/// blocks included, so it bounds them too), small write buffers, and Bloom filters on
+/// every level but the last.
+///
+/// A point read (does this channel exist, when was this device seen) otherwise looks
+/// into every level-0 file and every level whose key range covers it, a data block each
+/// (with a million devices, outside the cache); a filter answers "not here" for the
+/// files that lack the key. Most keys live in the last level, where a read that got
+/// that far finds its key anyway: no filter there, so the filters stay small (they
+/// grow with the writes waiting to be compacted, not with the devices stored).
 fn family_options(cache: &Cache) -> rocksdb::Options {
     let mut table = BlockBasedOptions::default();
     table.set_block_cache(cache);
     table.set_cache_index_and_filter_blocks(true);
     table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+    table.set_bloom_filter(BLOOM_BITS_PER_KEY, false);
     let mut options = rocksdb::Options::default();
     options.set_block_based_table_factory(&table);
+    options.set_optimize_filters_for_hits(true);
     options.set_write_buffer_size(WRITE_BUFFER_BYTES);
     options
 }
+
+/// Bits per key of the Bloom filters ([`family_options`]): about 1 % false positives.
+const BLOOM_BITS_PER_KEY: f64 = 10.0;
 
 impl RocksStore {
     /// Opens (creating if missing) the database in directory `dir`.
@@ -299,6 +313,13 @@ impl Db {
         self.scan(MESSAGES, &[], |key, value| {
             let expires_at = record::decode_message_head(value)?.expires_at;
             batch.put_cf(expiry, key::expiry(expires_at, key), []);
+            flush(&mut batch, false)?;
+            Ok(ControlFlow::Continue(()))
+        })?;
+        flush(&mut batch, true)?;
+        // Node records of uaids without channels, indexed as never seen.
+        self.scan(NODES, &[], |uaid, _| {
+            self.mark_unseen(&mut batch, uaid)?;
             flush(&mut batch, false)?;
             Ok(ControlFlow::Continue(()))
         })?;
@@ -899,9 +920,22 @@ impl Db {
     }
 
     fn set_node(&self, uaid: &Uaid, node: &str) -> Result<(), StoreError> {
-        self.db
-            .put_cf_opt(self.family(NODES)?, uaid.as_str(), node, &self.write)
-            .map_err(from_rocksdb)
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.family(NODES)?, uaid.as_str(), node);
+        self.mark_unseen(&mut batch, uaid.as_str().as_bytes())?;
+        self.write_batch(batch)
+    }
+
+    /// Adds to `batch` a last-seen time of 0 for the uaid whose raw bytes are `uaid` if
+    /// it has none: a node record without a registered device (a hello that never
+    /// registered) is then forgotten by the next sweep rather than kept forever.
+    fn mark_unseen(&self, batch: &mut WriteBatch, uaid: &[u8]) -> Result<(), StoreError> {
+        let devices = self.family(DEVICES)?;
+        if self.db.get_pinned_cf(devices, uaid).map_err(from_rocksdb)?.is_none() {
+            batch.put_cf(devices, uaid, record::encode_seen(0));
+            batch.put_cf(self.family(SEEN)?, key::seen(0, uaid), []);
+        }
+        Ok(())
     }
 
     fn node(&self, uaid: &Uaid) -> Result<Option<String>, StoreError> {
@@ -1545,17 +1579,19 @@ mod tests {
     }
 
     /// A database of format version 1 gains its retention indexes when opened: its
-    /// devices count as seen at the upgrade, its messages are indexed, and the sweep
-    /// then treats them like any other.
+    /// devices count as seen at the upgrade, a node record without channels as never
+    /// seen, its messages are indexed, and the sweep then treats them like any other.
     #[tokio::test]
     async fn a_version_1_database_gains_retention_indexes() {
         let dir = tempfile::tempdir().unwrap();
         let (u, c) = ids();
         old_layout_database(dir.path(), &u, &c);
+        let lone = Uaid::new("11111111111111111111111111111111");
         {
             let store = open(dir.path(), true);
             let put = queue(&store, &u, message("m1", None, LATER), 10).await;
             assert_eq!(put, QueueOutcome::Stored);
+            store.set_node(&lone, "http://node-a").await.unwrap();
             // Back to version 1 with the message's index key gone, as a version 1
             // build would have left it.
             store
@@ -1580,11 +1616,14 @@ mod tests {
         let store = open(dir.path(), true);
         let format = store.db.db.get(FORMAT_KEY).unwrap().unwrap();
         assert_eq!(record::decode_format(&format).unwrap(), FORMAT_VERSION);
-        assert_eq!((count(&store, DEVICES), count(&store, SEEN)), (1, 1));
+        assert_eq!((count(&store, DEVICES), count(&store, SEEN)), (2, 2));
         assert_eq!(count(&store, EXPIRY), 1);
-        // Seen at the upgrade: kept by a cutoff before it, swept by one after it.
+        // Seen at the upgrade: kept by a cutoff before it, swept by one after it. The
+        // lone node record goes at once.
         let kept = store.sweep(upgraded_at - 10, NOW, 100).await.unwrap();
-        assert_eq!(kept.devices, 0);
+        assert_eq!(kept.devices, 1);
+        assert_eq!(store.node(&lone).await.unwrap(), None);
+        assert!(store.knows_uaid(&u).await.unwrap());
         let swept = store.sweep(upgraded_at + 10, NOW, 100).await.unwrap();
         assert_eq!(
             swept,

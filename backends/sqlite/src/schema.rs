@@ -139,6 +139,17 @@ mod tests {
             .unwrap()
     }
 
+    /// The pending update (version, data) of the channel whose device has a node record,
+    /// with that record.
+    fn pending_with_node(conn: &Connection) -> (i64, String, String) {
+        conn.query_row(
+            "SELECT version, data, node FROM channel JOIN node USING (uaid)",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+        )
+        .unwrap()
+    }
+
     #[test]
     fn a_version_1_database_gains_the_message_queue_and_keeps_its_rows() {
         let mut conn = Connection::open_in_memory().unwrap();
@@ -158,14 +169,10 @@ mod tests {
             objects(&conn),
             ["channel", "health", "message", "message_channel", "node"]
         );
-        let kept: (i64, String, String) = conn
-            .query_row(
-                "SELECT version, data, node FROM channel JOIN node USING (uaid)",
-                [],
-                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
-            )
-            .unwrap();
-        assert_eq!(kept, (7, "seven".to_owned(), "http://node-a".to_owned()));
+        assert_eq!(
+            pending_with_node(&conn),
+            (7, "seven".to_owned(), "http://node-a".to_owned())
+        );
     }
 
     /// When the rows of `device` say each uaid was last seen.
@@ -229,14 +236,10 @@ mod tests {
             )
             .unwrap();
         assert_eq!(rows, (3, 1, 2), "every row kept");
-        let kept: (i64, String, String) = conn
-            .query_row(
-                "SELECT version, data, node FROM channel JOIN node USING (uaid)",
-                [],
-                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
-            )
-            .unwrap();
-        assert_eq!(kept, (7, "seven".to_owned(), "http://node-a".to_owned()));
+        assert_eq!(
+            pending_with_node(&conn),
+            (7, "seven".to_owned(), "http://node-a".to_owned())
+        );
         // Migrating a current database again changes nothing.
         migrate(&mut conn).unwrap();
         assert_eq!(version(&conn), CURRENT);

@@ -1254,6 +1254,28 @@ pub async fn a_touch_of_an_unknown_uaid_creates_nothing(store: TestStore, retent
     );
 }
 
+/// A node record alone (a hello that never registered) does not outlive a TTL, while a
+/// registered device seen within one keeps its own.
+pub async fn a_node_record_alone_does_not_linger(store: TestStore, retention: Retention) {
+    let mut aging = Aging::new(&store, retention);
+    let lone = uaid();
+    store.set_node(&lone, "http://node-a").await.unwrap();
+    aging.pass(5).await;
+    let (registered, channels) = aging.device(1).await;
+    store.set_node(&registered, "http://node-b").await.unwrap();
+    aging.pass(5).await;
+    aging.forget().await;
+
+    assert_eq!(store.node(&lone).await.unwrap(), None, "the lone record goes");
+    assert!(!store.knows_uaid(&lone).await.unwrap());
+    aging.assert_kept(&registered, &channels).await;
+    assert_eq!(
+        store.node(&registered).await.unwrap().as_deref(),
+        Some("http://node-b"),
+        "a live device keeps its node record"
+    );
+}
+
 /// The cutoff is exclusive: a device seen exactly at it stays, one seen a second
 /// before goes.
 pub async fn sweep_spares_a_device_seen_at_the_cutoff(store: TestStore) {
@@ -1356,6 +1378,7 @@ macro_rules! conformance_suite {
             a_touch_keeps_a_device_for_another_ttl,
             a_register_counts_as_seen,
             a_touch_of_an_unknown_uaid_creates_nothing,
+            a_node_record_alone_does_not_linger,
         );
         $crate::conformance_suite!(@each $make;
             sweep_spares_a_device_seen_at_the_cutoff,
@@ -1374,6 +1397,7 @@ macro_rules! conformance_suite {
             a_touch_keeps_a_device_for_another_ttl,
             a_register_counts_as_seen,
             a_touch_of_an_unknown_uaid_creates_nothing,
+            a_node_record_alone_does_not_linger,
         );
     };
     (@common $make:expr) => {

@@ -108,6 +108,7 @@ impl ServeArgs {
 }
 
 fn main() -> anyhow::Result<()> {
+    limit_malloc_arenas();
     let cli = Cli::parse();
     let serve = match cli.command {
         Some(Command::Genkey(options)) => {
@@ -131,6 +132,23 @@ fn main() -> anyhow::Result<()> {
         .context("starting the runtime")?
         .block_on(serve_until_signalled(config))
 }
+
+/// RocksDB's and SQLite's own allocations (C and C++) go to glibc's malloc: jemalloc is
+/// Rust's allocator only. glibc gives each thread that allocates an arena of its own, up
+/// to eight per core, and each keeps what was freed in it; after a burst of reads on
+/// the blocking pool a RocksDB server at a million devices held 2.0–2.2 × the RSS of
+/// the same load on a thousand. Two arenas: 1.33 × (README "Performance").
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets a parameter of the allocator, which glibc locks itself.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS);
+    }
+}
+
+/// The most arenas glibc's malloc may use ([`limit_malloc_arenas`]).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const MALLOC_ARENAS: libc::c_int = 2;
 
 /// `simplepush client`: runs until SIGINT/SIGTERM, then closes its socket cleanly.
 fn run_client(options: simplepush::cli::client::Options) -> anyhow::Result<()> {

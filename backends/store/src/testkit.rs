@@ -1266,7 +1266,11 @@ pub async fn a_node_record_alone_does_not_linger(store: TestStore, retention: Re
     aging.pass(5).await;
     aging.forget().await;
 
-    assert_eq!(store.node(&lone).await.unwrap(), None, "the lone record goes");
+    assert_eq!(
+        store.node(&lone).await.unwrap(),
+        None,
+        "the lone record goes"
+    );
     assert!(!store.knows_uaid(&lone).await.unwrap());
     aging.assert_kept(&registered, &channels).await;
     assert_eq!(

@@ -79,8 +79,8 @@ const COMPACT_AFTER: u64 = 1000;
 /// per family; the memory of a server must not grow with the number of devices
 /// stored, and the operating system's page cache keeps the files' hot pages anyway.
 /// With the Bloom filters ([`family_options`]) a read touches one data block, so 4 MiB
-/// kept PUTs at a million devices within 1.14 × (rate) and 1.32 × (p99) of a thousand,
-/// and the RSS within 1.16 × (README "Performance"; 8 MiB: 1.35 ×).
+/// kept PUTs at a million devices within 1.14–1.23 × (rate) and 1.32–1.33 × (p99) of a
+/// thousand, and the RSS within 1.13–1.16 × (README "Performance"; 8 MiB: 1.35 ×).
 const BLOCK_CACHE_BYTES: usize = 4 << 20;
 /// A family's write buffer (memtable) before it is flushed to a file (RocksDB's
 /// default: 64 MiB)...

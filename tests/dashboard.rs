@@ -238,7 +238,8 @@ async fn dashboard_in_chromium_plots_pushes_as_they_happen() {
     let mut page = LivePage::open(&chromium, &server.admin_url("/dashboard/")).await;
     let quiet = page
         .wait_for("two samples in the plots", |dom| {
-            points(dom, "plot-connections") >= 2
+            // The script draws the plots at its first poll, after the page has loaded.
+            dom.contains(" id=\"plot-connections\"") && points(dom, "plot-connections") >= 2
         })
         .await;
     assert!(

@@ -89,8 +89,8 @@ pub struct BenchArgs {
     #[arg(long)]
     rate: Option<f64>,
 
-    /// Length of the measured phase, seconds (store-scale: of each of its three PUT
-    /// rounds per store size, and of each retention PUT phase).
+    /// Length of the measured phase, seconds (store-scale: of each PUT phase; a store
+    /// size's is three rounds that share it).
     #[arg(long)]
     secs: Option<f64>,
 

@@ -10,7 +10,8 @@
 //!    log into tables), its bytes on disk are the devices' cost. It starts again:
 //!    start-up time (spawn → `/status/` 200), RSS;
 //! 3. PUTs to random sampled devices, all offline (202), closed loop with a fixed number
-//!    in flight, in [`PUT_ROUNDS`] rounds: the median round's rate and p99, p50 over all;
+//!    in flight, in [`PUT_ROUNDS`] rounds: the medians of their rates and of their p99s,
+//!    p50 over all;
 //! 4. hello + flush: some sampled devices get an update on each channel, then say hello
 //!    with their uaid and channels; the time from hello to the last pending notification,
 //!    then they ack (nothing stays pending). RSS, and again after 5 s idle; a clean
@@ -60,7 +61,7 @@ const TTL_FLAG: &str = "--device-ttl";
 /// PUTs in flight at once in the PUT phases.
 const PUT_CONCURRENCY: usize = 64;
 /// Rounds of each size's PUT phase, which share its `--secs`. The rate and p99 a size
-/// reports are the median round's: on a shared box one disturbed stretch (another
+/// reports are the medians of the rounds' rates and of their p99s: on a shared box one disturbed stretch (another
 /// process, a neighbour's disk) moved a whole 10 s phase's p99 by a third, at any store
 /// size. The phase keeps its length, so the store takes as many writes as before.
 const PUT_ROUNDS: usize = 3;

@@ -61,9 +61,9 @@ const TTL_FLAG: &str = "--device-ttl";
 /// PUTs in flight at once in the PUT phases.
 const PUT_CONCURRENCY: usize = 64;
 /// Rounds of each size's PUT phase, which share its `--secs`. The rate and p99 a size
-/// reports are the medians of the rounds' rates and of their p99s: on a shared box one disturbed stretch (another
-/// process, a neighbour's disk) moved a whole 10 s phase's p99 by a third, at any store
-/// size. The phase keeps its length, so the store takes as many writes as before.
+/// reports are the medians of the rounds' rates and of their p99s: on a shared box one
+/// disturbed stretch (another process, a neighbour's disk) moved a whole 10 s phase's p99
+/// by a third, at any store size. The phase keeps its length, so the store takes as many writes as before.
 const PUT_ROUNDS: usize = 3;
 /// Devices saying hello at once.
 const HELLO_CONCURRENCY: usize = 16;
@@ -849,12 +849,12 @@ impl PutRound {
 }
 
 impl SizeRun {
-    /// The median round's PUT rate.
+    /// The median of the rounds' PUT rates.
     fn put_rate(&self) -> f64 {
         median(self.put_rounds.iter().map(|r| r.rate))
     }
 
-    /// The median round's PUT p99, µs.
+    /// The median of the rounds' PUT p99s, µs.
     fn put_p99_us(&self) -> f64 {
         median(self.put_rounds.iter().map(|r| r.p99_us))
     }

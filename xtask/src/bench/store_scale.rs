@@ -63,7 +63,8 @@ const PUT_CONCURRENCY: usize = 64;
 /// Rounds of each size's PUT phase, which share its `--secs`. The rate and p99 a size
 /// reports are the medians of the rounds' rates and of their p99s: on a shared box one
 /// disturbed stretch (another process, a neighbour's disk) moved a whole 10 s phase's p99
-/// by a third, at any store size. The phase keeps its length, so the store takes as many writes as before.
+/// by a third, at any store size. The phase keeps its length, so the store takes as many
+/// writes as before.
 const PUT_ROUNDS: usize = 3;
 /// Devices saying hello at once.
 const HELLO_CONCURRENCY: usize = 16;

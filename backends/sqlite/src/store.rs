@@ -276,9 +276,17 @@ fn unsigned(row: &Row<'_>, column: usize) -> rusqlite::Result<u64> {
 fn any_pending(conn: &Connection, uaid: &str) -> Result<bool, Error> {
     Ok(conn
         .prepare_cached(
-            "SELECT EXISTS (SELECT 1 FROM channel WHERE uaid = ?1 AND version IS NOT NULL)",
+            "SELECT EXISTS (SELECT 1 FROM channel JOIN pending USING (id) WHERE uaid = ?1)",
         )?
         .query_row([uaid], |row| row.get(0))?)
+}
+
+/// The number of `?1`'s channel `?2`, the key of its pending update: a macro, so that
+/// statements can take it as a subquery.
+macro_rules! channel_number {
+    () => {
+        "SELECT id FROM channel WHERE uaid = ?1 AND channel = ?2"
+    };
 }
 
 /// Records `now` (`?2`) as the time `?1` was last seen, creating its device row.
@@ -287,7 +295,8 @@ const SEE: &str = "INSERT INTO device (uaid, seen) VALUES (?1, ?2)
 
 /// The statements that forget a device (`?1`), each a search of a primary key that
 /// starts with the uaid.
-const FORGET: [&str; 4] = [
+const FORGET: [&str; 5] = [
+    "DELETE FROM pending WHERE id IN (SELECT id FROM channel WHERE uaid = ?1)",
     "DELETE FROM channel WHERE uaid = ?1",
     "DELETE FROM message WHERE uaid = ?1",
     "DELETE FROM node WHERE uaid = ?1",
@@ -489,8 +498,13 @@ impl Store for SqliteStore {
                 if live >= max_channels {
                     return Ok(RegisterOutcome::TooManyChannels);
                 }
-                conn.prepare_cached("INSERT INTO channel (uaid, channel) VALUES (?1, ?2)")?
-                    .execute([&uaid, &channel])?;
+                let id: i64 = conn
+                    .prepare_cached(
+                        "UPDATE channel_seq SET next = next + 1 WHERE id = 1 RETURNING next - 1",
+                    )?
+                    .query_row([], |row| row.get(0))?;
+                conn.prepare_cached("INSERT INTO channel (uaid, channel, id) VALUES (?1, ?2, ?3)")?
+                    .execute(params![uaid, channel, id])?;
             }
             conn.prepare_cached(SEE)?.execute(params![uaid, now])?;
             Ok(RegisterOutcome::Registered)
@@ -501,7 +515,13 @@ impl Store for SqliteStore {
     async fn unregister(&self, uaid: &Uaid, channel: &ChannelId) -> Result<(), StoreError> {
         let (uaid, channel) = (uaid.as_str().to_owned(), channel.as_str().to_owned());
         self.write(move |conn| {
-            // Both or neither: the writer undoes a write that fails halfway.
+            // All or nothing: the writer undoes a write that fails halfway.
+            conn.prepare_cached(concat!(
+                "DELETE FROM pending WHERE id = (",
+                channel_number!(),
+                ")"
+            ))?
+            .execute([&uaid, &channel])?;
             conn.prepare_cached("DELETE FROM channel WHERE uaid = ?1 AND channel = ?2")?
                 .execute([&uaid, &channel])?;
             conn.prepare_cached("DELETE FROM message WHERE uaid = ?1 AND channel = ?2")?
@@ -523,37 +543,26 @@ impl Store for SqliteStore {
         let expires_at = saturating(update.expires_at);
         let now = saturating(now);
         self.write(move |conn| {
-            // One statement: the row exists iff the channel is registered, so the count
-            // of changed rows answers Stored or Gone, and the CASEs (which all see the
-            // row as it was) keep the pending update unless the new version is greater
+            // A channel without a number is not registered. The channel's row is only
+            // read; the upsert keeps a pending update unless the new version is greater
             // or the pending one has expired.
-            let changed = conn
-                .prepare_cached(
-                    "UPDATE channel SET
-                         version = CASE
-                             WHEN version IS NULL OR ?3 > version OR expires_at <= ?6
-                             THEN ?3 ELSE version END,
-                         data = CASE
-                             WHEN version IS NULL OR ?3 > version OR expires_at <= ?6
-                             THEN ?4 ELSE data END,
-                         expires_at = CASE
-                             WHEN version IS NULL OR ?3 > version OR expires_at <= ?6
-                             THEN ?5 ELSE expires_at END
-                     WHERE uaid = ?1 AND channel = ?2",
-                )?
-                .execute(params![
-                    uaid,
-                    channel,
-                    version,
-                    update.data,
-                    expires_at,
-                    now
-                ])?;
-            Ok(if changed == 0 {
-                PutOutcome::Gone
-            } else {
-                PutOutcome::Stored
-            })
+            let Some(id) = conn
+                .prepare_cached(channel_number!())?
+                .query_row([&uaid, &channel], |row| row.get::<_, i64>(0))
+                .optional()?
+            else {
+                return Ok(PutOutcome::Gone);
+            };
+            conn.prepare_cached(
+                "INSERT INTO pending (id, version, data, expires_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (id) DO UPDATE SET
+                     version = excluded.version,
+                     data = excluded.data,
+                     expires_at = excluded.expires_at
+                 WHERE excluded.version > pending.version OR pending.expires_at <= ?5",
+            )?
+            .execute(params![id, version, update.data, expires_at, now])?;
+            Ok(PutOutcome::Stored)
         })
         .await
     }
@@ -562,8 +571,8 @@ impl Store for SqliteStore {
         let uaid = uaid.as_str().to_owned();
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT channel, version, data, expires_at FROM channel
-                 WHERE uaid = ?1 AND version IS NOT NULL",
+                "SELECT channel, version, data, expires_at FROM channel JOIN pending USING (id)
+                 WHERE uaid = ?1",
             )?;
             let rows = stmt.query_map([uaid], |row| {
                 Ok((
@@ -607,19 +616,21 @@ impl Store for SqliteStore {
         let now = saturating(now);
         self.write_ack(move |conn| {
             if !updates.is_empty() {
-                let mut ack = conn.prepare_cached(
-                    "UPDATE channel SET version = NULL, data = NULL, expires_at = NULL
-                     WHERE uaid = ?1 AND channel = ?2 AND version <= ?3",
-                )?;
+                let mut ack = conn.prepare_cached(concat!(
+                    "DELETE FROM pending WHERE id = (",
+                    channel_number!(),
+                    ") AND version <= ?3"
+                ))?;
                 for (channel, version) in &updates {
                     ack.execute(params![uaid, channel, version])?;
                 }
             }
             if !expired.is_empty() {
-                let mut ack = conn.prepare_cached(
-                    "UPDATE channel SET version = NULL, data = NULL, expires_at = NULL
-                     WHERE uaid = ?1 AND channel = ?2 AND expires_at <= ?3",
-                )?;
+                let mut ack = conn.prepare_cached(concat!(
+                    "DELETE FROM pending WHERE id = (",
+                    channel_number!(),
+                    ") AND expires_at <= ?3"
+                ))?;
                 for channel in &expired {
                     ack.execute(params![uaid, channel, now])?;
                 }
@@ -1049,6 +1060,44 @@ mod tests {
         assert!(!store.knows_uaid(&u).await.unwrap());
         assert!(store.messages(&u, after, 10).await.unwrap().is_empty());
         assert_eq!(store.node(&u).await.unwrap(), None);
+    }
+
+    /// The rows of `pending`, pending updates of registered channels or not.
+    fn pending_rows(store: &SqliteStore) -> i64 {
+        store
+            .inner
+            .read(|conn| Ok(conn.query_row("SELECT count(*) FROM pending", [], |r| r.get(0))?))
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_pending_update_outlives_its_channel_or_its_ack() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), SqliteOptions::default()).unwrap();
+        let update = |version| Update {
+            version,
+            data: Some("d".to_owned()),
+            expires_at: 2_000,
+        };
+        let (u, c) = (Uaid::new("u"), ChannelId::new("c"));
+        let (v, d) = (Uaid::new("v"), ChannelId::new("d"));
+        for (uaid, channel) in [(&u, &c), (&u, &d), (&v, &c), (&v, &d)] {
+            store.register(uaid, channel, 10, 1_000).await.unwrap();
+            let put = store.put_update(uaid, channel, update(3), 1_000).await;
+            assert_eq!(put.unwrap(), PutOutcome::Stored);
+        }
+        assert_eq!(pending_rows(&store), 4);
+        // Acked, unregistered, forgotten with its device: each row goes from the file.
+        store.ack(&u, &c, 3).await.unwrap();
+        assert_eq!(pending_rows(&store), 3);
+        store.unregister(&u, &d).await.unwrap();
+        assert_eq!(pending_rows(&store), 2);
+        let swept = store.sweep(1_001, 1_000, 10).await.unwrap();
+        assert_eq!(swept.devices, 2);
+        assert_eq!(pending_rows(&store), 0);
+        // A channel registered again starts with nothing pending.
+        store.register(&u, &d, 10, 1_000).await.unwrap();
+        assert!(store.pending(&u, 1_000).await.unwrap().is_empty());
     }
 
     /// The plan SQLite makes for `sql`, one step a line.

@@ -164,11 +164,7 @@ async fn damaged_row_is_corrupt_not_a_panic() {
     let conn = rusqlite::Connection::open(database(dir.path())).unwrap();
     conn.pragma_update(None, "ignore_check_constraints", true)
         .unwrap();
-    conn.execute(
-        "UPDATE channel SET version = -5 WHERE uaid = 'u-damaged'",
-        [],
-    )
-    .unwrap();
+    conn.execute("UPDATE pending SET version = -5", []).unwrap();
     drop(conn);
     let error = store.pending(&u, NOW).await.unwrap_err();
     assert!(matches!(error, StoreError::Corrupt(_)), "{error}");

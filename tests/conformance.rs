@@ -87,9 +87,11 @@ mod memcache {
         (Arc::new(store), ())
     }
 
-    /// How long the retention behaviours' items live: memcached's clock ticks by the
-    /// second, so a few seconds keep the behaviours' margins clear of its rounding.
-    const LIFETIME: Duration = Duration::from_secs(6);
+    /// How long the retention behaviours' items live. The store gives each item a
+    /// second more for memcached's one-second clock, so one lives between this and two
+    /// seconds more. The behaviours check at five eighths of it (kept) and at ten
+    /// eighths (gone): 15 s is a second clear of the longest 14.
+    const LIFETIME: Duration = Duration::from_secs(12);
 
     /// A store whose items live [`LIFETIME`] after the device was last seen (registered or touched).
     async fn make_short_lived() -> (TestStore, ()) {

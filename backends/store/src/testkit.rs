@@ -1041,8 +1041,9 @@ pub enum Retention {
     /// The server's [`Store::sweep`] removes them: the behaviours run a test clock and
     /// sweep with a cutoff one TTL (100 s) before it.
     Sweep,
-    /// The storage expires them by itself, this long after the device was last seen (a register or touch)
-    /// (memcache item lifetimes): the behaviours wait in real time.
+    /// The storage expires them by itself, this long after the device was last seen (a
+    /// register or touch) and less than two seconds more (memcache item lifetimes, on
+    /// memcached's one-second clock): the behaviours wait in real time.
     ItemLifetime(Duration),
 }
 

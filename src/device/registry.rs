@@ -14,7 +14,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::task::AtomicWaker;
-use simplepush_store::{ChannelId, Message, Uaid, Update};
+use simplepush_store::{ChannelId, Message, MessageId, Uaid, Update};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -56,6 +56,15 @@ pub struct Mail {
     pub overflowed: bool,
 }
 
+/// A session's [`Mail`], and what decides which WebPush messages still need it.
+#[derive(Debug, Default)]
+struct Inbox {
+    mail: Mail,
+    /// The ids of the page of messages the session last read from the store and sent
+    /// (see [`Peer::sent_page`]); boxed, so that an idle socket's costs two words.
+    page: Box<[MessageId]>,
+}
+
 /// The handle other tasks use to reach one connected session. Small on purpose: one per
 /// socket, and nothing is allocated until something is delivered.
 #[derive(Debug)]
@@ -70,7 +79,7 @@ pub struct Peer {
     /// epoch, or [`NEVER`].
     deadline: AtomicU64,
     waker: AtomicWaker,
-    mail: Mutex<Mail>,
+    inbox: Mutex<Inbox>,
 }
 
 /// Why a session was woken: a set of bits.
@@ -105,19 +114,26 @@ impl Peer {
     }
 
     fn post(&self, delivery: Delivery, received: Instant) -> bool {
-        let mut mail = lock(&self.mail);
+        let mut inbox = lock(&self.inbox);
+        if let Delivery::Message(message) = &delivery
+            && inbox.page.contains(&message.id)
+        {
+            // Read from the store and sent already: the device has it.
+            return true;
+        }
+        let mail = &mut inbox.mail;
         if mail.replaced || mail.overflowed {
             return false;
         }
         if mail.deliveries.len() >= self.outbox_limit as usize {
             mail.overflowed = true;
             mail.deliveries = Vec::new();
-            drop(mail);
+            drop(inbox);
             self.signal(Signals::MAIL);
             return false;
         }
         mail.deliveries.push((delivery, received));
-        drop(mail);
+        drop(inbox);
         self.signal(Signals::MAIL);
         true
     }
@@ -148,7 +164,7 @@ impl Peer {
 
     /// Tells the session a newer socket took over its uaid.
     pub fn replace(&self) {
-        lock(&self.mail).replaced = true;
+        lock(&self.inbox).mail.replaced = true;
         self.signal(Signals::MAIL);
     }
 
@@ -157,14 +173,31 @@ impl Peer {
     /// returns it (unless it was acknowledged or expired meanwhile): a flush calls it
     /// first, so that a message it sends does not go out a second time live.
     pub fn forget_messages(&self) {
-        lock(&self.mail)
+        lock(&self.inbox)
+            .mail
             .deliveries
             .retain(|(delivery, _)| !matches!(delivery, Delivery::Message(_)));
     }
 
+    /// Records the ids of the page of messages a flush read from the store (after
+    /// [`Peer::forget_messages`]) and sent. Each of them that is queued for live
+    /// delivery, now or until the next page, is dropped: it was stored before the read
+    /// but queued after the forget, and would otherwise go out twice.
+    pub fn sent_page(&self, page: Box<[MessageId]>) {
+        let mut inbox = lock(&self.inbox);
+        inbox
+            .mail
+            .deliveries
+            .retain(|(delivery, _)| match delivery {
+                Delivery::Message(message) => !page.contains(&message.id),
+                Delivery::Update(..) => true,
+            });
+        inbox.page = page;
+    }
+
     /// Takes everything delivered so far (the session calls this when woken).
     pub fn take(&self) -> Mail {
-        std::mem::take(&mut *lock(&self.mail))
+        std::mem::take(&mut lock(&self.inbox).mail)
     }
 }
 
@@ -261,7 +294,7 @@ impl Registry {
             signals: AtomicU8::new(0),
             deadline: AtomicU64::new(NEVER),
             waker: AtomicWaker::new(),
-            mail: Mutex::new(Mail::default()),
+            inbox: Mutex::new(Inbox::default()),
         });
         let mut sessions = self.sessions_shard(peer.id);
         sessions.insert(peer.id, peer.clone());
@@ -413,18 +446,33 @@ mod tests {
         assert!(!registry.release(&uaid, &new), "released once");
     }
 
-    #[test]
-    fn forgetting_messages_keeps_updates_and_flags() {
-        let peer = Registry::new(8).peer();
-        let message = Message {
-            id: simplepush_store::MessageId::from("m-1"),
+    fn message(id: &str) -> Message {
+        Message {
+            id: MessageId::from(id),
             channel: ChannelId::from("c"),
             ttl: 60,
             expires_at: u64::MAX,
             topic: None,
             urgency: simplepush_store::Urgency::Normal,
             payload: None,
-        };
+        }
+    }
+
+    /// The ids of the messages in `mail`, in order.
+    fn message_ids(mail: &Mail) -> Vec<&str> {
+        mail.deliveries
+            .iter()
+            .filter_map(|(delivery, _)| match delivery {
+                Delivery::Message(message) => Some(message.id.as_str()),
+                Delivery::Update(..) => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn forgetting_messages_keeps_updates_and_flags() {
+        let peer = Registry::new(8).peer();
+        let message = message("m-1");
         assert!(peer.deliver_message(message.clone(), Instant::now()));
         assert!(peer.deliver(ChannelId::from("c"), update(7), Instant::now()));
         assert!(peer.deliver_message(message, Instant::now()));
@@ -437,6 +485,32 @@ mod tests {
             matches!(kept[..], [Delivery::Update(_, Update { version: 7, .. })]),
             "{kept:?}"
         );
+    }
+
+    #[test]
+    fn a_message_of_the_page_sent_is_not_delivered_again_live() {
+        let peer = Registry::new(8).peer();
+        // Queued before the flush's forget: dropped by it (the read finds them).
+        assert!(peer.deliver_message(message("m-1"), Instant::now()));
+        peer.forget_messages();
+        // Stored before the read, queued after the forget: in the page, and queued.
+        assert!(peer.deliver_message(message("m-2"), Instant::now()));
+        // Stored after the read: not in the page.
+        assert!(peer.deliver_message(message("m-3"), Instant::now()));
+        assert!(peer.deliver(ChannelId::from("c"), update(7), Instant::now()));
+        peer.sent_page(["m-1", "m-2"].map(MessageId::from).into());
+        // Stored before the read, queued only now: the device has it.
+        assert!(peer.deliver_message(message("m-1"), Instant::now()));
+        assert!(peer.deliver_message(message("m-4"), Instant::now()));
+        let mail = peer.take();
+        assert_eq!(message_ids(&mail), ["m-3", "m-4"]);
+        assert_eq!(mail.deliveries.len(), 3, "the update stays");
+        // Until the next page, which replaces it.
+        assert!(peer.deliver_message(message("m-2"), Instant::now()));
+        assert!(message_ids(&peer.take()).is_empty());
+        peer.sent_page(Box::default());
+        assert!(peer.deliver_message(message("m-2"), Instant::now()));
+        assert_eq!(message_ids(&peer.take()), ["m-2"]);
     }
 
     #[test]

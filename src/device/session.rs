@@ -853,8 +853,8 @@ impl Session {
     /// frame each; answers whether it sent any. The messages queued for live delivery
     /// until then are dropped first: the read finds them in the store (a page sent while
     /// their delivery waited would otherwise send them twice; seen under load after an
-    /// ack that left more queued). One queued after that may still be read here too,
-    /// and then goes out twice, as any unacknowledged message may.
+    /// ack that left more queued). One of the page queued after that is dropped too
+    /// ([`Peer::sent_page`]): stored before the read, it reached the mail late.
     async fn flush_messages(&mut self) -> Result<bool, End> {
         let Some(uaid) = self.uaid.clone() else {
             return Ok(false);
@@ -875,6 +875,8 @@ impl Session {
             }
         };
         self.webpush = Some(u16::try_from(messages.len()).unwrap_or(u16::MAX));
+        self.peer
+            .sent_page(messages.iter().map(|message| message.id.clone()).collect());
         if messages.is_empty() {
             return Ok(false);
         }

@@ -41,8 +41,8 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use rocksdb::{
-    BlockBasedOptions, BottommostLevelCompaction, Cache, ColumnFamily, ColumnFamilyDescriptor,
-    CompactOptions, DB, ReadOptions, WriteBatch, WriteOptions,
+    BlockBasedIndexType, BlockBasedOptions, BottommostLevelCompaction, Cache, ColumnFamily,
+    ColumnFamilyDescriptor, CompactOptions, DB, ReadOptions, WriteBatch, WriteOptions,
 };
 use simplepush_store::writer::{Commit, Job, Sync, Writer};
 use simplepush_store::{
@@ -142,8 +142,8 @@ impl Commit for RocksCommit {
 }
 
 /// The options of every column family: one block cache shared by all (index and filter
-/// blocks included, so it bounds them too), small write buffers, and Bloom filters on
-/// every level but the last.
+/// blocks included, so it bounds them too), small write buffers, Bloom filters on
+/// every level but the last, and indexes and filters cut into partitions.
 ///
 /// A point read (does this channel exist, when was this device seen) otherwise looks
 /// into every level-0 file and every level whose key range covers it, a data block each
@@ -151,12 +151,23 @@ impl Commit for RocksCommit {
 /// files that lack the key. Most keys live in the last level, where a read that got
 /// that far finds its key anyway: no filter there, so the filters stay small (they
 /// grow with the writes waiting to be compacted, not with the devices stored).
+///
+/// A table's index in one block grows with the table: ~800 kB for a 64 MiB table of
+/// channels, more than a shard of the cache holds (the 4 MiB cache has eight), so
+/// every read of such a table read its whole index again and checksummed it (a third
+/// of the writer's time with a million devices). Partitioned, a read needs the table's
+/// small top-level index (pinned in the cache) and one partition of
+/// [`METADATA_BLOCK_BYTES`], cached like a data block.
 fn family_options(cache: &Cache) -> rocksdb::Options {
     let mut table = BlockBasedOptions::default();
     table.set_block_cache(cache);
     table.set_cache_index_and_filter_blocks(true);
     table.set_pin_l0_filter_and_index_blocks_in_cache(true);
     table.set_bloom_filter(BLOOM_BITS_PER_KEY, false);
+    table.set_index_type(BlockBasedIndexType::TwoLevelIndexSearch);
+    table.set_partition_filters(true);
+    table.set_metadata_block_size(METADATA_BLOCK_BYTES);
+    table.set_pin_top_level_index_and_filter(true);
     let mut options = rocksdb::Options::default();
     options.set_block_based_table_factory(&table);
     options.set_optimize_filters_for_hits(true);
@@ -166,6 +177,10 @@ fn family_options(cache: &Cache) -> rocksdb::Options {
 
 /// Bits per key of the Bloom filters ([`family_options`]): about 1 % false positives.
 const BLOOM_BITS_PER_KEY: f64 = 10.0;
+
+/// The size of a partition of a table's index or filter ([`family_options`]): a data
+/// block's.
+const METADATA_BLOCK_BYTES: usize = 4096;
 
 impl RocksStore {
     /// Opens (creating if missing) the database in directory `dir`.
@@ -1661,6 +1676,54 @@ mod tests {
                     .unwrap_or(0)
             })
             .sum()
+    }
+
+    /// A table's index is cut into partitions of a data block's size, so that a read
+    /// needs one small partition in the cache, not the table's whole index.
+    #[tokio::test]
+    async fn tables_index_their_keys_in_small_partitions() {
+        let dir = tempfile::tempdir().unwrap();
+        let channel = |i: usize| ChannelId::new(format!("{i:08x}-0000-4000-8000-000000000000"));
+        let uaid = |i: usize| Uaid::new(format!("{i:032x}"));
+        {
+            let store = open(dir.path(), false);
+            for i in 0..10_000 {
+                store
+                    .register(&uaid(i), &channel(i), 10, NOW)
+                    .await
+                    .unwrap();
+            }
+            let channels = store.db.family(CHANNELS).unwrap();
+            store.db.db.flush_cf(channels).unwrap();
+            let properties = store
+                .db
+                .db
+                .property_value_cf(channels, "rocksdb.aggregated-table-properties")
+                .unwrap()
+                .unwrap();
+            // `name=value; ...`; a name may carry details in parentheses.
+            let field = |name: &str| -> u64 {
+                let entry = properties.split("; ").find(|entry| entry.starts_with(name));
+                let value = entry.and_then(|entry| entry.rsplit_once('='));
+                let value = value
+                    .unwrap_or_else(|| panic!("no {name} in {properties}"))
+                    .1;
+                value.parse().unwrap()
+            };
+            let partitions = field("# index partitions=");
+            let index = field("index block size");
+            assert!(partitions > 1, "{properties}");
+            assert!(
+                index / partitions <= 2 * METADATA_BLOCK_BYTES as u64,
+                "{properties}"
+            );
+        }
+        // Read through the partitions, after a reopen.
+        let store = open(dir.path(), false);
+        for i in (0..10_000).step_by(97) {
+            assert!(store.registered(&uaid(i), &channel(i)).await.unwrap());
+        }
+        assert!(!store.registered(&uaid(1), &channel(2)).await.unwrap());
     }
 
     /// Once retention removed most devices, the store compacts by itself and the files

@@ -61,7 +61,8 @@ pub struct Mail {
 struct Inbox {
     mail: Mail,
     /// The ids of the page of messages the session last read from the store and sent
-    /// (see [`Peer::sent_page`]); boxed, so that an idle socket's costs two words.
+    /// (see [`Peer::sent_page`]); a boxed slice, so that it costs an idle socket two
+    /// words.
     page: Box<[MessageId]>,
 }
 

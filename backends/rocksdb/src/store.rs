@@ -662,17 +662,22 @@ impl Db {
     /// (it rewrites the files), so it runs on its own thread, never the writer's.
     fn compact(&self) {
         self.removed.store(0, Ordering::Relaxed);
+        for name in FAMILIES {
+            if let Ok(family) = self.family(name) {
+                self.compact_family(family);
+            }
+        }
+        self.compacting.store(false, Ordering::Release);
+    }
+
+    /// Rewrites all of `family` into its last level (its write buffer included).
+    fn compact_family(&self, family: &ColumnFamily) {
         // Force: a family whose files all sit in the last level would otherwise be
         // skipped (or its single file moved down as it is), tombstones and all.
         let mut options = CompactOptions::default();
         options.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
-        for name in FAMILIES {
-            if let Ok(family) = self.family(name) {
-                self.db
-                    .compact_range_cf_opt(family, None::<&[u8]>, None::<&[u8]>, &options);
-            }
-        }
-        self.compacting.store(false, Ordering::Release);
+        self.db
+            .compact_range_cf_opt(family, None::<&[u8]>, None::<&[u8]>, &options);
     }
 
     /// At a clean close: compacts each family that holds at most
@@ -687,8 +692,6 @@ impl Db {
         if self.compacting.load(Ordering::Acquire) {
             return;
         }
-        let mut options = CompactOptions::default();
-        options.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
         for name in FAMILIES {
             let Ok(family) = self.family(name) else {
                 continue;
@@ -706,8 +709,7 @@ impl Db {
             let bytes = property("rocksdb.total-sst-files-size")
                 + property("rocksdb.cur-size-all-mem-tables");
             if unsettled > 0 && bytes <= SMALL_FAMILY_BYTES {
-                self.db
-                    .compact_range_cf_opt(family, None::<&[u8]>, None::<&[u8]>, &options);
+                self.compact_family(family);
             }
         }
     }
